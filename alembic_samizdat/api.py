@@ -1,0 +1,291 @@
+"""The Python API: sync, diff, nuke, refresh and plan on a SQLAlchemy ``Engine`` or ``Connection``.
+
+Every front (CLI, Alembic) goes through these functions; they read the catalog once, plan with the pure
+planner, and apply the plan under the chosen transaction discipline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, Engine, MetaData
+
+from .catalog import DatabaseState, read_state
+from .errors import ExecutionError, SamizdatError
+from .execute import (
+    LOCK_KEY,
+    Discipline,
+    OnAction,
+    apply_actions,
+    autocommit,
+    create_failed,
+    diagnose_function,
+    lock_timeout_statement,
+    run_batch,
+)
+from .graph import Graph
+from .keys import Kind
+from .model import Samizdat
+from .plan import Action, Difference, DiffKind, Plan, Verb, diff, plan_nuke, plan_sync, refresh_statement
+from .registry import SamizdatRegistry
+
+Bind = Engine | Connection
+Declarations = SamizdatRegistry | MetaData | Iterable[str | type[Samizdat]]
+
+
+def as_registry(declarations: Declarations, *, scope: str | None = None) -> SamizdatRegistry:
+    """A registry from a registry, a ``MetaData`` holding one, or modules/classes to load."""
+    if isinstance(declarations, SamizdatRegistry):
+        registry = declarations
+    elif isinstance(declarations, MetaData):
+        found = SamizdatRegistry.from_metadata(declarations)
+        if found is None:
+            raise SamizdatError(
+                "this MetaData has no SamizdatRegistry; create one with SamizdatRegistry(metadata)"
+            )
+        registry = found
+    else:
+        registry = SamizdatRegistry(scope=scope or "default")
+        for item in declarations:
+            if isinstance(item, str):
+                registry.load(item)
+            else:
+                registry.register(item)
+        return registry
+    if scope is not None and scope != registry.scope:
+        copy = SamizdatRegistry(scope=scope)
+        copy.register_all(*registry)
+        return copy
+    return registry
+
+
+@contextmanager
+def _connected(bind: Bind) -> Iterator[Connection]:
+    if isinstance(bind, Engine):
+        with bind.connect() as connection:
+            yield connection
+    else:
+        yield bind
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What a sync (or nuke) found and did."""
+
+    plan: Plan
+    discipline: Discipline
+    #: Actions that completed (in a dry run: that ran and were rolled back).
+    applied: tuple[Action, ...]
+    #: Whether the applied actions are in the database now.
+    committed: bool
+
+    @property
+    def differences(self) -> tuple[Difference, ...]:
+        """What differed before the run."""
+        return self.plan.differences
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Things worth fixing that did not stop the run."""
+        return self.plan.warnings
+
+    def summary(self) -> str:
+        """One line: what was done."""
+        if not self.plan.actions:
+            return "nothing to do: the database matches the declarations"
+        counts: dict[str, int] = {}
+        for action in self.applied:
+            counts[action.verb.value] = counts.get(action.verb.value, 0) + 1
+        done = ", ".join(f"{n} {verb}" for verb, n in counts.items()) or "nothing"
+        tail = " (dry run: rolled back)" if self.discipline is Discipline.DRYRUN else ""
+        return f"{done}{tail}"
+
+
+@dataclass(frozen=True)
+class DiffResult:
+    """The differences between declarations and database, with DBSamizdat's exit code."""
+
+    differences: tuple[Difference, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def exit_code(self) -> int:
+        """0 same; 101 excess in the database; 102 excess in code; 103 both (a changed object counts as both)."""
+        db = any(d.what in (DiffKind.EXCESS_DB, DiffKind.CHANGED) for d in self.differences)
+        code = any(
+            d.what in (DiffKind.EXCESS_CODE, DiffKind.CHANGED, DiffKind.UNPOPULATED) for d in self.differences
+        )
+        return (101 if db else 0) + (102 if code else 0) - (100 if db and code else 0) if (db or code) else 0
+
+
+def _lock_and_read(
+    connection: Connection, graph: Graph | None, scope: str, *, session_lock: bool
+) -> DatabaseState:
+    lock = (
+        f"SELECT pg_advisory_lock({LOCK_KEY})"
+        if session_lock
+        else f"SELECT pg_advisory_xact_lock({LOCK_KEY})"
+    )
+    run_batch(connection, None, lock)
+    return read_state(connection, scope, graph.nodes if graph is not None else ())
+
+
+def _run(
+    bind: Bind,
+    registry: SamizdatRegistry,
+    graph: Graph | None,
+    discipline: Discipline,
+    lock_timeout: float | None,
+    on_action: OnAction | None,
+) -> SyncResult:
+    """Lock, read, plan (sync when ``graph`` is given, else nuke) and apply under ``discipline``."""
+    discipline = Discipline(discipline)
+
+    def make_plan(state: DatabaseState) -> Plan:
+        return plan_sync(graph, state) if graph is not None else plan_nuke(state)
+
+    with _connected(bind) as connection:
+        if discipline is Discipline.CHECKPOINT:
+            with autocommit(connection) as conn:
+                setting = lock_timeout_statement(lock_timeout, local=False)
+                if setting:
+                    conn.exec_driver_sql(setting)
+                applied: list[Action] = []
+                try:
+                    state = _lock_and_read(conn, graph, registry.scope, session_lock=True)
+                    plan = make_plan(state)
+                    for action in plan.actions:
+                        try:
+                            applied.extend(apply_actions(conn, [action], on_action=on_action))
+                        except ExecutionError as exc:
+                            better = (
+                                diagnose_function(conn, action, in_autocommit=True)
+                                if create_failed(action)
+                                else None
+                            )
+                            if better is not None:
+                                raise better from exc.__cause__
+                            raise
+                finally:
+                    try:
+                        conn.exec_driver_sql(f"SELECT pg_advisory_unlock({LOCK_KEY})")
+                        if setting:
+                            conn.exec_driver_sql("RESET lock_timeout")
+                    except Exception:
+                        pass
+                return SyncResult(plan, discipline, tuple(applied), True)
+        nested = connection.in_transaction()
+        tx = connection.begin_nested() if nested else connection.begin()
+        failed_action: Action | None = None
+        try:
+            setting = lock_timeout_statement(lock_timeout, local=True)
+            if setting:
+                connection.exec_driver_sql(setting)
+            state = _lock_and_read(connection, graph, registry.scope, session_lock=False)
+            plan = make_plan(state)
+            applied = []
+            for action in plan.actions:
+                failed_action = action
+                applied.extend(apply_actions(connection, [action], on_action=on_action))
+            failed_action = None
+            if discipline is Discipline.DRYRUN:
+                tx.rollback()
+            else:
+                tx.commit()
+        except ExecutionError as exc:
+            tx.rollback()
+            if failed_action is not None and create_failed(failed_action):
+                better = diagnose_function(connection, failed_action, in_autocommit=False)
+                if better is not None:
+                    raise better from exc.__cause__
+            raise
+        except BaseException:
+            tx.rollback()
+            raise
+        return SyncResult(plan, discipline, tuple(applied), discipline is Discipline.JUMBO)
+
+
+def sync(
+    bind: Bind,
+    declarations: Declarations,
+    *,
+    discipline: Discipline | str = Discipline.CHECKPOINT,
+    scope: str | None = None,
+    lock_timeout: float | None = None,
+    on_action: OnAction | None = None,
+) -> SyncResult:
+    """Make the database match the declarations.
+
+    ``discipline``: ``checkpoint`` (commit per action), ``jumbo`` (one transaction) or ``dryrun`` (one
+    transaction, rolled back). ``lock_timeout`` (seconds) bounds every lock wait; by default the server's
+    setting applies. Raises a :class:`~alembic_samizdat.errors.SamizdatError` subclass on any problem.
+    """
+    registry = as_registry(declarations, scope=scope)
+    graph = registry.graph()
+    return _run(bind, registry, graph, Discipline(discipline), lock_timeout, on_action)
+
+
+def nuke(
+    bind: Bind,
+    declarations: Declarations | None = None,
+    *,
+    discipline: Discipline | str = Discipline.CHECKPOINT,
+    scope: str | None = None,
+    lock_timeout: float | None = None,
+    on_action: OnAction | None = None,
+) -> SyncResult:
+    """Drop every object signed by the registry's scope (never anything else), dependents first."""
+    registry = as_registry(declarations if declarations is not None else [], scope=scope)
+    return _run(bind, registry, None, Discipline(discipline), lock_timeout, on_action)
+
+
+def plan(bind: Bind, declarations: Declarations, *, scope: str | None = None) -> Plan:
+    """The plan a sync would run now, without running it."""
+    registry = as_registry(declarations, scope=scope)
+    graph = registry.graph()
+    with _connected(bind) as connection:
+        state = read_state(connection, registry.scope, graph.nodes)
+        if connection.in_transaction() and isinstance(bind, Engine):
+            connection.rollback()
+    return plan_sync(graph, state)
+
+
+def diff_database(bind: Bind, declarations: Declarations, *, scope: str | None = None) -> DiffResult:
+    """Compare declarations and database; see :attr:`DiffResult.exit_code`."""
+    registry = as_registry(declarations, scope=scope)
+    graph = registry.graph()
+    with _connected(bind) as connection:
+        state = read_state(connection, registry.scope, graph.nodes)
+        if isinstance(bind, Engine):
+            connection.rollback()
+    from .plan import undeclared_dependency_warnings
+
+    return DiffResult(tuple(diff(graph, state)), tuple(undeclared_dependency_warnings(graph, state)))
+
+
+def refresh(
+    bind: Bind,
+    declarations: Declarations,
+    *,
+    scope: str | None = None,
+    on_action: OnAction | None = None,
+) -> list[Action]:
+    """Refresh every managed materialized view, in dependency order, one transaction each."""
+    registry = as_registry(declarations, scope=scope)
+    graph = registry.graph()
+    actions = [
+        Action(
+            Verb.REFRESH,
+            key,
+            Kind.MATVIEW.value,
+            graph.nodes[key].label,
+            (refresh_statement(key),),
+            "refresh",
+        )
+        for key in graph.order
+        if graph.nodes[key].kind is Kind.MATVIEW
+    ]
+    with _connected(bind) as connection, autocommit(connection) as conn:
+        return apply_actions(conn, actions, on_action=on_action)

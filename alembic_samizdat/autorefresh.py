@@ -1,0 +1,78 @@
+"""Sidekicks of materialized views with ``refresh_triggers``: a trigger function and one trigger per table.
+
+Names are derived from the view's identity alone (plus its depth in the dependency graph), so they are
+stable: adding, removing or renaming another view never renames these, and they always fit in 63 bytes.
+PostgreSQL fires a table's triggers in name order; the zero-padded depth in the trigger name makes views
+refresh after the views they read from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from .declared import Declared
+from .identifiers import qualified, quote_ident
+from .keys import Key, Kind
+
+#: Every generated name starts with this, so users can recognise (and never clash with) them.
+PREFIX = "samizdat_"
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+
+
+def function_key(view: Key) -> Key:
+    """The trigger function that refreshes ``view``; it lives in the view's schema."""
+    return Key("function", view.schema, f"{PREFIX}refresh_{_digest(view.schema, view.name)}", "")
+
+
+def trigger_name(view: Key, table: tuple[str, str], depth: int) -> str:
+    """The name of the trigger on ``table`` that refreshes ``view`` (depth first: name order is fire order)."""
+    return f"{PREFIX}r{depth:04d}_{_digest(view.schema, view.name, *table)}"
+
+
+def sidekicks(view: Declared, depth: int) -> list[Declared]:
+    """The trigger function and triggers that keep ``view`` fresh, as declarations of their own."""
+    if not view.refresh_triggers:
+        return []
+    fkey = function_key(view.key)
+    target = qualified(view.key.schema, view.key.name)
+    concurrently = " CONCURRENTLY" if view.refresh_concurrently else ""
+    function_sql = (
+        f"CREATE FUNCTION {qualified(fkey.schema, fkey.name)}() RETURNS trigger LANGUAGE plpgsql AS "
+        "$samizdat$\nBEGIN\n"
+        f"    REFRESH MATERIALIZED VIEW{concurrently} {target};\n"
+        "    RETURN NULL;\nEND;\n$samizdat$"
+    )
+    out = [
+        Declared(
+            fkey,
+            Kind.FUNCTION,
+            f"refresh function of {view.label}",
+            function_sql,
+            implicit_deps=(view.key,),
+            generated_by=view.key,
+        )
+    ]
+    for table in view.refresh_triggers:
+        name = trigger_name(view.key, table, depth)
+        condition = "AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE"
+        sql = (
+            f"CREATE TRIGGER {quote_ident(name)} {condition} ON {qualified(*table)} "
+            f"FOR EACH STATEMENT EXECUTE FUNCTION {qualified(fkey.schema, fkey.name)}()"
+        )
+        out.append(
+            Declared(
+                Key("trigger", table[0], name, table[1]),
+                Kind.TRIGGER,
+                f"refresh trigger of {view.label} on {qualified(*table)}",
+                sql,
+                implicit_deps=(fkey,),
+                unmanaged=(table,),
+                condition=condition,
+                trigger_table=table,
+                generated_by=view.key,
+            )
+        )
+    return out

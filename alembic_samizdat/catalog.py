@@ -1,0 +1,238 @@
+"""Reading the database state: one catalog query returns every signed object, name clashes and dependents."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, text
+
+from . import signature as sig
+from .identifiers import qualified, quote_ident
+from .keys import Key, Kind
+
+_KINDS = {"view": Kind.VIEW, "matview": Kind.MATVIEW, "function": Kind.FUNCTION, "trigger": Kind.TRIGGER}
+
+#: One round trip: signed views, materialized views, functions and triggers; objects whose names a
+#: declaration wants (to refuse clashes); and every object that depends on a signed one.
+CATALOG_SQL = """
+WITH wanted_rel AS (SELECT * FROM unnest(CAST(:rel_schemas AS text[]), CAST(:rel_names AS text[])) AS w(s, n)),
+wanted_fn AS (SELECT * FROM unnest(CAST(:fn_schemas AS text[]), CAST(:fn_names AS text[])) AS w(s, n)),
+wanted_tg AS (
+    SELECT * FROM unnest(CAST(:tg_schemas AS text[]), CAST(:tg_tables AS text[]), CAST(:tg_names AS text[]))
+    AS w(s, t, n)
+),
+objs AS (
+    SELECT 'pg_class'::regclass AS classid, c.oid, c.reltype AS rowtype,
+           CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'matview' WHEN 'r' THEN 'table'
+                WHEN 'p' THEN 'table' WHEN 'f' THEN 'foreign table' WHEN 'S' THEN 'sequence'
+                WHEN 'i' THEN 'index' ELSE 'relation' END AS kind,
+           n.nspname AS schema, c.relname AS name, ''::text AS extra, d.description,
+           c.relispopulated AS populated
+    FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    LEFT JOIN pg_description d
+        ON d.objoid = c.oid AND d.classoid = 'pg_class'::regclass AND d.objsubid = 0
+    WHERE (c.relkind IN ('v', 'm') AND left(d.description, :plen) = :prefix)
+       OR (n.nspname, c.relname) IN (SELECT s, n FROM wanted_rel)
+    UNION ALL
+    SELECT 'pg_proc'::regclass, p.oid, 0::oid, 'function', n.nspname, p.proname,
+           pg_get_function_identity_arguments(p.oid), d.description, true
+    FROM pg_proc p
+    JOIN pg_namespace n ON n.oid = p.pronamespace
+    LEFT JOIN pg_description d
+        ON d.objoid = p.oid AND d.classoid = 'pg_proc'::regclass AND d.objsubid = 0
+    WHERE left(d.description, :plen) = :prefix OR (n.nspname, p.proname) IN (SELECT s, n FROM wanted_fn)
+    UNION ALL
+    SELECT 'pg_trigger'::regclass, t.oid, 0::oid, 'trigger', n.nspname, t.tgname, c.relname,
+           d.description, true
+    FROM pg_trigger t
+    JOIN pg_class c ON c.oid = t.tgrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    LEFT JOIN pg_description d
+        ON d.objoid = t.oid AND d.classoid = 'pg_trigger'::regclass AND d.objsubid = 0
+    WHERE NOT t.tgisinternal
+      AND (left(d.description, :plen) = :prefix OR (n.nspname, c.relname, t.tgname) IN (SELECT s, t, n FROM wanted_tg))
+),
+signed AS (SELECT * FROM objs WHERE left(description, :plen) = :prefix),
+deps AS (
+    SELECT DISTINCT o.classid AS ref_classid, o.oid AS ref_oid,
+           CASE WHEN dep.classid = 'pg_rewrite'::regclass THEN 'pg_class'::regclass ELSE dep.classid::regclass END AS dep_classid,
+           CASE WHEN dep.classid = 'pg_rewrite'::regclass THEN r.ev_class ELSE dep.objid END AS dep_oid,
+           CASE WHEN dep.classid = 'pg_rewrite'::regclass THEN 0 ELSE dep.objsubid END AS dep_subid
+    FROM signed o
+    JOIN pg_depend dep
+        ON (dep.refclassid = o.classid AND dep.refobjid = o.oid)
+        OR (o.rowtype <> 0 AND dep.refclassid = 'pg_type'::regclass AND dep.refobjid = o.rowtype)
+    LEFT JOIN pg_rewrite r ON dep.classid = 'pg_rewrite'::regclass AND r.oid = dep.objid
+    WHERE (dep.deptype = 'n' OR (dep.deptype = 'a' AND dep.classid = 'pg_trigger'::regclass))
+      AND NOT (dep.classid = 'pg_rewrite'::regclass AND r.ev_class = o.oid)
+      AND NOT (dep.classid = 'pg_type'::regclass)
+)
+SELECT 'obj' AS row, classid::text AS classid, oid::bigint AS oid, kind, schema, name, extra, description,
+       populated, NULL AS dep_classid, NULL::bigint AS dep_oid, NULL AS dep_desc
+FROM objs
+UNION ALL
+SELECT 'dep', ref_classid::text, ref_oid::bigint, NULL, NULL, NULL, NULL, NULL, NULL,
+       dep_classid::text, dep_oid::bigint, pg_describe_object(dep_classid, dep_oid, dep_subid)
+FROM deps
+"""
+
+
+@dataclass(frozen=True)
+class DbObject:
+    """One object found in the catalog."""
+
+    #: Identity as we match it against declarations (a function's ``extra`` comes from its signature).
+    key: Key
+    #: The catalog's kind: ``view``, ``matview``, ``function``, ``trigger``, or e.g. ``table`` for a clash.
+    kind: str
+    classid: str
+    oid: int
+    comment: str | None
+    #: Our parsed signature, when the comment is a readable one of ours.
+    signature: sig.Signature | None
+    #: Why a comment that looks like ours was not trusted.
+    malformed: str | None
+    populated: bool
+    #: The identity arguments as PostgreSQL prints them (functions only).
+    identity_args: str = ""
+
+    @property
+    def ref(self) -> tuple[str, int]:
+        """The catalog reference ``(classid, oid)``."""
+        return (self.classid, self.oid)
+
+    def describe(self) -> str:
+        """The object for messages."""
+        if self.kind == "function":
+            return f"function {qualified(self.key.schema, self.key.name)}({self.identity_args})"
+        return f"{self.kind} {self.key.display()}"
+
+    def drop_statement(self) -> str:
+        """``DROP …`` built from the catalog's own names, never ``CASCADE``."""
+        if self.kind == "view":
+            return f"DROP VIEW {qualified(self.key.schema, self.key.name)}"
+        if self.kind == "matview":
+            return f"DROP MATERIALIZED VIEW {qualified(self.key.schema, self.key.name)}"
+        if self.kind == "function":
+            # identity_args is PostgreSQL's own rendering of the argument types, so it is valid SQL.
+            return f"DROP FUNCTION {qualified(self.key.schema, self.key.name)}({self.identity_args})"
+        if self.kind == "trigger":
+            return (
+                f"DROP TRIGGER {quote_ident(self.key.name)} ON {qualified(self.key.schema, self.key.extra)}"
+            )
+        raise ValueError(f"we never drop a {self.kind}")
+
+
+@dataclass(frozen=True)
+class Dependent:
+    """An object that depends on a signed one, as ``pg_depend`` says."""
+
+    classid: str
+    oid: int
+    description: str
+
+    @property
+    def ref(self) -> tuple[str, int]:
+        """The catalog reference ``(classid, oid)``."""
+        return (self.classid, self.oid)
+
+
+@dataclass(frozen=True)
+class DatabaseState:
+    """What the catalog says, split by who owns what."""
+
+    scope: str
+    #: Objects signed by this scope, by the key they were declared with.
+    managed: Mapping[Key, DbObject]
+    #: Every other object the query saw: other scopes, unsigned objects that a declaration's name hits,
+    #: malformed signatures.
+    others: tuple[DbObject, ...]
+    #: Dependents of every signed object, by the signed object's ``(classid, oid)``.
+    dependents: Mapping[tuple[str, int], tuple[Dependent, ...]] = field(default_factory=dict)
+
+    def managed_by_ref(self) -> dict[tuple[str, int], DbObject]:
+        """Managed objects by catalog reference."""
+        return {obj.ref: obj for obj in self.managed.values()}
+
+
+def read_state(connection: Connection, scope: str, wanted: Iterable[Key] = ()) -> DatabaseState:
+    """Read the database state in one round trip; ``wanted`` are declared identities checked for clashes."""
+    rel: tuple[list[str], list[str]] = ([], [])
+    fn: tuple[list[str], list[str]] = ([], [])
+    tg: tuple[list[str], list[str], list[str]] = ([], [], [])
+    for key in wanted:
+        if key.namespace == "relation":
+            rel[0].append(key.schema)
+            rel[1].append(key.name)
+        elif key.namespace == "function":
+            fn[0].append(key.schema)
+            fn[1].append(key.name)
+        else:
+            tg[0].append(key.schema)
+            tg[1].append(key.extra)
+            tg[2].append(key.name)
+    params = {
+        "prefix": sig.PREFIX,
+        "plen": len(sig.PREFIX),
+        "rel_schemas": rel[0],
+        "rel_names": rel[1],
+        "fn_schemas": fn[0],
+        "fn_names": fn[1],
+        "tg_schemas": tg[0],
+        "tg_tables": tg[1],
+        "tg_names": tg[2],
+    }
+    rows = connection.execute(text(CATALOG_SQL), params).all()
+    return build_state(scope, rows)
+
+
+def build_state(scope: str, rows: Iterable[tuple[object, ...]]) -> DatabaseState:
+    """Turn catalog rows into a :class:`DatabaseState` (pure; split out so it is testable without a server)."""
+    managed: dict[Key, DbObject] = {}
+    others: list[DbObject] = []
+    deps: dict[tuple[str, int], list[Dependent]] = defaultdict(list)
+    for row in rows:
+        kind_row, classid, oid = str(row[0]), str(row[1]), int(row[2])  # type: ignore[call-overload]
+        if kind_row == "dep":
+            deps[(classid, oid)].append(Dependent(str(row[9]), int(row[10]), str(row[11])))  # type: ignore[call-overload]
+            continue
+        kind, schema, name, extra = str(row[3]), str(row[4]), str(row[5]), str(row[6])
+        comment = None if row[7] is None else str(row[7])
+        populated = bool(row[8])
+        namespace = "relation" if classid == "pg_class" else kind
+        signature: sig.Signature | None = None
+        malformed: str | None = None
+        key_extra = extra
+        if sig.is_ours(comment):
+            assert comment is not None
+            try:
+                signature = sig.parse(comment)
+            except sig.MalformedSignature as exc:
+                malformed = str(exc)
+        if signature is not None:
+            real = (namespace, schema, name)
+            claimed = (signature.key.namespace, signature.key.schema, signature.key.name)
+            if namespace == "function":
+                key_extra = signature.key.extra
+            if real != claimed or (namespace == "trigger" and signature.key.extra != extra):
+                # Renamed behind our back: still ours, but under its real name, so it reads as excess.
+                key_extra = extra if namespace != "function" else signature.key.extra + "\x00renamed"
+        obj = DbObject(
+            Key(namespace, schema, name, key_extra),
+            kind,
+            classid,
+            oid,
+            comment,
+            signature,
+            malformed,
+            populated,
+            extra if namespace == "function" else "",
+        )
+        if signature is not None and signature.scope == scope and kind in _KINDS:
+            managed[obj.key] = obj
+        else:
+            others.append(obj)
+    return DatabaseState(scope, managed, tuple(others), {k: tuple(v) for k, v in deps.items()})

@@ -1,0 +1,143 @@
+"""Declared objects: what one samizdat class (or one generated sidekick) asks the database to hold.
+
+A :class:`Declared` is plain data, built once from a class; everything downstream (graph, plan, signature)
+works on it and never on the class again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .errors import DeclarationError
+from .identifiers import check_identifier, qualified, quote_ident
+from .keys import Key, Kind
+from .model import Reference, Samizdat, SamizdatFunction, SamizdatMaterializedView, SamizdatTrigger
+
+
+@dataclass(frozen=True)
+class Declared:
+    """One object to create: its identity, SQL, and what its signature hash covers."""
+
+    key: Key
+    kind: Kind
+    #: How messages name it: the class, or the sidekick and its owner.
+    label: str
+    #: The rendered template (may hold several statements, e.g. indexes after the postamble).
+    sql: str
+    #: Raw ``deps_on`` entries, resolved by the graph.
+    refs: tuple[Reference, ...] = ()
+    #: Dependencies already resolved (sidekicks, implicit trigger-on-view dependencies).
+    implicit_deps: tuple[Key, ...] = ()
+    #: Unmanaged objects read, as (schema, name).
+    unmanaged: tuple[tuple[str, str], ...] = ()
+    refresh_concurrently: bool = False
+    refresh_triggers: tuple[tuple[str, str], ...] = ()
+    condition: str = ""
+    trigger_table: tuple[str, str] | None = None
+    function_arguments: str = ""
+    #: The owner of a generated sidekick.
+    generated_by: Key | None = None
+    source: type[Samizdat] | None = field(default=None, compare=False)
+
+    def fingerprint(self) -> dict[str, object]:
+        """Everything that shapes the object; its hash is what the signature records."""
+        return {
+            "kind": self.kind.value,
+            "key": [self.key.namespace, self.key.schema, self.key.name, self.key.extra],
+            "sql": self.sql,
+            "condition": self.condition,
+            "table": list(self.trigger_table) if self.trigger_table else None,
+            "arguments": self.function_arguments,
+            "refresh_concurrently": self.refresh_concurrently,
+            "refresh_triggers": sorted(list(t) for t in self.refresh_triggers),
+        }
+
+    def comment_target(self) -> str:
+        """The object as ``COMMENT ON`` names it."""
+        if self.kind is Kind.TRIGGER:
+            assert self.trigger_table is not None
+            return f"TRIGGER {quote_ident(self.key.name)} ON {qualified(*self.trigger_table)}"
+        if self.kind is Kind.FUNCTION:
+            return f"FUNCTION {qualified(self.key.schema, self.key.name)}({self.key.extra})"
+        return f"{self.kind.sql_name} {qualified(self.key.schema, self.key.name)}"
+
+
+def _table_refs(entries: object, owner: type[Samizdat], attribute: str) -> tuple[tuple[str, str], ...]:
+    """Read a set of table references: bare names resolve in the class's own schema."""
+    if isinstance(entries, str | bytes) or not isinstance(entries, Iterable):
+        raise DeclarationError(
+            f"{owner.label()}.{attribute} must be a set of names or (schema, name) tuples, not {entries!r}"
+        )
+    out: list[tuple[str, str]] = []
+    for entry in entries:
+        what = f"{owner.label()}.{attribute} entry {entry!r}"
+        if isinstance(entry, type) and issubclass(entry, Samizdat):
+            out.append((entry.schema_name(), entry.object_name()))
+        elif isinstance(entry, str):
+            out.append((owner.schema_name(), check_identifier(entry, what)))
+        elif isinstance(entry, tuple) and len(entry) == 2:
+            out.append((check_identifier(entry[0], what), check_identifier(entry[1], what)))
+        else:
+            raise DeclarationError(f"{what}: expected a name or a (schema, name) tuple")
+    return tuple(sorted(set(out)))
+
+
+def declare(cls: type[Samizdat]) -> Declared:
+    """Build the :class:`Declared` of one concrete samizdat class, validating every attribute."""
+    if cls.is_abstract():
+        raise DeclarationError(f"{cls.label()} is abstract (no sql_template); it declares no object")
+    deps = cls.deps_on
+    if isinstance(deps, str | bytes) or not isinstance(deps, Iterable):
+        raise DeclarationError(f"{cls.label()}.deps_on must be a set of references, not {deps!r}")
+    refs = tuple(deps)
+    unmanaged = _table_refs(cls.deps_on_unmanaged, cls, "deps_on_unmanaged")
+    key = cls.key()
+    sql = cls.create()
+    implicit: tuple[Key, ...] = ()
+    if issubclass(cls, SamizdatTrigger):
+        table = cls.table()
+        target = cls.on_table
+        if isinstance(target, type) and issubclass(target, Samizdat):
+            implicit = (target.key(),)
+        return Declared(
+            key,
+            cls.kind,
+            cls.label(),
+            sql,
+            refs,
+            implicit,
+            unmanaged,
+            condition=cls.trigger_condition(),
+            trigger_table=table,
+            source=cls,
+        )
+    if issubclass(cls, SamizdatFunction):
+        arguments = cls.function_arguments if cls.function_arguments is not None else ""
+        return Declared(
+            key,
+            cls.kind,
+            cls.label(),
+            sql,
+            refs,
+            implicit,
+            unmanaged,
+            function_arguments=" ".join(arguments.split()),
+            source=cls,
+        )
+    if issubclass(cls, SamizdatMaterializedView):
+        if not isinstance(cls.refresh_concurrently, bool):
+            raise DeclarationError(f"{cls.label()}.refresh_concurrently must be True or False")
+        return Declared(
+            key,
+            cls.kind,
+            cls.label(),
+            sql,
+            refs,
+            implicit,
+            unmanaged,
+            refresh_concurrently=cls.refresh_concurrently,
+            refresh_triggers=_table_refs(cls.refresh_triggers, cls, "refresh_triggers"),
+            source=cls,
+        )
+    return Declared(key, cls.kind, cls.label(), sql, refs, implicit, unmanaged, source=cls)

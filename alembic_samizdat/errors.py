@@ -1,0 +1,98 @@
+"""Exception classes raised by alembic-samizdat.
+
+Every error the library raises derives from :class:`SamizdatError`, so a caller can catch the whole family or
+one precise case. Messages name the object involved and say how to fix the problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class SamizdatError(Exception):
+    """Base class of every error raised by alembic-samizdat."""
+
+
+class DeclarationError(SamizdatError):
+    """A samizdat class is declared wrongly (bad attribute, template or name)."""
+
+
+class TemplateError(DeclarationError):
+    """A ``sql_template`` is missing a placeholder, or holds one that the library does not know."""
+
+
+class InvalidIdentifierError(DeclarationError):
+    """A name cannot be used as a PostgreSQL identifier (empty, NUL, longer than 63 bytes)."""
+
+
+class ModuleLoadError(SamizdatError):
+    """A module or ``.py`` file holding samizdat classes could not be imported."""
+
+
+class GraphError(SamizdatError):
+    """The declared objects do not form a valid dependency graph."""
+
+
+class CycleError(GraphError):
+    """The declared dependencies form a cycle; ``cycle`` holds the path, first node repeated at the end."""
+
+    def __init__(self, cycle: Sequence[str]) -> None:
+        self.cycle = list(cycle)
+        super().__init__(
+            "dependency cycle (each depends on the next): "
+            + " -> ".join(self.cycle)
+            + "; remove one of these deps_on entries (a samizdat cannot depend on its own dependents)"
+        )
+
+
+class SelfDependencyError(GraphError):
+    """A samizdat lists itself in its own ``deps_on``."""
+
+
+class DanglingReferenceError(GraphError):
+    """A ``deps_on`` entry names no registered samizdat."""
+
+
+class DuplicateIdentityError(GraphError):
+    """Two declarations (generated sidekicks included) would create the same database object."""
+
+
+class ManagedListedAsUnmanagedError(GraphError):
+    """A managed samizdat is also listed in ``deps_on_unmanaged``."""
+
+
+class TriggerTargetError(GraphError):
+    """A trigger, or a refresh trigger, is declared on a relation that cannot have it."""
+
+
+class DatabaseStateError(SamizdatError):
+    """The database holds something that stops the plan before anything is changed."""
+
+
+class NameClashError(DatabaseStateError):
+    """A declared object's name is taken by an object that we did not sign (or that another scope signed)."""
+
+
+class UnmanagedDependentError(DatabaseStateError):
+    """An object that must be dropped has a dependent that we do not manage; we never drop it for you."""
+
+
+class ExecutionError(SamizdatError):
+    """A statement failed while applying a plan; ``sql`` holds it and ``__cause__`` the database error."""
+
+    def __init__(self, message: str, *, sql: str = "", action: str = "") -> None:
+        self.sql = sql
+        self.action = action
+        super().__init__(message)
+
+
+class FunctionSignatureMismatchError(ExecutionError):
+    """The function PostgreSQL created has another identity than ``function_arguments_signature`` says."""
+
+
+class LockTimeoutError(ExecutionError):
+    """A lock could not be taken within the configured ``lock_timeout``."""
+
+
+class ConnectionFailedError(SamizdatError):
+    """The database could not be reached."""

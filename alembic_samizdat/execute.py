@@ -1,0 +1,166 @@
+"""Applying a plan on a SQLAlchemy ``Connection`` under a transaction discipline.
+
+Each action's statements go to the server as one batch: one round trip, and (a property of PostgreSQL's
+simple query protocol) one implicit transaction when no transaction is open. That makes ``checkpoint``
+cost one round trip per action with create-and-sign atomic, and ``jumbo`` one transaction around them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from enum import StrEnum
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
+
+from .errors import ExecutionError, FunctionSignatureMismatchError, LockTimeoutError, SamizdatError
+from .identifiers import qualified, quote_literal
+from .keys import Kind
+from .plan import Action, Verb
+
+#: The advisory lock that serialises concurrent runs against one database.
+LOCK_KEY = int.from_bytes(hashlib.sha256(b"alembic_samizdat").digest()[:8], "big", signed=True)
+
+
+class Discipline(StrEnum):
+    """Transaction disciplines (as in DBSamizdat)."""
+
+    #: Commit after every action; a failure leaves the database at the last completed action.
+    CHECKPOINT = "checkpoint"
+    #: One transaction for the whole run; a failure changes nothing.
+    JUMBO = "jumbo"
+    #: One transaction, rolled back at the end: shows what would happen, changes nothing.
+    DRYRUN = "dryrun"
+
+
+OnAction = Callable[[Action], None]
+
+
+def first_line(exc: BaseException) -> str:
+    """The server's primary message (or the exception's first line), without psycopg's extra lines."""
+    orig = getattr(exc, "orig", exc)
+    diag = getattr(orig, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    text = primary or str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    return str(text)
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error, if any."""
+    orig = getattr(exc, "orig", exc)
+    state = getattr(orig, "sqlstate", None)
+    return state if isinstance(state, str) else None
+
+
+def lock_timeout_statement(seconds: float | None, *, local: bool) -> str | None:
+    """``SET [LOCAL] lock_timeout``; ``None`` keeps the server's own setting."""
+    if seconds is None:
+        return None
+    if seconds <= 0:
+        raise SamizdatError(f"lock_timeout must be positive, not {seconds!r}")
+    return f"SET {'LOCAL ' if local else ''}lock_timeout = {int(seconds * 1000)}"
+
+
+def _describe_failure(action: Action | None, exc: DBAPIError, sql: str) -> ExecutionError:
+    what = action.describe() if action is not None else "taking the advisory lock"
+    message = f"{what} failed: {first_line(exc)}"
+    if sqlstate(exc) == "55P03":
+        return LockTimeoutError(
+            message + " (lock_timeout expired while waiting for a lock on this object or one it reads; "
+            "another session holds it — retry later, or raise --lock-timeout)",
+            sql=sql,
+            action=action.describe() if action else "",
+        )
+    return ExecutionError(
+        message + ". Nothing of this action was kept", sql=sql, action=action.describe() if action else ""
+    )
+
+
+def run_batch(connection: Connection, action: Action | None, sql: str) -> None:
+    """Send one batch; turn a database error into an :class:`ExecutionError` naming the action."""
+    try:
+        connection.exec_driver_sql(sql)
+    except DBAPIError as exc:
+        raise _describe_failure(action, exc, sql) from exc
+
+
+def apply_actions(
+    connection: Connection, actions: Sequence[Action], *, on_action: OnAction | None = None
+) -> list[Action]:
+    """Run actions in order, one batch each; returns those that completed."""
+    done: list[Action] = []
+    for action in actions:
+        run_batch(connection, action, action.sql)
+        done.append(action)
+        if on_action is not None:
+            on_action(action)
+    return done
+
+
+@contextmanager
+def autocommit(connection: Connection) -> Iterator[Connection]:
+    """The same connection in autocommit mode, restored afterwards."""
+    if connection.in_transaction():
+        raise SamizdatError(
+            "the checkpoint discipline commits after every action, but this connection is inside a "
+            "transaction; pass an Engine, a Connection outside a transaction, or use the jumbo discipline"
+        )
+    previous = connection.get_isolation_level()
+    connection.execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        yield connection
+    finally:
+        with suppress(Exception):
+            connection.execution_options(isolation_level=previous)
+
+
+def diagnose_function(
+    connection: Connection, action: Action, *, in_autocommit: bool
+) -> ExecutionError | None:
+    """After a failed function create, tell a signature mismatch from any other error.
+
+    The create runs again in a transaction that is always rolled back; if it succeeds, the failure was the
+    signature (``COMMENT ON FUNCTION`` found no function with the declared signature).
+    """
+    declared = action.declared
+    if declared is None or declared.kind is not Kind.FUNCTION:
+        return None
+    lookup = (
+        "SELECT pg_get_function_identity_arguments(p.oid) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        f"WHERE n.nspname = {quote_literal(declared.key.schema)} AND p.proname = {quote_literal(declared.key.name)} "
+        "AND p.xmin = pg_current_xact_id()::xid"
+    )
+    try:
+        if in_autocommit:
+            connection.exec_driver_sql("BEGIN")
+            try:
+                connection.exec_driver_sql(declared.sql)
+                created = [str(r[0]) for r in connection.exec_driver_sql(lookup)]
+            finally:
+                connection.exec_driver_sql("ROLLBACK")
+        else:
+            with connection.begin_nested() if connection.in_transaction() else connection.begin() as tx:
+                connection.exec_driver_sql(declared.sql)
+                created = [str(r[0]) for r in connection.exec_driver_sql(lookup)]
+                tx.rollback()
+    except Exception:
+        return None
+    if not created:
+        return None
+    return FunctionSignatureMismatchError(
+        f"{declared.label}: PostgreSQL created function {qualified(declared.key.schema, declared.key.name)}"
+        f"({', '.join(created)}), but function_arguments_signature says ({declared.key.extra}). Make "
+        "function_arguments_signature list the input argument types exactly as the function identifies them "
+        "(OUT arguments and defaults excluded). Nothing was kept",
+        sql=action.sql,
+        action=action.describe(),
+    )
+
+
+def create_failed(action: Action) -> bool:
+    """Whether a failure of ``action`` could be a function signature mismatch."""
+    return (
+        action.verb is Verb.CREATE and action.declared is not None and action.declared.kind is Kind.FUNCTION
+    )

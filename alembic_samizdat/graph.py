@@ -1,0 +1,254 @@
+"""The dependency graph of declared objects: resolve references, check them, order them.
+
+Every check here runs before anything touches a database. Orders are deterministic (ties broken by identity)
+and every query is O(V+E) (plus a log factor for the ordering heap).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from . import autorefresh
+from .declared import Declared, declare
+from .errors import (
+    CycleError,
+    DanglingReferenceError,
+    DeclarationError,
+    DuplicateIdentityError,
+    ManagedListedAsUnmanagedError,
+    SelfDependencyError,
+    TriggerTargetError,
+)
+from .identifiers import check_identifier, qualified
+from .keys import Key, Kind, normalize_signature
+from .model import Samizdat
+
+
+def topological_order(nodes: Iterable[Key], deps: Mapping[Key, Iterable[Key]]) -> list[Key] | None:
+    """Dependencies first; ties in identity order. ``None`` when ``deps`` has a cycle among ``nodes``.
+
+    Edges to keys outside ``nodes`` are ignored, so the same helper orders any subset.
+    """
+    members = set(nodes)
+    pending: dict[Key, int] = dict.fromkeys(members, 0)
+    dependents: dict[Key, list[Key]] = defaultdict(list)
+    for node in members:
+        for dep in set(deps.get(node, ())):
+            if dep in members and dep != node:
+                pending[node] += 1
+                dependents[dep].append(node)
+    ready = [node for node, count in pending.items() if count == 0]
+    heapq.heapify(ready)
+    order: list[Key] = []
+    while ready:
+        node = heapq.heappop(ready)
+        order.append(node)
+        for child in dependents[node]:
+            pending[child] -= 1
+            if pending[child] == 0:
+                heapq.heappush(ready, child)
+    return order if len(order) == len(members) else None
+
+
+def _find_cycle(nodes: Iterable[Key], deps: Mapping[Key, Iterable[Key]]) -> list[Key]:
+    """One cycle among ``nodes`` (iterative DFS, so deep graphs cannot hit the recursion limit)."""
+    state: dict[Key, int] = {}  # 1: on the stack, 2: done
+    for start in sorted(nodes):
+        if start in state:
+            continue
+        stack: list[tuple[Key, list[Key]]] = [(start, sorted(set(deps.get(start, ()))))]
+        path = [start]
+        state[start] = 1
+        while stack:
+            node, todo = stack[-1]
+            if not todo:
+                stack.pop()
+                path.pop()
+                state[node] = 2
+                continue
+            nxt = todo.pop()
+            if nxt not in deps and nxt not in state:
+                continue
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state:
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append((nxt, sorted(set(deps.get(nxt, ())))))
+    return []
+
+
+def reachable(starts: Iterable[Key], edges: Callable[[Key], Iterable[Key]]) -> set[Key]:
+    """Every key reachable from ``starts`` (excluded unless reached again) by following ``edges``."""
+    seen: set[Key] = set()
+    queue = deque(starts)
+    while queue:
+        for nxt in edges(queue.popleft()):
+            if nxt not in seen:
+                seen.add(nxt)
+                queue.append(nxt)
+    return seen
+
+
+@dataclass(frozen=True)
+class Graph:
+    """The checked dependency graph of one registry, generated sidekicks included."""
+
+    nodes: Mapping[Key, Declared]
+    #: For each node, the managed nodes it depends on.
+    deps: Mapping[Key, tuple[Key, ...]]
+    #: For each node, the managed nodes that depend on it.
+    dependents: Mapping[Key, tuple[Key, ...]]
+    #: Every node, dependencies first (deterministic).
+    order: tuple[Key, ...]
+
+    def ancestors(self, keys: Iterable[Key]) -> set[Key]:
+        """Everything the given nodes depend on, directly or transitively."""
+        return reachable(keys, lambda k: self.deps.get(k, ()))
+
+    def descendants(self, keys: Iterable[Key]) -> set[Key]:
+        """Everything that depends on the given nodes, directly or transitively."""
+        return reachable(keys, lambda k: self.dependents.get(k, ()))
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+
+class _Resolver:
+    """Resolves ``deps_on`` entries against the declared objects."""
+
+    def __init__(self, declared: Iterable[Declared]) -> None:
+        self.by_class: dict[type[Samizdat], Key] = {}
+        self.by_name: dict[tuple[str, str], list[Key]] = defaultdict(list)
+        self.keys: set[Key] = set()
+        for item in declared:
+            self.keys.add(item.key)
+            if item.source is not None:
+                self.by_class[item.source] = item.key
+            self.by_name[(item.key.schema, item.key.name)].append(item.key)
+
+    def resolve(self, owner: Declared, ref: object) -> Key:
+        where = f"{owner.label}.deps_on entry {ref!r}"
+        if isinstance(ref, type) and issubclass(ref, Samizdat):
+            key = self.by_class.get(ref)
+            if key is None:
+                raise DanglingReferenceError(
+                    f"{where}: class {ref.label()} is not registered; register it (or load its module) "
+                    "in the same registry, or list the object in deps_on_unmanaged if we do not manage it"
+                )
+            return key
+        if isinstance(ref, str):
+            return self._by_name(where, owner.key.schema, check_identifier(ref, where), None)
+        if isinstance(ref, tuple) and len(ref) in (2, 3) and all(isinstance(part, str) for part in ref):
+            schema = check_identifier(ref[0], where)
+            name = check_identifier(ref[1], where)
+            return self._by_name(where, schema, name, normalize_signature(ref[2]) if len(ref) == 3 else None)
+        raise DeclarationError(
+            f"{where}: expected a samizdat class, a name, or a (schema, name[, argument signature]) tuple"
+        )
+
+    def _by_name(self, where: str, schema: str, name: str, signature: str | None) -> Key:
+        candidates = [
+            k
+            for k in self.by_name.get((schema, name), [])
+            if k.namespace != "trigger"
+            and (signature is None or (k.namespace == "function" and k.extra == signature))
+        ]
+        relations = [k for k in candidates if k.namespace == "relation"]
+        if relations:
+            return relations[0]
+        if len(candidates) == 1:
+            return candidates[0]
+        shown = f"{qualified(schema, name)}" + (f"({signature})" if signature is not None else "")
+        if not candidates:
+            raise DanglingReferenceError(
+                f"{where}: no registered samizdat is {shown}; fix the name, register the samizdat, or list "
+                "the object in deps_on_unmanaged if we do not manage it"
+            )
+        raise DanglingReferenceError(
+            f"{where}: {shown} names several function overloads; use a (schema, name, argument signature) "
+            "tuple or the class itself"
+        )
+
+
+def build_graph(classes: Iterable[type[Samizdat]]) -> Graph:
+    """Declare, resolve and check ``classes``; generate their sidekicks; return the ordered graph."""
+    declared = [declare(cls) for cls in classes]
+    _check_duplicates(declared)
+    resolver = _Resolver(declared)
+    deps: dict[Key, tuple[Key, ...]] = {}
+    nodes = {item.key: item for item in declared}
+    for item in declared:
+        resolved: list[Key] = []
+        for ref in item.refs:
+            key = resolver.resolve(item, ref)
+            if key == item.key:
+                raise SelfDependencyError(f"{item.label} lists itself in deps_on; remove that entry")
+            resolved.append(key)
+        resolved.extend(k for k in item.implicit_deps if k in nodes)
+        deps[item.key] = tuple(sorted(set(resolved)))
+    _check_targets(declared, nodes)
+    order = topological_order(nodes, deps)
+    if order is None:
+        cycle = _find_cycle(nodes, deps)
+        raise CycleError([nodes[k].label for k in cycle])
+    depth: dict[Key, int] = {}
+    for key in order:
+        depth[key] = 1 + max((depth[d] for d in deps[key]), default=-1)
+    extra: list[Declared] = []
+    for key in order:
+        extra.extend(autorefresh.sidekicks(nodes[key], depth[key]))
+    if extra:
+        _check_duplicates([*declared, *extra])
+        for item in extra:
+            nodes[item.key] = item
+            deps[item.key] = tuple(sorted(k for k in item.implicit_deps if k in nodes))
+        order = topological_order(nodes, deps)
+        assert order is not None, "sidekicks only depend on earlier nodes"
+    dependents: dict[Key, list[Key]] = defaultdict(list)
+    for key in order:
+        for dep in deps[key]:
+            dependents[dep].append(key)
+    return Graph(nodes, deps, {k: tuple(v) for k, v in dependents.items()}, tuple(order))
+
+
+def _check_duplicates(declared: Iterable[Declared]) -> None:
+    seen: dict[Key, Declared] = {}
+    for item in declared:
+        other = seen.get(item.key)
+        if other is not None:
+            raise DuplicateIdentityError(
+                f"{item.label} and {other.label} both declare {item.key.namespace} {item.key}; rename one "
+                "(functions may share a name only with different argument signatures)"
+            )
+        seen[item.key] = item
+
+
+def _check_targets(declared: Iterable[Declared], nodes: Mapping[Key, Declared]) -> None:
+    for item in declared:
+        for schema, name in item.unmanaged:
+            for namespace in ("relation", "function"):
+                managed = nodes.get(Key(namespace, schema, name, ""))
+                if managed is not None:
+                    raise ManagedListedAsUnmanagedError(
+                        f"{item.label}.deps_on_unmanaged lists {qualified(schema, name)}, which is the managed "
+                        f"samizdat {managed.label}; move it to deps_on"
+                    )
+        if item.kind is Kind.TRIGGER and item.trigger_table is not None:
+            target = nodes.get(Key("relation", *item.trigger_table))
+            if target is not None and target.kind is Kind.MATVIEW:
+                raise TriggerTargetError(
+                    f"{item.label}: relation {qualified(*item.trigger_table)} is a materialized view "
+                    f"({target.label}) and cannot have triggers; put the trigger on a table or a view"
+                )
+        for table in item.refresh_triggers:
+            target = nodes.get(Key("relation", *table))
+            if target is not None:
+                raise TriggerTargetError(
+                    f"{item.label}.refresh_triggers names {qualified(*table)}, which is a {target.kind.value} "
+                    f"({target.label}); relation {qualified(*table)} cannot have refresh triggers. List the "
+                    "tables it reads instead (a view is refreshed through its tables)"
+                )

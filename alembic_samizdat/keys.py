@@ -1,0 +1,65 @@
+"""Database identities of managed objects, shared by every phase (declare, inspect, plan, execute)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .identifiers import qualified, quote_ident
+
+
+class Kind(StrEnum):
+    """The kinds of database object that a samizdat can be."""
+
+    VIEW = "view"
+    MATVIEW = "matview"
+    FUNCTION = "function"
+    TRIGGER = "trigger"
+
+    @property
+    def namespace(self) -> str:
+        """Which PostgreSQL name space the kind lives in: views and materialized views share pg_class."""
+        return "relation" if self in (Kind.VIEW, Kind.MATVIEW) else self.value
+
+    @property
+    def sql_name(self) -> str:
+        """The kind as SQL spells it in ``DROP``/``COMMENT ON``."""
+        return _SQL_NAMES[self]
+
+
+_SQL_NAMES = {
+    Kind.VIEW: "VIEW",
+    Kind.MATVIEW: "MATERIALIZED VIEW",
+    Kind.FUNCTION: "FUNCTION",
+    Kind.TRIGGER: "TRIGGER",
+}
+
+
+@dataclass(frozen=True, order=True)
+class Key:
+    """The identity of one database object.
+
+    ``extra`` is the argument signature for a function (whitespace-normalised, as declared) and the table name
+    for a trigger (whose ``schema`` is the table's schema); it is empty for views and materialized views.
+    """
+
+    namespace: str
+    schema: str
+    name: str
+    extra: str = ""
+
+    def display(self) -> str:
+        """A precise, quoted rendering for messages: ``"s"."v"``, ``"s"."f"(int)``, ``"t" ON "s"."tbl"``."""
+        if self.namespace == "function":
+            return f"{qualified(self.schema, self.name)}({self.extra})"
+        if self.namespace == "trigger":
+            return f"{quote_ident(self.name)} ON {qualified(self.schema, self.extra)}"
+        return qualified(self.schema, self.name)
+
+    def __str__(self) -> str:
+        return self.display()
+
+
+def normalize_signature(signature: str) -> str:
+    """Collapse whitespace in a function argument signature so that reformatting it is not a change."""
+    return " ".join(signature.split())

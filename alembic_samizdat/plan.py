@@ -1,0 +1,312 @@
+"""The planner: declared graph × database state → differences and an ordered plan. Pure: no I/O.
+
+Rules: a changed object is dropped and recreated with everything that depends on it (through ``deps_on``
+and through the catalog's dependency edges); drops never cascade, so an object we do not manage that depends
+on one we must drop stops the plan before anything changes; a declared name taken by an object we did not
+sign stops it too. Materialized views that are created, or found unpopulated, are refreshed last, in
+dependency order.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .catalog import DatabaseState, DbObject
+from .declared import Declared
+from .errors import NameClashError, UnmanagedDependentError
+from .graph import Graph, reachable, topological_order
+from .identifiers import qualified
+from .keys import Key, Kind, normalize_signature
+from .signature import definition_hash, sign_statement
+
+
+class Verb(StrEnum):
+    """What an action does."""
+
+    DROP = "drop"
+    CREATE = "create"
+    REFRESH = "refresh"
+
+
+class DiffKind(StrEnum):
+    """How one object differs between code and database."""
+
+    EXCESS_DB = "excess in the database"
+    EXCESS_CODE = "missing from the database"
+    CHANGED = "changed"
+    UNPOPULATED = "not populated"
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One object that differs, and why."""
+
+    what: DiffKind
+    key: Key
+    kind: str
+    label: str
+
+    def describe(self) -> str:
+        """A line for humans: ``changed view "public"."v" (module.V)``."""
+        return f"{self.what.value}: {self.kind} {self.key.display()} ({self.label})"
+
+
+@dataclass(frozen=True)
+class Action:
+    """One step of a plan; its statements run together (one round trip, one transaction at checkpoints)."""
+
+    verb: Verb
+    key: Key
+    kind: str
+    label: str
+    statements: tuple[str, ...]
+    reason: str
+    declared: Declared | None = None
+
+    @property
+    def sql(self) -> str:
+        """The statements as one batch."""
+        return "\n;\n".join(self.statements) + "\n;"
+
+    def describe(self) -> str:
+        """``create view "public"."v" (module.V): missing from the database``."""
+        return f"{self.verb.value} {self.kind} {self.key.display()} ({self.label}): {self.reason}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The differences found and the ordered actions that remove them."""
+
+    differences: tuple[Difference, ...]
+    actions: tuple[Action, ...]
+    warnings: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.actions)
+
+    def script(self) -> str:
+        """A self-contained SQL script of the plan, for ``psql -1 -f`` on a database in the same state."""
+        lines = [f"-- alembic-samizdat plan: {len(self.actions)} action(s)"]
+        for action in self.actions:
+            lines.append(f"\n-- {action.describe()}")
+            lines.append(action.sql)
+        return "\n".join(lines) + "\n"
+
+
+def _label(declared: Declared | None, obj: DbObject | None) -> str:
+    if declared is not None:
+        return declared.label
+    return "no longer declared" if obj is not None else "?"
+
+
+def _signature_matches(obj: DbObject, declared: Declared) -> bool:
+    return obj.signature is not None and obj.signature.hash == definition_hash(declared)
+
+
+def _clashes(graph: Graph, state: DatabaseState) -> list[str]:
+    problems = []
+    for other in state.others:
+        for key in _declared_hits(graph, other):
+            if key in state.managed:
+                continue
+            item = graph.nodes[key]
+            if other.signature is not None:
+                owner = f"it is signed by scope {other.signature.scope!r}"
+                fix = "use another name, or sync it from that scope's registry"
+            elif other.malformed is not None:
+                owner = f"its comment looks like our signature but cannot be read ({other.malformed})"
+                fix = "fix or remove the comment (COMMENT ON … IS NULL) if the object is yours to replace"
+            else:
+                owner = "we did not create it (it has no signature)"
+                fix = "rename one of them, or drop the existing object yourself if it should be replaced"
+            problems.append(
+                f"{item.label} wants {item.key.display()}, but {other.describe()} exists and {owner}; {fix}"
+            )
+    return problems
+
+
+def _declared_hits(graph: Graph, other: DbObject) -> list[Key]:
+    key = other.key
+    if key.namespace == "relation":
+        hit = Key("relation", key.schema, key.name)
+        return [hit] if hit in graph.nodes else []
+    if key.namespace == "trigger":
+        return [key] if key in graph.nodes else []
+    printed = normalize_signature(other.identity_args).lower()
+    return [
+        k
+        for k in graph.nodes
+        if k.namespace == "function"
+        and (k.schema, k.name) == (key.schema, key.name)
+        and k.extra.lower() == printed
+    ]
+
+
+def diff(graph: Graph, state: DatabaseState) -> list[Difference]:
+    """The objects that differ between code and database, in a stable order."""
+    out: list[Difference] = []
+    for key in graph.order:
+        item = graph.nodes[key]
+        obj = state.managed.get(key)
+        if obj is None:
+            out.append(Difference(DiffKind.EXCESS_CODE, key, item.kind.value, item.label))
+        elif not _signature_matches(obj, item):
+            out.append(Difference(DiffKind.CHANGED, key, item.kind.value, item.label))
+        elif item.kind is Kind.MATVIEW and not obj.populated:
+            out.append(Difference(DiffKind.UNPOPULATED, key, item.kind.value, item.label))
+    for key in sorted(state.managed):
+        if key not in graph.nodes:
+            out.append(Difference(DiffKind.EXCESS_DB, key, state.managed[key].kind, "no longer declared"))
+    return out
+
+
+def plan_sync(graph: Graph, state: DatabaseState) -> Plan:
+    """The plan that makes the database match ``graph``; raises before anything when it cannot be done safely."""
+    clashes = _clashes(graph, state)
+    if clashes:
+        raise NameClashError("; ".join(clashes))
+    differences = diff(graph, state)
+    managed = state.managed
+    by_ref = state.managed_by_ref()
+
+    def catalog_dependents(key: Key) -> list[Key]:
+        return [by_ref[d.ref].key for d in state.dependents.get(managed[key].ref, ()) if d.ref in by_ref]
+
+    start = {d.key for d in differences if d.what in (DiffKind.CHANGED, DiffKind.EXCESS_DB)}
+    reasons: dict[Key, str] = {d.key: d.what.value for d in differences}
+
+    def drop_next(key: Key) -> list[Key]:
+        declared_deps = [d for d in graph.dependents.get(key, ()) if d in managed]
+        found = declared_deps + catalog_dependents(key)
+        for dep in found:
+            reasons.setdefault(dep, f"depends on {key.display()}, which is recreated or dropped")
+        return found
+
+    to_drop = start | reachable(start, drop_next)
+    _refuse_unmanaged_dependents(to_drop, state)
+    drop_deps: dict[Key, set[Key]] = defaultdict(set)
+    for key in to_drop:
+        for dep in catalog_dependents(key):
+            if dep in to_drop:
+                drop_deps[dep].add(key)
+        for dep in graph.deps.get(key, ()):
+            if dep in to_drop:
+                drop_deps[key].add(dep)
+    order = topological_order(to_drop, drop_deps)
+    if order is None:
+        # Declarations contradict the catalog; the catalog is what DROP obeys.
+        catalog_only: dict[Key, set[Key]] = defaultdict(set)
+        for key in to_drop:
+            for dep in catalog_dependents(key):
+                if dep in to_drop:
+                    catalog_only[dep].add(key)
+        order = topological_order(to_drop, catalog_only) or sorted(to_drop)
+    actions: list[Action] = []
+    for key in reversed(order):
+        obj = managed[key]
+        actions.append(
+            Action(
+                Verb.DROP,
+                key,
+                obj.kind,
+                _label(graph.nodes.get(key), obj),
+                (obj.drop_statement(),),
+                reasons[key],
+            )
+        )
+    to_create = [k for k in graph.order if k not in managed or k in to_drop]
+    scope = state.scope
+    for key in to_create:
+        item = graph.nodes[key]
+        actions.append(
+            Action(
+                Verb.CREATE,
+                key,
+                item.kind.value,
+                item.label,
+                (item.sql, sign_statement(item, scope)),
+                reasons.get(key, "missing from the database"),
+                item,
+            )
+        )
+    creating = set(to_create)
+    for key in graph.order:
+        item = graph.nodes[key]
+        if item.kind is not Kind.MATVIEW:
+            continue
+        if key in creating or not managed[key].populated:
+            why = (
+                "populate after create"
+                if key in creating
+                else "not populated (a refresh failed or never ran)"
+            )
+            actions.append(
+                Action(Verb.REFRESH, key, item.kind.value, item.label, (refresh_statement(key),), why, item)
+            )
+    return Plan(tuple(differences), tuple(actions), tuple(undeclared_dependency_warnings(graph, state)))
+
+
+def refresh_statement(key: Key, *, concurrently: bool = False) -> str:
+    """``REFRESH MATERIALIZED VIEW [CONCURRENTLY] "s"."v"``."""
+    return f"REFRESH MATERIALIZED VIEW{' CONCURRENTLY' if concurrently else ''} {qualified(key.schema, key.name)}"
+
+
+def _refuse_unmanaged_dependents(to_drop: Iterable[Key], state: DatabaseState) -> None:
+    by_ref = state.managed_by_ref()
+    problems = []
+    for key in sorted(to_drop):
+        obj = state.managed[key]
+        for dep in state.dependents.get(obj.ref, ()):
+            if dep.ref not in by_ref:
+                problems.append(f"{dep.description} depends on {obj.describe()}")
+    if problems:
+        raise UnmanagedDependentError(
+            "cannot proceed: these objects are not managed by this registry and would be dropped with objects "
+            "that must be dropped or recreated: "
+            + "; ".join(problems)
+            + ". Nothing was changed. Drop them yourself (and recreate them afterwards), or declare them as "
+            "samizdats in this registry"
+        )
+
+
+def undeclared_dependency_warnings(graph: Graph, state: DatabaseState) -> list[str]:
+    """Catalog dependencies between managed objects that ``deps_on`` does not declare."""
+    by_ref = state.managed_by_ref()
+    out = []
+    for key, obj in sorted(state.managed.items()):
+        if key not in graph.nodes:
+            continue
+        for dep in state.dependents.get(obj.ref, ()):
+            dependent = by_ref.get(dep.ref)
+            if dependent is None or dependent.key not in graph.nodes:
+                continue
+            dkey = dependent.key
+            if key in graph.deps.get(dkey, ()) or key in graph.ancestors([dkey]):
+                continue
+            out.append(
+                f"{graph.nodes[dkey].label} depends on {graph.nodes[key].label} in the database, but its deps_on "
+                f"does not say so; add {graph.nodes[key].label.rsplit('.', 1)[-1]} to its deps_on"
+            )
+    return out
+
+
+def plan_nuke(state: DatabaseState) -> Plan:
+    """Drop every object signed by this scope, dependents first; refuse when something unmanaged depends on one."""
+    managed = state.managed
+    _refuse_unmanaged_dependents(managed, state)
+    by_ref = state.managed_by_ref()
+    drop_deps: dict[Key, set[Key]] = defaultdict(set)
+    for key, obj in managed.items():
+        for dep in state.dependents.get(obj.ref, ()):
+            if dep.ref in by_ref:
+                drop_deps[by_ref[dep.ref].key].add(key)
+    order = topological_order(managed, drop_deps) or sorted(managed)
+    differences = tuple(Difference(DiffKind.EXCESS_DB, k, managed[k].kind, "nuke") for k in sorted(managed))
+    actions = tuple(
+        Action(Verb.DROP, k, managed[k].kind, "nuke", (managed[k].drop_statement(),), "nuke")
+        for k in reversed(order)
+    )
+    return Plan(differences, actions)

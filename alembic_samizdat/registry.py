@@ -1,0 +1,158 @@
+"""The registry: the set of samizdats one application declares, attached to its SQLAlchemy ``MetaData``."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from .errors import DeclarationError, ModuleLoadError
+from .identifiers import check_identifier
+from .keys import Key
+from .model import Samizdat
+
+if TYPE_CHECKING:
+    from sqlalchemy import MetaData
+
+    from .graph import Graph
+
+#: Where a registry is kept in ``MetaData.info``.
+METADATA_KEY = "alembic_samizdat.registry"
+DEFAULT_SCOPE = "default"
+
+S = TypeVar("S", bound=type[Samizdat])
+
+
+class SamizdatRegistry:
+    """The samizdats of one application, and the scope their signatures carry.
+
+    ``scope`` separates registries sharing a database: sync and nuke only ever touch objects signed with
+    their own scope. Given ``metadata``, the registry attaches itself to it so that Alembic's env.py finds it
+    through ``target_metadata``.
+    """
+
+    def __init__(self, metadata: MetaData | None = None, *, scope: str = DEFAULT_SCOPE) -> None:
+        if not isinstance(scope, str) or not scope:
+            raise DeclarationError(f"registry scope must be a non-empty string, not {scope!r}")
+        self.scope = scope
+        self._classes: dict[type[Samizdat], None] = {}
+        self.metadata = metadata
+        if metadata is not None:
+            metadata.info[METADATA_KEY] = self
+
+    @classmethod
+    def from_metadata(cls, metadata: MetaData) -> SamizdatRegistry | None:
+        """The registry attached to ``metadata``, if any."""
+        found = metadata.info.get(METADATA_KEY)
+        return found if isinstance(found, SamizdatRegistry) else None
+
+    def register(self, cls: S) -> S:
+        """Register one samizdat class; returns it, so it works as a class decorator."""
+        if not (isinstance(cls, type) and issubclass(cls, Samizdat)):
+            raise DeclarationError(f"only samizdat classes can be registered, not {cls!r}")
+        if cls.is_abstract():
+            raise DeclarationError(
+                f"{cls.label()} is abstract (it has no sql_template, or sets __abstract__ = True); "
+                "register the concrete classes derived from it"
+            )
+        self._classes[cls] = None
+        self._graph = None
+        return cls
+
+    def register_all(self, *classes: type[Samizdat]) -> None:
+        """Register several classes."""
+        for cls in classes:
+            self.register(cls)
+
+    def load(self, *modules: str) -> None:
+        """Import modules (dotted paths or ``.py`` file paths) and register every concrete samizdat in them.
+
+        Classes a module imports from elsewhere are registered too, so dependencies come along.
+        """
+        for spec in modules:
+            module = _import(spec)
+            for value in list(vars(module).values()):
+                if isinstance(value, type) and issubclass(value, Samizdat) and not value.is_abstract():
+                    self.register(value)
+
+    def __iter__(self) -> Iterator[type[Samizdat]]:
+        return iter(self._classes)
+
+    def __len__(self) -> int:
+        return len(self._classes)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._classes
+
+    def lookup(self, name: str, schema: str | None = None) -> type[Samizdat]:
+        """The registered class whose object is called ``name`` (optionally in ``schema``)."""
+        check_identifier(name, "lookup name")
+        found = [
+            c
+            for c in self._classes
+            if c.object_name() == name and (schema is None or c.schema_name() == schema)
+        ]
+        if len(found) != 1:
+            what = "no" if not found else "several"
+            raise KeyError(
+                f"{what} registered samizdat named {name!r}" + (f" in schema {schema!r}" if schema else "")
+            )
+        return found[0]
+
+    def by_key(self) -> dict[Key, type[Samizdat]]:
+        """Registered classes by database identity."""
+        return {cls.key(): cls for cls in self._classes}
+
+    _graph: Graph | None = None
+
+    def graph(self) -> Graph:
+        """The checked dependency graph (cached until the next registration)."""
+        if self._graph is None:
+            from .graph import build_graph
+
+            self._graph = build_graph(self._classes)
+        return self._graph
+
+
+def _import(spec: str) -> object:
+    """Import a dotted module path or a ``.py`` file path, turning every failure into one clear error."""
+    path = Path(spec)
+    try:
+        if spec.endswith(".py") or path.is_file():
+            if not path.is_file():
+                raise ModuleLoadError(f"cannot load {spec}: no such file")
+            name = "samizdat_file_" + str(abs(hash(str(path.resolve()))))
+            if name in sys.modules:
+                return sys.modules[name]
+            loader_spec = importlib.util.spec_from_file_location(name, path)
+            if loader_spec is None or loader_spec.loader is None:
+                raise ModuleLoadError(f"cannot load {spec}: not a Python file")
+            module = importlib.util.module_from_spec(loader_spec)
+            # Files next to the loaded one may import each other, as they would when run as a script.
+            parent = str(path.resolve().parent)
+            if parent not in sys.path:
+                sys.path.insert(0, parent)
+            sys.modules[name] = module
+            try:
+                loader_spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]
+                raise
+            return module
+        return importlib.import_module(spec)
+    except ModuleLoadError:
+        raise
+    except ModuleNotFoundError as exc:
+        raise ModuleLoadError(
+            f"cannot import {spec}: module {exc.name!r} not found (give a dotted module path importable from "
+            "here, or a path to a .py file)"
+        ) from exc
+    except SyntaxError as exc:
+        raise ModuleLoadError(
+            f"cannot import {spec}: syntax error in {exc.filename} line {exc.lineno}: {exc.msg}"
+        ) from exc
+    except Exception as exc:
+        raise ModuleLoadError(f"cannot import {spec}: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,84 @@
+"""The signature: the JSON comment that marks an object as ours, with its scope and definition hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from .declared import Declared
+from .identifiers import quote_literal
+from .keys import Key, Kind
+
+#: The first key of every signature; also what the catalog query filters on.
+MARK = "alembic_samizdat"
+#: The signature format; bump it when the layout changes, and teach :func:`parse` the old one.
+FORMAT = 1
+#: The prefix of every comment we write; cheap to test in SQL before parsing JSON in Python.
+PREFIX = '{"' + MARK + '":'
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A parsed signature comment."""
+
+    scope: str
+    kind: Kind
+    key: Key
+    hash: str
+
+
+class MalformedSignature(Exception):
+    """A comment that starts like ours but cannot be read: treated as foreign, never trusted."""
+
+
+def definition_hash(declared: Declared) -> str:
+    """The hash of everything that shapes ``declared``."""
+    canonical = json.dumps(declared.fingerprint(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def signature_text(declared: Declared, scope: str) -> str:
+    """The JSON text of the comment signing ``declared`` for ``scope``."""
+    key = declared.key
+    body = {
+        MARK: FORMAT,
+        "scope": scope,
+        "kind": declared.kind.value,
+        "key": [key.namespace, key.schema, key.name, key.extra],
+        "hash": definition_hash(declared),
+    }
+    # MARK must come first (dicts keep insertion order) so that PREFIX matches.
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=True)
+
+
+def sign_statement(declared: Declared, scope: str) -> str:
+    """``COMMENT ON … IS '<signature>'``."""
+    return f"COMMENT ON {declared.comment_target()} IS {quote_literal(signature_text(declared, scope))}"
+
+
+def is_ours(comment: str | None) -> bool:
+    """Whether a comment claims to be one of our signatures (it may still be malformed)."""
+    return comment is not None and comment.startswith(PREFIX)
+
+
+def parse(comment: str) -> Signature:
+    """Read one of our signatures; raise :class:`MalformedSignature` when it cannot be trusted."""
+    try:
+        body = json.loads(comment)
+    except ValueError as exc:
+        raise MalformedSignature(f"not valid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise MalformedSignature("not a JSON object")
+    if body.get(MARK) != FORMAT:
+        raise MalformedSignature(f"unknown signature format {body.get(MARK)!r}")
+    scope, kind, key, digest = body.get("scope"), body.get("kind"), body.get("key"), body.get("hash")
+    if not isinstance(scope, str) or not isinstance(digest, str):
+        raise MalformedSignature("scope and hash must be strings")
+    try:
+        parsed_kind = Kind(str(kind))
+    except ValueError:
+        raise MalformedSignature(f"unknown kind {kind!r}") from None
+    if not (isinstance(key, list) and len(key) == 4 and all(isinstance(part, str) for part in key)):
+        raise MalformedSignature("key must be a list of four strings")
+    return Signature(scope, parsed_kind, Key(*key), digest)
