@@ -6,7 +6,7 @@ planner, and apply the plan under the chosen transaction discipline.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -26,12 +26,13 @@ from .execute import (
     run_batch,
 )
 from .graph import Graph
-from .keys import Kind
 from .model import Samizdat
-from .plan import Action, Difference, DiffKind, Plan, Verb, diff, plan_nuke, plan_sync, refresh_statement
+from .plan import Action, Difference, DiffKind, Plan, diff, plan_nuke, plan_sync, undeclared_dependency_warnings
+from .refresh import NodeRef, refresh_actions, select_below
 from .registry import SamizdatRegistry
 
 Bind = Engine | Connection
+OnPlan = Callable[[Plan], None]
 Declarations = SamizdatRegistry | MetaData | Iterable[str | type[Samizdat]]
 
 
@@ -42,9 +43,7 @@ def as_registry(declarations: Declarations, *, scope: str | None = None) -> Sami
     elif isinstance(declarations, MetaData):
         found = SamizdatRegistry.from_metadata(declarations)
         if found is None:
-            raise SamizdatError(
-                "this MetaData has no SamizdatRegistry; create one with SamizdatRegistry(metadata)"
-            )
+            raise SamizdatError("this MetaData has no SamizdatRegistry; create one with SamizdatRegistry(metadata)")
         registry = found
     else:
         registry = SamizdatRegistry(scope=scope or "default")
@@ -114,20 +113,12 @@ class DiffResult:
     def exit_code(self) -> int:
         """0 same; 101 excess in the database; 102 excess in code; 103 both (a changed object counts as both)."""
         db = any(d.what in (DiffKind.EXCESS_DB, DiffKind.CHANGED) for d in self.differences)
-        code = any(
-            d.what in (DiffKind.EXCESS_CODE, DiffKind.CHANGED, DiffKind.UNPOPULATED) for d in self.differences
-        )
+        code = any(d.what in (DiffKind.EXCESS_CODE, DiffKind.CHANGED, DiffKind.UNPOPULATED) for d in self.differences)
         return (101 if db else 0) + (102 if code else 0) - (100 if db and code else 0) if (db or code) else 0
 
 
-def _lock_and_read(
-    connection: Connection, graph: Graph | None, scope: str, *, session_lock: bool
-) -> DatabaseState:
-    lock = (
-        f"SELECT pg_advisory_lock({LOCK_KEY})"
-        if session_lock
-        else f"SELECT pg_advisory_xact_lock({LOCK_KEY})"
-    )
+def _lock_and_read(connection: Connection, graph: Graph | None, scope: str, *, session_lock: bool) -> DatabaseState:
+    lock = f"SELECT pg_advisory_lock({LOCK_KEY})" if session_lock else f"SELECT pg_advisory_xact_lock({LOCK_KEY})"
     run_batch(connection, None, lock)
     return read_state(connection, scope, graph.nodes if graph is not None else ())
 
@@ -139,12 +130,16 @@ def _run(
     discipline: Discipline,
     lock_timeout: float | None,
     on_action: OnAction | None,
+    on_plan: OnPlan | None = None,
 ) -> SyncResult:
     """Lock, read, plan (sync when ``graph`` is given, else nuke) and apply under ``discipline``."""
     discipline = Discipline(discipline)
 
     def make_plan(state: DatabaseState) -> Plan:
-        return plan_sync(graph, state) if graph is not None else plan_nuke(state)
+        made = plan_sync(graph, state) if graph is not None else plan_nuke(state)
+        if on_plan is not None:
+            on_plan(made)
+        return made
 
     with _connected(bind) as connection:
         if discipline is Discipline.CHECKPOINT:
@@ -161,9 +156,7 @@ def _run(
                             applied.extend(apply_actions(conn, [action], on_action=on_action))
                         except ExecutionError as exc:
                             better = (
-                                diagnose_function(conn, action, in_autocommit=True)
-                                if create_failed(action)
-                                else None
+                                diagnose_function(conn, action, in_autocommit=True) if create_failed(action) else None
                             )
                             if better is not None:
                                 raise better from exc.__cause__
@@ -215,16 +208,17 @@ def sync(
     scope: str | None = None,
     lock_timeout: float | None = None,
     on_action: OnAction | None = None,
+    on_plan: OnPlan | None = None,
 ) -> SyncResult:
     """Make the database match the declarations.
 
     ``discipline``: ``checkpoint`` (commit per action), ``jumbo`` (one transaction) or ``dryrun`` (one
     transaction, rolled back). ``lock_timeout`` (seconds) bounds every lock wait; by default the server's
-    setting applies. Raises a :class:`~alembic_samizdat.errors.SamizdatError` subclass on any problem.
+    setting applies. ``on_plan`` sees the plan before it runs, ``on_action`` each completed action. Raises a :class:`~alembic_samizdat.errors.SamizdatError` subclass on any problem.
     """
     registry = as_registry(declarations, scope=scope)
     graph = registry.graph()
-    return _run(bind, registry, graph, Discipline(discipline), lock_timeout, on_action)
+    return _run(bind, registry, graph, Discipline(discipline), lock_timeout, on_action, on_plan)
 
 
 def nuke(
@@ -235,10 +229,11 @@ def nuke(
     scope: str | None = None,
     lock_timeout: float | None = None,
     on_action: OnAction | None = None,
+    on_plan: OnPlan | None = None,
 ) -> SyncResult:
     """Drop every object signed by the registry's scope (never anything else), dependents first."""
     registry = as_registry(declarations if declarations is not None else [], scope=scope)
-    return _run(bind, registry, None, Discipline(discipline), lock_timeout, on_action)
+    return _run(bind, registry, None, Discipline(discipline), lock_timeout, on_action, on_plan)
 
 
 def plan(bind: Bind, declarations: Declarations, *, scope: str | None = None) -> Plan:
@@ -260,8 +255,6 @@ def diff_database(bind: Bind, declarations: Declarations, *, scope: str | None =
         state = read_state(connection, registry.scope, graph.nodes)
         if isinstance(bind, Engine):
             connection.rollback()
-    from .plan import undeclared_dependency_warnings
-
     return DiffResult(tuple(diff(graph, state)), tuple(undeclared_dependency_warnings(graph, state)))
 
 
@@ -269,23 +262,18 @@ def refresh(
     bind: Bind,
     declarations: Declarations,
     *,
+    belownodes: Iterable[NodeRef] | None = None,
     scope: str | None = None,
     on_action: OnAction | None = None,
 ) -> list[Action]:
-    """Refresh every managed materialized view, in dependency order, one transaction each."""
+    """Refresh materialized views in dependency order, one transaction each; returns those refreshed.
+
+    ``belownodes`` limits the refresh to views that depend, directly or transitively, on the given samizdats
+    or tables.
+    """
     registry = as_registry(declarations, scope=scope)
     graph = registry.graph()
-    actions = [
-        Action(
-            Verb.REFRESH,
-            key,
-            Kind.MATVIEW.value,
-            graph.nodes[key].label,
-            (refresh_statement(key),),
-            "refresh",
-        )
-        for key in graph.order
-        if graph.nodes[key].kind is Kind.MATVIEW
-    ]
+    keys = select_below(graph, belownodes) if belownodes is not None else None
+    actions = refresh_actions(graph, keys)
     with _connected(bind) as connection, autocommit(connection) as conn:
         return apply_actions(conn, actions, on_action=on_action)

@@ -120,9 +120,7 @@ class DbObject:
             # identity_args is PostgreSQL's own rendering of the argument types, so it is valid SQL.
             return f"DROP FUNCTION {qualified(self.key.schema, self.key.name)}({self.identity_args})"
         if self.kind == "trigger":
-            return (
-                f"DROP TRIGGER {quote_ident(self.key.name)} ON {qualified(self.key.schema, self.key.extra)}"
-            )
+            return f"DROP TRIGGER {quote_ident(self.key.name)} ON {qualified(self.key.schema, self.key.extra)}"
         raise ValueError(f"we never drop a {self.kind}")
 
 

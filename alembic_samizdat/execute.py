@@ -116,9 +116,7 @@ def autocommit(connection: Connection) -> Iterator[Connection]:
             connection.execution_options(isolation_level=previous)
 
 
-def diagnose_function(
-    connection: Connection, action: Action, *, in_autocommit: bool
-) -> ExecutionError | None:
+def diagnose_function(connection: Connection, action: Action, *, in_autocommit: bool) -> ExecutionError | None:
     """After a failed function create, tell a signature mismatch from any other error.
 
     The create runs again in a transaction that is always rolled back; if it succeeds, the failure was the
@@ -161,6 +159,4 @@ def diagnose_function(
 
 def create_failed(action: Action) -> bool:
     """Whether a failure of ``action`` could be a function signature mismatch."""
-    return (
-        action.verb is Verb.CREATE and action.declared is not None and action.declared.kind is Kind.FUNCTION
-    )
+    return action.verb is Verb.CREATE and action.declared is not None and action.declared.kind is Kind.FUNCTION

@@ -154,8 +154,7 @@ class _Resolver:
         candidates = [
             k
             for k in self.by_name.get((schema, name), [])
-            if k.namespace != "trigger"
-            and (signature is None or (k.namespace == "function" and k.extra == signature))
+            if k.namespace != "trigger" and (signature is None or (k.namespace == "function" and k.extra == signature))
         ]
         relations = [k for k in candidates if k.namespace == "relation"]
         if relations:

@@ -22,9 +22,7 @@ def check_identifier(name: object, what: str) -> str:
     if not name:
         raise InvalidIdentifierError(f"{what}: the name is empty; give it a non-empty name")
     if "\x00" in name:
-        raise InvalidIdentifierError(
-            f"{what}: {name!r} contains a NUL character, which PostgreSQL cannot store"
-        )
+        raise InvalidIdentifierError(f"{what}: {name!r} contains a NUL character, which PostgreSQL cannot store")
     size = len(name.encode("utf-8"))
     if size > MAX_IDENTIFIER_BYTES:
         raise InvalidIdentifierError(

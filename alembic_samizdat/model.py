@@ -127,9 +127,7 @@ class Samizdat(metaclass=SamizdatMeta):
     def create(cls) -> str:
         """The rendered SQL that creates this object (without its signature comment)."""
         if cls.is_abstract():
-            raise DeclarationError(
-                f"{cls.label()} is abstract (it has no sql_template); it cannot be created"
-            )
+            raise DeclarationError(f"{cls.label()} is abstract (it has no sql_template); it cannot be created")
         assert cls.sql_template is not None
         return render(
             cls.sql_template,
@@ -221,9 +219,7 @@ class SamizdatFunction(Samizdat):
     @classmethod
     def preamble(cls) -> str:
         """``CREATE FUNCTION … (arguments)``."""
-        args = (
-            cls.function_arguments if cls.function_arguments is not None else cls.function_arguments_signature
-        )
+        args = cls.function_arguments if cls.function_arguments is not None else cls.function_arguments_signature
         return f"CREATE FUNCTION {qualified(cls.schema_name(), cls.object_name())}({args})"
 
 
@@ -283,7 +279,9 @@ class SamizdatTrigger(Samizdat):
     def preamble(cls) -> str:
         """``CREATE TRIGGER "name" <condition> ON "schema"."table"``."""
         schema, table = cls.table()
-        return f"CREATE TRIGGER {quote_ident(cls.object_name())} {cls.trigger_condition()} ON {qualified(schema, table)}"
+        return (
+            f"CREATE TRIGGER {quote_ident(cls.object_name())} {cls.trigger_condition()} ON {qualified(schema, table)}"
+        )
 
 
 CONCRETE_BASES: tuple[type[Samizdat], ...] = (

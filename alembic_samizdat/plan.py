@@ -73,7 +73,8 @@ class Action:
 
     def describe(self) -> str:
         """``create view "public"."v" (module.V): missing from the database``."""
-        return f"{self.verb.value} {self.kind} {self.key.display()} ({self.label}): {self.reason}"
+        label = f" ({self.label})" if self.label else ""
+        return f"{self.verb.value} {self.kind} {self.key.display()}{label}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -139,9 +140,7 @@ def _declared_hits(graph: Graph, other: DbObject) -> list[Key]:
     return [
         k
         for k in graph.nodes
-        if k.namespace == "function"
-        and (k.schema, k.name) == (key.schema, key.name)
-        and k.extra.lower() == printed
+        if k.namespace == "function" and (k.schema, k.name) == (key.schema, key.name) and k.extra.lower() == printed
     ]
 
 
@@ -238,14 +237,8 @@ def plan_sync(graph: Graph, state: DatabaseState) -> Plan:
         if item.kind is not Kind.MATVIEW:
             continue
         if key in creating or not managed[key].populated:
-            why = (
-                "populate after create"
-                if key in creating
-                else "not populated (a refresh failed or never ran)"
-            )
-            actions.append(
-                Action(Verb.REFRESH, key, item.kind.value, item.label, (refresh_statement(key),), why, item)
-            )
+            why = "populate after create" if key in creating else "not populated (a refresh failed or never ran)"
+            actions.append(Action(Verb.REFRESH, key, item.kind.value, item.label, (refresh_statement(key),), why, item))
     return Plan(tuple(differences), tuple(actions), tuple(undeclared_dependency_warnings(graph, state)))
 
 
@@ -306,7 +299,6 @@ def plan_nuke(state: DatabaseState) -> Plan:
     order = topological_order(managed, drop_deps) or sorted(managed)
     differences = tuple(Difference(DiffKind.EXCESS_DB, k, managed[k].kind, "nuke") for k in sorted(managed))
     actions = tuple(
-        Action(Verb.DROP, k, managed[k].kind, "nuke", (managed[k].drop_statement(),), "nuke")
-        for k in reversed(order)
+        Action(Verb.DROP, k, managed[k].kind, "", (managed[k].drop_statement(),), f"nuke of scope {state.scope!r}") for k in reversed(order)
     )
     return Plan(differences, actions)

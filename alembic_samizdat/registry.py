@@ -90,16 +90,10 @@ class SamizdatRegistry:
     def lookup(self, name: str, schema: str | None = None) -> type[Samizdat]:
         """The registered class whose object is called ``name`` (optionally in ``schema``)."""
         check_identifier(name, "lookup name")
-        found = [
-            c
-            for c in self._classes
-            if c.object_name() == name and (schema is None or c.schema_name() == schema)
-        ]
+        found = [c for c in self._classes if c.object_name() == name and (schema is None or c.schema_name() == schema)]
         if len(found) != 1:
             what = "no" if not found else "several"
-            raise KeyError(
-                f"{what} registered samizdat named {name!r}" + (f" in schema {schema!r}" if schema else "")
-            )
+            raise KeyError(f"{what} registered samizdat named {name!r}" + (f" in schema {schema!r}" if schema else ""))
         return found[0]
 
     def by_key(self) -> dict[Key, type[Samizdat]]:
@@ -117,6 +111,18 @@ class SamizdatRegistry:
         return self._graph
 
 
+_FILE_MODULES: dict[str, object] = {}
+
+
+def _module_exists(name: str) -> bool:
+    if name in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return True
+
+
 def _import(spec: str) -> object:
     """Import a dotted module path or a ``.py`` file path, turning every failure into one clear error."""
     path = Path(spec)
@@ -124,9 +130,12 @@ def _import(spec: str) -> object:
         if spec.endswith(".py") or path.is_file():
             if not path.is_file():
                 raise ModuleLoadError(f"cannot load {spec}: no such file")
-            name = "samizdat_file_" + str(abs(hash(str(path.resolve()))))
-            if name in sys.modules:
-                return sys.modules[name]
+            resolved = str(path.resolve())
+            if resolved in _FILE_MODULES:
+                return _FILE_MODULES[resolved]
+            # Name the module after its file, so messages say "orders.Totals"; avoid shadowing another module.
+            name = path.stem if path.stem.isidentifier() and not _module_exists(path.stem) else None
+            name = name or f"samizdat_file_{len(_FILE_MODULES)}_{path.stem}"
             loader_spec = importlib.util.spec_from_file_location(name, path)
             if loader_spec is None or loader_spec.loader is None:
                 raise ModuleLoadError(f"cannot load {spec}: not a Python file")
@@ -141,6 +150,7 @@ def _import(spec: str) -> object:
             except BaseException:
                 del sys.modules[name]
                 raise
+            _FILE_MODULES[resolved] = module
             return module
         return importlib.import_module(spec)
     except ModuleLoadError:
@@ -156,3 +166,45 @@ def _import(spec: str) -> object:
         ) from exc
     except Exception as exc:
         raise ModuleLoadError(f"cannot import {spec}: {type(exc).__name__}: {exc}") from exc
+
+
+def registry_from_modules(modules: list[str], *, scope: str | None = None) -> SamizdatRegistry:
+    """The registry that ``modules`` define (a ``SamizdatRegistry`` or a ``MetaData`` holding one), filled with
+    every concrete samizdat class they hold; a new registry when they define none.
+
+    ``scope`` overrides the registry's scope.
+    """
+    from sqlalchemy import MetaData
+
+    found: list[SamizdatRegistry] = []
+    classes: list[type[Samizdat]] = []
+    for spec in modules:
+        module = _import(spec)
+        for value in list(vars(module).values()):
+            if isinstance(value, SamizdatRegistry):
+                candidate: SamizdatRegistry | None = value
+            elif isinstance(value, MetaData):
+                candidate = SamizdatRegistry.from_metadata(value)
+            else:
+                candidate = None
+                if isinstance(value, type) and issubclass(value, Samizdat) and not value.is_abstract():
+                    classes.append(value)
+            if candidate is not None and all(candidate is not f for f in found):
+                found.append(candidate)
+    if len(found) > 1:
+        scopes = ", ".join(repr(r.scope) for r in found)
+        raise DeclarationError(
+            f"the modules define {len(found)} registries (scopes {scopes}); give the modules of one registry"
+        )
+    registry = found[0] if found else SamizdatRegistry(scope=scope or DEFAULT_SCOPE)
+    if scope is not None and scope != registry.scope:
+        registry = _rescoped(registry, scope)
+    registry.register_all(*classes)
+    return registry
+
+
+def _rescoped(registry: SamizdatRegistry, scope: str) -> SamizdatRegistry:
+    copy = SamizdatRegistry(scope=scope)
+    copy.metadata = registry.metadata
+    copy.register_all(*registry)
+    return copy

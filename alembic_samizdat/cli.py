@@ -1,0 +1,364 @@
+"""The ``samizdat`` command line: a thin front over :mod:`alembic_samizdat.api`.
+
+Errors print one line and exit non-zero (``-v`` adds the traceback). ``diff`` exits 0, 101 (excess in the
+database), 102 (excess in code) or 103 (both), as DBSamizdat documents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import TextIO
+
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.exc import ArgumentError, DBAPIError
+
+from . import api
+from .dot import to_dot
+from .errors import ConnectionFailedError, SamizdatError
+from .execute import Discipline, first_line
+from .plan import Action, Plan
+from .registry import SamizdatRegistry, registry_from_modules
+
+DEFAULT_CONNECT_TIMEOUT = 10
+
+
+class CliError(SamizdatError):
+    """A usage problem detected by the CLI (exit code 2)."""
+
+
+def normalize_url(url: str) -> str:
+    """Accept libpq-style ``postgresql://`` / ``postgres://`` URLs and use the psycopg 3 driver for them."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def looks_like_url(value: str) -> bool:
+    """Whether a positional argument is a database URL rather than a module."""
+    return "://" in value or value.startswith(("postgres:", "postgresql:", "postgresql+"))
+
+
+def make_engine(url: str, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Engine:
+    """An engine for ``url`` that fails within ``connect_timeout`` instead of hanging on a mute server."""
+    try:
+        parsed = make_url(normalize_url(url))
+    except ArgumentError as exc:
+        raise CliError(f"not a database URL: {url!r} ({exc})") from exc
+    if not parsed.drivername.startswith("postgresql"):
+        raise CliError(f"only PostgreSQL is supported, not {parsed.drivername!r}")
+    args: dict[str, object] = {}
+    if "connect_timeout" not in parsed.query:
+        args["connect_timeout"] = max(1, round(connect_timeout))
+    return create_engine(parsed, connect_args=args, pool_pre_ping=False)
+
+
+def check_connection(engine: Engine) -> None:
+    """Connect once, turning psycopg's multi-line failure into one line that names the server."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except DBAPIError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        raise ConnectionFailedError(f"cannot connect to {where}: {_connection_reason(exc)}") from exc
+
+
+def _connection_reason(exc: DBAPIError) -> str:
+    lines = [line.strip() for line in str(exc.orig).splitlines() if line.strip()]
+    # psycopg: "connection failed: connection to server at ... failed: <reason>" then hints.
+    reason = lines[0] if lines else type(exc.orig).__name__
+    return reason.split("failed: ")[-1] if "failed: " in reason else reason
+
+
+def _common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    kw: dict[str, object] = {} if defaults else {"default": argparse.SUPPRESS}
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only errors and results", **kw)  # type: ignore[arg-type]
+    parser.add_argument("-v", "--verbose", action="count", help="more output; tracebacks on errors", **kw)  # type: ignore[arg-type]
+    parser.add_argument("--scope", help='signature scope of this registry (default: the registry\'s, "default")', **kw)  # type: ignore[arg-type]
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        help=f"seconds to wait for the server to answer (default {DEFAULT_CONNECT_TIMEOUT})",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also the source of the CLI reference in the docs)."""
+    parser = argparse.ArgumentParser(
+        prog="samizdat",
+        description="Manage PostgreSQL views, materialized views, functions and triggers declared as Python classes.",
+    )
+    _common(parser, defaults=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    target_help = (
+        "database URL (postgresql://…; default: $DATABASE_URL) followed by modules (dotted paths or .py files) "
+        "holding the samizdat classes"
+    )
+
+    p = sub.add_parser("sync", help="make the database match the declarations")
+    _common(p, defaults=False)
+    p.add_argument(
+        "target",
+        nargs="+",
+        metavar="[DBURL] MODULE",
+        help=target_help
+        + (
+            "; without any URL, sync starts a throwaway PostgreSQL, creates the registry's MetaData tables there, "
+            "syncs and shows the result"
+        ),
+    )
+    p.add_argument(
+        "-t",
+        "--txdiscipline",
+        choices=[d.value for d in Discipline],
+        default=Discipline.CHECKPOINT.value,
+        help="checkpoint: commit after each action (default); jumbo: one transaction; dryrun: one transaction, "
+        "rolled back",
+    )
+    p.add_argument(
+        "-m",
+        "--write-migration-file",
+        metavar="FILE",
+        help="write the plan as a SQL script for `psql -1 -f` ('-' for stdout); with -t dryrun nothing else changes",
+    )
+    p.add_argument("--lock-timeout", type=float, metavar="SECONDS", help="give up waiting for a lock after this long")
+
+    p = sub.add_parser(
+        "diff",
+        help="show differences; exit 101 excess in the database, 102 excess in code, 103 both",
+    )
+    _common(p, defaults=False)
+    p.add_argument("target", nargs="+", metavar="[DBURL] MODULE", help=target_help)
+
+    p = sub.add_parser("nuke", help="drop every object signed by this scope (nothing else); no prompt")
+    _common(p, defaults=False)
+    p.add_argument(
+        "target",
+        nargs="*",
+        metavar="[DBURL] [MODULE]",
+        help="database URL, then modules (only used to find the registry's scope)",
+    )
+    p.add_argument(
+        "-t",
+        "--txdiscipline",
+        choices=[d.value for d in Discipline],
+        default=Discipline.JUMBO.value,
+        help="default jumbo: all or nothing",
+    )
+    p.add_argument("--lock-timeout", type=float, metavar="SECONDS", help="give up waiting for a lock after this long")
+
+    p = sub.add_parser("refresh", help="refresh materialized views in dependency order")
+    _common(p, defaults=False)
+    p.add_argument("target", nargs="+", metavar="[DBURL] MODULE", help=target_help)
+    p.add_argument(
+        "--belownodes",
+        nargs="+",
+        metavar="NODE",
+        default=None,
+        help="only views depending on these samizdats or tables (name or schema.name)",
+    )
+
+    p = sub.add_parser("printdot", help="print the dependency graph in GraphViz format")
+    _common(p, defaults=False)
+    p.add_argument("modules", nargs="+", metavar="MODULE", help="modules (dotted paths or .py files)")
+    return parser
+
+
+def _split_target(target: Sequence[str], *, need_modules: bool) -> tuple[str | None, list[str]]:
+    url: str | None = None
+    modules = list(target)
+    if modules and looks_like_url(modules[0]):
+        url = modules.pop(0)
+    if url is None:
+        url = os.environ.get("DATABASE_URL") or None
+    if need_modules and not modules:
+        raise CliError("give at least one module (dotted path or .py file) holding samizdat classes")
+    return url, modules
+
+
+class Output:
+    """Where the CLI writes: results on stdout, progress and warnings on stderr unless quiet."""
+
+    def __init__(self, *, quiet: bool, verbose: int, log: TextIO) -> None:
+        self.quiet = quiet
+        self.verbose = verbose
+        self.log = log
+
+    def info(self, message: str) -> None:
+        """Progress for humans."""
+        if not self.quiet:
+            print(message, file=self.log, flush=True)
+
+    def warn(self, message: str) -> None:
+        """Always shown, on stderr."""
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    def action(self, action: Action) -> None:
+        """One completed action."""
+        self.info(f"  {action.describe()}")
+
+
+@contextmanager
+def _engine_for(url: str | None, args: argparse.Namespace, out: Output, *, allow_embedded: bool) -> Iterator[Engine]:
+    timeout = getattr(args, "connect_timeout", None) or DEFAULT_CONNECT_TIMEOUT
+    with ExitStack() as stack:
+        if url is None:
+            if not allow_embedded:
+                raise CliError("give a database URL (postgresql://…) as the first argument, or set DATABASE_URL")
+            from .pgserver import start_throwaway_server
+
+            out.info("no database URL given: starting a throwaway PostgreSQL (removed on exit)…")
+            server = stack.enter_context(start_throwaway_server())
+            out.info(f"throwaway PostgreSQL {server.major} at {server.url}")
+            url = server.url
+        engine = make_engine(url, connect_timeout=timeout)
+        stack.callback(engine.dispose)
+        check_connection(engine)
+        yield engine
+
+
+def _load(modules: list[str], args: argparse.Namespace) -> SamizdatRegistry:
+    return registry_from_modules(modules, scope=getattr(args, "scope", None))
+
+
+def cmd_sync(args: argparse.Namespace, out: Output) -> int:
+    url, modules = _split_target(args.target, need_modules=True)
+    registry = _load(modules, args)
+    registry.graph()  # every declaration check runs before we connect
+    embedded = url is None
+    migration = args.write_migration_file
+
+    def write_plan(plan: Plan) -> None:
+        for warning in plan.warnings:
+            out.warn(warning)
+        if migration == "-":
+            sys.stdout.write(plan.script())
+            sys.stdout.flush()
+        elif migration:
+            with open(migration, "w", encoding="utf-8") as handle:
+                handle.write(plan.script())
+            out.info(f"wrote {len(plan.actions)} action(s) to {migration}")
+
+    with _engine_for(url, args, out, allow_embedded=True) as engine:
+        if embedded and registry.metadata is not None and registry.metadata.tables:
+            registry.metadata.create_all(engine)
+            out.info(f"created the {len(registry.metadata.tables)} table(s) of the registry's MetaData")
+        result = api.sync(
+            engine,
+            registry,
+            discipline=args.txdiscipline,
+            scope=getattr(args, "scope", None),
+            lock_timeout=args.lock_timeout,
+            on_action=out.action,
+            on_plan=write_plan,
+        )
+        out.info(result.summary())
+        if embedded:
+            _show(engine, registry, out)
+    return 0
+
+
+def _show(engine: Engine, registry: SamizdatRegistry, out: Output) -> None:
+    """After a sync on a throwaway server: what exists now, and a few rows of each view."""
+    graph = registry.graph()
+    print("\nmanaged objects now in the database:")
+    with engine.connect() as connection:
+        for key in graph.order:
+            item = graph.nodes[key]
+            print(f"  {item.kind.value:8} {key.display()}")
+            if item.kind.namespace == "relation":
+                rows = connection.exec_driver_sql(f"SELECT * FROM {key.display()} LIMIT 3").all()
+                for row in rows:
+                    print(f"             {tuple(row)}")
+
+
+def cmd_diff(args: argparse.Namespace, out: Output) -> int:
+    url, modules = _split_target(args.target, need_modules=True)
+    registry = _load(modules, args)
+    registry.graph()
+    with _engine_for(url, args, out, allow_embedded=False) as engine:
+        result = api.diff_database(engine, registry, scope=getattr(args, "scope", None))
+    for warning in result.warnings:
+        out.warn(warning)
+    for difference in result.differences:
+        print(difference.describe())
+    if not result.differences:
+        out.info("no differences")
+    return result.exit_code
+
+
+def cmd_nuke(args: argparse.Namespace, out: Output) -> int:
+    url, modules = _split_target(args.target, need_modules=False)
+    registry = _load(modules, args) if modules else SamizdatRegistry(scope=getattr(args, "scope", None) or "default")
+    with _engine_for(url, args, out, allow_embedded=False) as engine:
+        result = api.nuke(
+            engine, registry, discipline=args.txdiscipline, lock_timeout=args.lock_timeout, on_action=out.action
+        )
+    out.info(result.summary() if result.plan.actions else f"nothing signed by scope {registry.scope!r}")
+    return 0
+
+
+def cmd_refresh(args: argparse.Namespace, out: Output) -> int:
+    url, modules = _split_target(args.target, need_modules=True)
+    registry = _load(modules, args)
+    graph = registry.graph()
+    if args.belownodes is not None:
+        from .refresh import select_below
+
+        if not select_below(graph, args.belownodes):
+            out.info("no materialized view depends on the given nodes: nothing to refresh")
+            return 0
+    with _engine_for(url, args, out, allow_embedded=False) as engine:
+        done = api.refresh(engine, registry, belownodes=args.belownodes, on_action=out.action)
+    out.info(f"refreshed {len(done)} materialized view(s)")
+    return 0
+
+
+def cmd_printdot(args: argparse.Namespace, out: Output) -> int:
+    registry = _load(args.modules, args)
+    sys.stdout.write(to_dot(registry.graph()))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
+    "sync": cmd_sync,
+    "diff": cmd_diff,
+    "nuke": cmd_nuke,
+    "refresh": cmd_refresh,
+    "printdot": cmd_printdot,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``samizdat`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verbose = args.verbose or 0
+    to_stdout_too = getattr(args, "write_migration_file", None) == "-"
+    out = Output(quiet=bool(args.quiet), verbose=verbose, log=sys.stderr if to_stdout_too else sys.stdout)
+    try:
+        return COMMANDS[args.command](args, out)
+    except KeyboardInterrupt:
+        print("samizdat: interrupted", file=sys.stderr)
+        return 130
+    except (SamizdatError, OSError, DBAPIError) as exc:
+        if verbose:
+            traceback.print_exc()
+        message = first_line(exc) if isinstance(exc, DBAPIError) else str(exc)
+        print(f"samizdat: error: {message}", file=sys.stderr)
+        return 2 if isinstance(exc, CliError) else 1
+    except Exception as exc:  # a bug of ours: still one line unless -v
+        if verbose:
+            traceback.print_exc()
+        print(f"samizdat: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Compatibility layers for modules written for other tools."""
