@@ -200,8 +200,10 @@ class Output:
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
     def action(self, action: Action) -> None:
-        """One completed action."""
+        """One completed action (with its SQL at -vv)."""
         self.info(f"  {action.describe()}")
+        if self.verbose >= 2 and not self.quiet:
+            print(action.sql, file=self.log, flush=True)
 
 
 @contextmanager

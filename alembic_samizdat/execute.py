@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from enum import StrEnum
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
 from .errors import ExecutionError, FunctionSignatureMismatchError, LockTimeoutError, SamizdatError
-from .identifiers import qualified, quote_literal
+from .identifiers import qualified
 from .keys import Kind
 from .plan import Action, Verb
 
@@ -63,6 +63,10 @@ def lock_timeout_statement(seconds: float | None, *, local: bool) -> str | None:
     return f"SET {'LOCAL ' if local else ''}lock_timeout = {int(seconds * 1000)}"
 
 
+#: duplicate_function, duplicate_table, duplicate_object.
+_ALREADY_EXISTS = {"42723", "42P07", "42710"}
+
+
 def _describe_failure(action: Action | None, exc: DBAPIError, sql: str) -> ExecutionError:
     what = action.describe() if action is not None else "taking the advisory lock"
     message = f"{what} failed: {first_line(exc)}"
@@ -73,6 +77,15 @@ def _describe_failure(action: Action | None, exc: DBAPIError, sql: str) -> Execu
             sql=sql,
             action=action.describe() if action else "",
         )
+    if sqlstate(exc) in _ALREADY_EXISTS and action is not None and action.verb is Verb.CREATE:
+        return ExecutionError(
+            message + ": an object with this identity exists and is not signed by this registry's scope (the "
+            "catalog query could not match it by name, e.g. a function whose argument types are spelt "
+            "differently). Rename the samizdat, or drop the existing object yourself. Nothing of this action "
+            "was kept",
+            sql=sql,
+            action=action.describe(),
+        )
     return ExecutionError(
         message + ". Nothing of this action was kept", sql=sql, action=action.describe() if action else ""
     )
@@ -81,9 +94,26 @@ def _describe_failure(action: Action | None, exc: DBAPIError, sql: str) -> Execu
 def run_batch(connection: Connection, action: Action | None, sql: str) -> None:
     """Send one batch; turn a database error into an :class:`ExecutionError` naming the action."""
     try:
-        connection.exec_driver_sql(sql)
+        send(connection, sql)
     except DBAPIError as exc:
         raise _describe_failure(action, exc, sql) from exc
+
+
+def send(connection: Connection, sql: str) -> None:
+    """Send ``sql`` verbatim, as one simple-protocol batch.
+
+    The DBAPI cursor is called without parameters so that psycopg neither parses ``%`` in user SQL nor
+    switches to the extended protocol (which allows one statement only).
+    """
+    cursor = connection.connection.cursor()
+    try:
+        try:
+            cursor.execute(sql)
+        except Exception as exc:
+            # Present it as SQLAlchemy would, so callers handle one exception family.
+            raise DBAPIError.instance(sql, None, exc, connection.dialect.loaded_dbapi.Error) from exc
+    finally:
+        cursor.close()
 
 
 def apply_actions(
@@ -125,23 +155,24 @@ def diagnose_function(connection: Connection, action: Action, *, in_autocommit: 
     declared = action.declared
     if declared is None or declared.kind is not Kind.FUNCTION:
         return None
-    lookup = (
-        "SELECT pg_get_function_identity_arguments(p.oid) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-        f"WHERE n.nspname = {quote_literal(declared.key.schema)} AND p.proname = {quote_literal(declared.key.name)} "
-        "AND p.xmin = pg_current_xact_id()::xid"
+    lookup = text(
+        "SELECT pg_get_function_identity_arguments(p.oid) FROM pg_proc p "
+        "JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = :schema AND p.proname = :name AND p.xmin = pg_current_xact_id()::xid"
     )
+    where = {"schema": declared.key.schema, "name": declared.key.name}
     try:
         if in_autocommit:
             connection.exec_driver_sql("BEGIN")
             try:
-                connection.exec_driver_sql(declared.sql)
-                created = [str(r[0]) for r in connection.exec_driver_sql(lookup)]
+                send(connection, declared.sql)
+                created = [str(r[0]) for r in connection.execute(lookup, where)]
             finally:
                 connection.exec_driver_sql("ROLLBACK")
         else:
             with connection.begin_nested() if connection.in_transaction() else connection.begin() as tx:
-                connection.exec_driver_sql(declared.sql)
-                created = [str(r[0]) for r in connection.exec_driver_sql(lookup)]
+                send(connection, declared.sql)
+                created = [str(r[0]) for r in connection.execute(lookup, where)]
                 tx.rollback()
     except Exception:
         return None
