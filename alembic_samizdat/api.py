@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, MetaData
 
@@ -28,8 +29,21 @@ from .execute import (
 from .graph import Graph
 from .model import Samizdat
 from .plan import Action, Difference, DiffKind, Plan, diff, plan_nuke, plan_sync, undeclared_dependency_warnings
-from .refresh import NodeRef, refresh_actions, select_below
+from .refresh import Concurrently, NodeRef, Schedule, all_matviews, choose_concurrently, select_below
+from .refresher import (
+    Progress,
+    RefreshResult,
+    _Run,
+    default_jobs,
+    read_view_states,
+    refresh_asyncio,
+    refresh_serial,
+    refresh_threaded,
+)
 from .registry import SamizdatRegistry
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 Bind = Engine | Connection
 OnPlan = Callable[[Plan], None]
@@ -258,22 +272,70 @@ def diff_database(bind: Bind, declarations: Declarations, *, scope: str | None =
     return DiffResult(tuple(diff(graph, state)), tuple(undeclared_dependency_warnings(graph, state)))
 
 
+def _prepare_refresh(
+    connection: Connection,
+    registry: SamizdatRegistry,
+    belownodes: Iterable[NodeRef] | None,
+    concurrently: Concurrently | str,
+    on_action: OnAction | None,
+    progress: Progress | None,
+) -> tuple[_Run, RefreshResult]:
+    graph = registry.graph()
+    keys = select_below(graph, belownodes) if belownodes is not None else all_matviews(graph)
+    states = read_view_states(connection, keys) if keys else {}
+    chosen, notes = choose_concurrently(graph, keys, states, Concurrently(concurrently))
+    run = _Run(graph, Schedule(graph, keys), chosen, states, on_action, progress)
+    return run, RefreshResult(notes=notes, concurrently=chosen)
+
+
 def refresh(
     bind: Bind,
     declarations: Declarations,
     *,
     belownodes: Iterable[NodeRef] | None = None,
+    parallel: bool = False,
+    jobs: int | None = None,
+    concurrently: Concurrently | str = Concurrently.AUTO,
     scope: str | None = None,
     on_action: OnAction | None = None,
-) -> list[Action]:
-    """Refresh materialized views in dependency order, one transaction each; returns those refreshed.
+    progress: Progress | None = None,
+) -> RefreshResult:
+    """Refresh materialized views in dependency order, each in its own transaction.
 
-    ``belownodes`` limits the refresh to views that depend, directly or transitively, on the given samizdats
-    or tables.
+    ``belownodes`` limits the run to views that depend, directly or transitively, on the given samizdats or
+    tables. ``parallel`` runs up to ``jobs`` (default: the number of cores) refreshes at once, each view
+    starting as soon as the views it reads are done. ``concurrently``: ``auto`` (the class's
+    ``refresh_concurrently`` when PostgreSQL allows it), ``always`` or ``never``. Failures raise
+    :class:`~alembic_samizdat.refresher.RefreshError` listing every failed view.
     """
     registry = as_registry(declarations, scope=scope)
-    graph = registry.graph()
-    keys = select_below(graph, belownodes) if belownodes is not None else None
-    actions = refresh_actions(graph, keys)
-    with _connected(bind) as connection, autocommit(connection) as conn:
-        return apply_actions(conn, actions, on_action=on_action)
+    with _connected(bind) as connection:
+        run, result = _prepare_refresh(connection, registry, belownodes, concurrently, on_action, progress)
+        if connection.in_transaction() and isinstance(bind, Engine):
+            connection.rollback()
+        if parallel and len(run.schedule.order) > 1:
+            return refresh_threaded(connection.engine, run, result, jobs or default_jobs())
+        return refresh_serial(connection, run, result)
+
+
+async def refresh_async(
+    engine: AsyncEngine,
+    declarations: Declarations,
+    *,
+    belownodes: Iterable[NodeRef] | None = None,
+    jobs: int | None = 1,
+    concurrently: Concurrently | str = Concurrently.AUTO,
+    scope: str | None = None,
+    on_action: OnAction | None = None,
+    progress: Progress | None = None,
+) -> RefreshResult:
+    """:func:`refresh` for asyncio services, on an ``AsyncEngine`` (``postgresql+psycopg://``): never blocks
+    the event loop. ``jobs`` > 1 refreshes independent views at once on that many connections.
+    """
+    registry = as_registry(declarations, scope=scope)
+    async with engine.connect() as connection:
+        run, result = await connection.run_sync(
+            lambda sync: _prepare_refresh(sync, registry, belownodes, concurrently, on_action, progress)
+        )
+        await connection.rollback()
+    return await refresh_asyncio(engine, run, result, max(1, jobs or default_jobs()))

@@ -22,6 +22,7 @@ from .dot import to_dot
 from .errors import ConnectionFailedError, SamizdatError
 from .execute import Discipline, first_line
 from .plan import Action, Plan
+from .refresh import Concurrently, select_below
 from .registry import SamizdatRegistry, registry_from_modules
 
 DEFAULT_CONNECT_TIMEOUT = 10
@@ -162,6 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NODE",
         default=None,
         help="only views depending on these samizdats or tables (name or schema.name)",
+    )
+    p.add_argument("-p", "--parallel", action="store_true", help="refresh independent views at the same time")
+    p.add_argument("-j", "--jobs", type=int, default=None, help="connections for --parallel (default: cores)")
+    p.add_argument(
+        "--concurrently",
+        choices=[c.value for c in Concurrently],
+        default=Concurrently.AUTO.value,
+        help="REFRESH … CONCURRENTLY: auto (when the class asks and PostgreSQL allows), always (error if not "
+        "possible), never",
     )
 
     p = sub.add_parser("printdot", help="print the dependency graph in GraphViz format")
@@ -310,16 +320,33 @@ def cmd_refresh(args: argparse.Namespace, out: Output) -> int:
     url, modules = _split_target(args.target, need_modules=True)
     registry = _load(modules, args)
     graph = registry.graph()
-    if args.belownodes is not None:
-        from .refresh import select_below
-
-        if not select_below(graph, args.belownodes):
-            out.info("no materialized view depends on the given nodes: nothing to refresh")
-            return 0
+    if args.belownodes is not None and not select_below(graph, args.belownodes):
+        out.info("no materialized view depends on the given nodes: nothing to refresh")
+        return 0
+    progress = _progress_line if (sys.stderr.isatty() and not args.quiet) else None
     with _engine_for(url, args, out, allow_embedded=False) as engine:
-        done = api.refresh(engine, registry, belownodes=args.belownodes, on_action=out.action)
-    out.info(f"refreshed {len(done)} materialized view(s)")
+        result = api.refresh(
+            engine,
+            registry,
+            belownodes=args.belownodes,
+            parallel=args.parallel,
+            jobs=args.jobs,
+            concurrently=args.concurrently,
+            on_action=None if progress else out.action,
+            progress=progress,
+        )
+    if progress:
+        print(file=sys.stderr)
+    for note in result.notes:
+        out.info(f"note: {note}")
+    out.info(f"refreshed {len(result.refreshed)} materialized view(s) in {result.seconds:.2f} s")
     return 0
+
+
+def _progress_line(done: int, total: int, current: str | None, elapsed: float) -> None:
+    """One self-overwriting status line on a terminal."""
+    sys.stderr.write(f"\r\x1b[K[{done}/{total}] {elapsed:6.1f} s  {current or ''}")
+    sys.stderr.flush()
 
 
 def cmd_printdot(args: argparse.Namespace, out: Output) -> int:

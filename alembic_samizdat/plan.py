@@ -20,7 +20,7 @@ from .errors import NameClashError, UnmanagedDependentError
 from .graph import Graph, reachable, topological_order
 from .identifiers import qualified
 from .keys import Key, Kind, normalize_signature
-from .signature import definition_hash, sign_statement
+from .signature import clear_stale_statement, definition_hash, sign_statement
 
 
 class Verb(StrEnum):
@@ -103,6 +103,10 @@ def _label(declared: Declared | None, obj: DbObject | None) -> str:
     return "no longer declared" if obj is not None else "?"
 
 
+def _stale(obj: DbObject) -> bool:
+    return obj.signature is not None and obj.signature.stale
+
+
 def _signature_matches(obj: DbObject, declared: Declared) -> bool:
     return obj.signature is not None and obj.signature.hash == definition_hash(declared)
 
@@ -154,7 +158,7 @@ def diff(graph: Graph, state: DatabaseState) -> list[Difference]:
             out.append(Difference(DiffKind.EXCESS_CODE, key, item.kind.value, item.label))
         elif not _signature_matches(obj, item):
             out.append(Difference(DiffKind.CHANGED, key, item.kind.value, item.label))
-        elif item.kind is Kind.MATVIEW and not obj.populated:
+        elif item.kind is Kind.MATVIEW and (not obj.populated or _stale(obj)):
             out.append(Difference(DiffKind.UNPOPULATED, key, item.kind.value, item.label))
     for key in sorted(state.managed):
         if key not in graph.nodes:
@@ -236,9 +240,17 @@ def plan_sync(graph: Graph, state: DatabaseState) -> Plan:
         item = graph.nodes[key]
         if item.kind is not Kind.MATVIEW:
             continue
-        if key in creating or not managed[key].populated:
-            why = "populate after create" if key in creating else "not populated (a refresh failed or never ran)"
-            actions.append(Action(Verb.REFRESH, key, item.kind.value, item.label, (refresh_statement(key),), why, item))
+        statements: tuple[str, ...]
+        if key in creating:
+            why, statements = "populate after create", (refresh_statement(key),)
+        elif not managed[key].populated:
+            why, statements = "not populated (a refresh failed or never ran)", (refresh_statement(key),)
+        elif _stale(managed[key]):
+            why = "its last refresh failed"
+            statements = (refresh_statement(key), clear_stale_statement(key))
+        else:
+            continue
+        actions.append(Action(Verb.REFRESH, key, item.kind.value, item.label, statements, why, item))
     return Plan(tuple(differences), tuple(actions), tuple(undeclared_dependency_warnings(graph, state)))
 
 
@@ -299,6 +311,7 @@ def plan_nuke(state: DatabaseState) -> Plan:
     order = topological_order(managed, drop_deps) or sorted(managed)
     differences = tuple(Difference(DiffKind.EXCESS_DB, k, managed[k].kind, "nuke") for k in sorted(managed))
     actions = tuple(
-        Action(Verb.DROP, k, managed[k].kind, "", (managed[k].drop_statement(),), f"nuke of scope {state.scope!r}") for k in reversed(order)
+        Action(Verb.DROP, k, managed[k].kind, "", (managed[k].drop_statement(),), f"nuke of scope {state.scope!r}")
+        for k in reversed(order)
     )
     return Plan(differences, actions)

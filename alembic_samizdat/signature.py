@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 
 from .declared import Declared
-from .identifiers import quote_literal
+from .identifiers import qualified, quote_literal
 from .keys import Key, Kind
 
 #: The first key of every signature; also what the catalog query filters on.
@@ -26,6 +26,8 @@ class Signature:
     kind: Kind
     key: Key
     hash: str
+    #: A refresh of this materialized view failed after it was signed: refresh it again.
+    stale: bool = False
 
 
 class MalformedSignature(Exception):
@@ -81,4 +83,37 @@ def parse(comment: str) -> Signature:
         raise MalformedSignature(f"unknown kind {kind!r}") from None
     if not (isinstance(key, list) and len(key) == 4 and all(isinstance(part, str) for part in key)):
         raise MalformedSignature("key must be a list of four strings")
-    return Signature(scope, parsed_kind, Key(*key), digest)
+    stale = body.get("stale", False)
+    if not isinstance(stale, bool):
+        raise MalformedSignature("stale must be true or false")
+    return Signature(scope, parsed_kind, Key(*key), digest, stale)
+
+
+#: What :func:`mark_stale_statement` appends to a signature.
+STALE_SUFFIX = ',"stale":true}'
+
+
+def mark_stale_statement(key: Key) -> str:
+    """Mark a materialized view whose refresh failed, so that the next sync or refresh refreshes it again."""
+    return _edit_comment(
+        key, f"left(c, -1) || {quote_literal(STALE_SUFFIX)}", f"c NOT LIKE {quote_literal('%' + STALE_SUFFIX)}"
+    )
+
+
+def clear_stale_statement(key: Key) -> str:
+    """Remove the mark of :func:`mark_stale_statement` (run with the successful refresh)."""
+    return _edit_comment(
+        key, f"replace(c, {quote_literal(STALE_SUFFIX)}, '}}')", f"c LIKE {quote_literal('%' + STALE_SUFFIX)}"
+    )
+
+
+def _edit_comment(key: Key, new_value: str, condition: str) -> str:
+    # COMMENT takes only a literal, so the signature is edited in place in a DO block. The hash is kept as it
+    # is in the database, so marking never makes a changed view look up to date.
+    name = quote_literal(qualified(key.schema, key.name))
+    return (
+        f"DO $samizdat$ DECLARE c text := obj_description({name}::regclass, 'pg_class'); BEGIN "
+        f"IF left(c, {len(PREFIX)}) = {quote_literal(PREFIX)} AND {condition} THEN "
+        f"EXECUTE format('COMMENT ON MATERIALIZED VIEW %s IS %L', {name}, {new_value}); "
+        "END IF; END $samizdat$"
+    )

@@ -1,0 +1,289 @@
+"""Running refreshes: serially on one connection, in parallel on a bounded pool of connections, or on asyncio.
+
+The three runners share :class:`~alembic_samizdat.refresh.Schedule`: a view starts as soon as every view it
+reads is done (not level by level), longest remaining chain first. On a failure no new view is started, the
+running ones finish, the failed view is marked stale (so the next sync or refresh retries it) and every
+failure is reported in one :class:`RefreshError`. Nothing is swallowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection, Engine, text
+
+from .errors import ExecutionError, SamizdatError
+from .execute import autocommit, first_line, send
+from .graph import Graph
+from .identifiers import qualified
+from .keys import Key
+from .plan import Action
+from .refresh import Schedule, ViewState, refresh_action
+from .signature import mark_stale_statement
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+#: Called after each view: (done, total, the view just finished or None, seconds elapsed).
+Progress = Callable[[int, int, str | None, float], None]
+OnAction = Callable[[Action], None]
+
+
+@dataclass(frozen=True)
+class RefreshFailure:
+    """One view whose refresh failed."""
+
+    key: Key
+    label: str
+    message: str
+    sql: str
+
+
+class RefreshError(ExecutionError):
+    """One or more refreshes failed; ``failures`` has each, ``not_run`` the views left unrefreshed."""
+
+    def __init__(self, failures: Sequence[RefreshFailure], not_run: Sequence[str], done: int) -> None:
+        self.failures = list(failures)
+        self.not_run = list(not_run)
+        lines = "; ".join(f"{f.label} {f.key.display()}: {f.message}" for f in self.failures)
+        tail = f"; not refreshed because of it: {', '.join(self.not_run)}" if self.not_run else ""
+        super().__init__(
+            f"{len(self.failures)} refresh(es) failed ({done} succeeded): {lines}{tail}. Failed views are marked "
+            "stale; the next sync or refresh retries them",
+            sql=self.failures[0].sql if self.failures else "",
+        )
+
+
+class MissingViewError(SamizdatError):
+    """A view to refresh does not exist in the database yet."""
+
+
+@dataclass
+class RefreshResult:
+    """What a refresh run did."""
+
+    refreshed: list[Key] = field(default_factory=list)
+    #: Requests that could not be honoured as asked (e.g. CONCURRENTLY without a unique index).
+    notes: list[str] = field(default_factory=list)
+    concurrently: dict[Key, bool] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+STATES_SQL = """
+SELECT n.nspname, c.relname, c.relispopulated,
+       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid
+               AND i.indpred IS NULL AND i.indexprs IS NULL),
+       coalesce(obj_description(c.oid, 'pg_class') LIKE :stale, false)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'm'
+  AND (n.nspname, c.relname) IN (SELECT * FROM unnest(CAST(:schemas AS text[]), CAST(:names AS text[])))
+"""
+
+
+def read_view_states(connection: Connection, keys: Iterable[Key]) -> dict[Key, ViewState]:
+    """Populated / unique index / stale for each view, in one query; missing views are an error."""
+    wanted = list(keys)
+    rows = connection.execute(
+        text(STATES_SQL),
+        {"stale": '%,"stale":true}', "schemas": [k.schema for k in wanted], "names": [k.name for k in wanted]},
+    ).all()
+    states = {Key("relation", str(r[0]), str(r[1])): ViewState(bool(r[2]), bool(r[3]), bool(r[4])) for r in rows}
+    missing = [k.display() for k in wanted if k not in states]
+    if missing:
+        raise MissingViewError(
+            f"materialized view(s) not in the database: {', '.join(missing)}; run `samizdat sync` first"
+        )
+    return states
+
+
+def _priorities(schedule: Schedule) -> dict[Key, tuple[int, int]]:
+    # Longest chain of views still to come, so the critical path starts first; then dependency order.
+    chain: dict[Key, int] = {}
+    for key in reversed(schedule.order):
+        chain[key] = 1 + max((chain[c] for c in schedule.unblocks.get(key, ())), default=0)
+    return {k: (-chain[k], i) for i, k in enumerate(schedule.order)}
+
+
+class _Run:
+    """Bookkeeping shared by the runners: ready queue, results, progress, failures."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        schedule: Schedule,
+        chosen: dict[Key, bool],
+        states: dict[Key, ViewState],
+        on_action: OnAction | None,
+        progress: Progress | None,
+    ) -> None:
+        self.graph = graph
+        self.schedule = schedule
+        self.actions = {
+            k: refresh_action(graph, k, concurrently=chosen.get(k, False), clear_stale=states[k].stale)
+            for k in schedule.order
+        }
+        self.priority = _priorities(schedule)
+        self.ready = [(self.priority[k], k) for k in schedule.ready]
+        heapq.heapify(self.ready)
+        self.done: list[Key] = []
+        self.failures: list[RefreshFailure] = []
+        self.on_action = on_action
+        self.progress = progress
+        self.started = time.perf_counter()
+
+    def next_ready(self) -> Key | None:
+        if self.failures or not self.ready:
+            return None
+        return heapq.heappop(self.ready)[1]
+
+    def succeeded(self, key: Key) -> None:
+        self.done.append(key)
+        for child in self.schedule.done(key):
+            heapq.heappush(self.ready, (self.priority[child], child))
+        if self.on_action is not None:
+            self.on_action(self.actions[key])
+        if self.progress is not None:
+            self.progress(len(self.done), len(self.schedule.order), self.graph.nodes[key].label, self.elapsed)
+
+    def failed(self, key: Key, exc: BaseException) -> None:
+        action = self.actions[key]
+        message = first_line(exc.__cause__ if isinstance(exc, ExecutionError) and exc.__cause__ else exc)
+        self.failures.append(RefreshFailure(key, action.label, message, action.sql))
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def finish(self, result: RefreshResult) -> RefreshResult:
+        result.refreshed = list(self.done)
+        result.seconds = self.elapsed
+        if self.failures:
+            finished = set(self.done) | {f.key for f in self.failures}
+            not_run = [self.graph.nodes[k].label for k in self.schedule.order if k not in finished]
+            raise RefreshError(self.failures, not_run, len(self.done))
+        return result
+
+
+def _refresh_one(connection: Connection, run: _Run, key: Key) -> None:
+    """Refresh in one implicit transaction; on failure mark the view stale in another."""
+    try:
+        send(connection, run.actions[key].sql)
+    except Exception:
+        # The refresh error is what we report; if marking fails too, the view stays unrefreshed anyway.
+        with suppress(Exception):
+            send(connection, mark_stale_statement(key))
+        raise
+
+
+def refresh_serial(connection: Connection, run: _Run, result: RefreshResult) -> RefreshResult:
+    """One view after another on ``connection``; stops at the first failure."""
+    with autocommit(connection) as conn:
+        while (key := run.next_ready()) is not None:
+            try:
+                _refresh_one(conn, run, key)
+            except Exception as exc:
+                run.failed(key, exc)
+            else:
+                run.succeeded(key)
+    return run.finish(result)
+
+
+def refresh_threaded(engine: Engine, run: _Run, result: RefreshResult, jobs: int) -> RefreshResult:
+    """Up to ``jobs`` views at once, each worker thread on its own connection."""
+    local = threading.local()
+    opened: list[Connection] = []
+    lock = threading.Lock()
+
+    def work(key: Key) -> None:
+        conn: Connection | None = getattr(local, "connection", None)
+        if conn is None:
+            conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            local.connection = conn
+            with lock:
+                opened.append(conn)
+        _refresh_one(conn, run, key)
+
+    try:
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="samizdat-refresh") as pool:
+            running: dict[Future[None], Key] = {}
+            while True:
+                while len(running) < jobs and (key := run.next_ready()) is not None:
+                    running[pool.submit(work, key)] = key
+                if not running:
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    key = running.pop(future)
+                    exc = future.exception()
+                    if exc is not None:
+                        run.failed(key, exc)
+                    else:
+                        run.succeeded(key)
+    finally:
+        for conn in opened:
+            conn.close()
+    return run.finish(result)
+
+
+async def refresh_asyncio(engine: AsyncEngine, run: _Run, result: RefreshResult, jobs: int) -> RefreshResult:
+    """Up to ``jobs`` views at once on asyncio, each worker on its own connection."""
+    idle: list[object] = []
+    opened: list[object] = []
+
+    async def work(key: Key) -> None:
+        if idle:
+            raw = idle.pop()
+        else:
+            conn = await engine.connect()
+            opened.append(conn)
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            raw = (await conn.get_raw_connection()).driver_connection
+        try:
+            try:
+                # The driver's own execute without parameters: no '%' parsing, several statements allowed.
+                await raw.execute(run.actions[key].sql)  # type: ignore[attr-defined]
+            except Exception:
+                with suppress(Exception):
+                    await raw.execute(mark_stale_statement(key))  # type: ignore[attr-defined]
+                raise
+        finally:
+            idle.append(raw)
+
+    try:
+        running: dict[asyncio.Task[None], Key] = {}
+        while True:
+            while len(running) < jobs and (key := run.next_ready()) is not None:
+                running[asyncio.ensure_future(work(key))] = key
+            if not running:
+                break
+            finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in finished:
+                key = running.pop(task)
+                exc = task.exception()
+                if exc is not None:
+                    run.failed(key, exc)
+                else:
+                    run.succeeded(key)
+    finally:
+        for conn in opened:
+            await conn.close()  # type: ignore[attr-defined]
+    return run.finish(result)
+
+
+def default_jobs() -> int:
+    """The default pool size: the number of cores."""
+    return max(1, os.cpu_count() or 1)
+
+
+def describe_view(key: Key) -> str:
+    """The quoted name of a view, for messages."""
+    return qualified(key.schema, key.name)
