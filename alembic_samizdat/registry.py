@@ -114,13 +114,15 @@ class SamizdatRegistry:
 _FILE_MODULES: dict[str, object] = {}
 
 
-def _module_exists(name: str) -> bool:
+def _module_exists(name: str, path: str) -> bool:
+    """Whether ``name`` is another module than the file at ``path`` (so using it would shadow that module)."""
     if name in sys.modules:
         return True
     try:
-        return importlib.util.find_spec(name) is not None
+        found = importlib.util.find_spec(name)
     except (ImportError, ValueError):
         return True
+    return found is not None and found.origin != path
 
 
 def _import(spec: str) -> object:
@@ -134,7 +136,7 @@ def _import(spec: str) -> object:
             if resolved in _FILE_MODULES:
                 return _FILE_MODULES[resolved]
             # Name the module after its file, so messages say "orders.Totals"; avoid shadowing another module.
-            name = path.stem if path.stem.isidentifier() and not _module_exists(path.stem) else None
+            name = path.stem if path.stem.isidentifier() and not _module_exists(path.stem, resolved) else None
             name = name or f"samizdat_file_{len(_FILE_MODULES)}_{path.stem}"
             loader_spec = importlib.util.spec_from_file_location(name, path)
             if loader_spec is None or loader_spec.loader is None:
@@ -165,7 +167,8 @@ def _import(spec: str) -> object:
             f"cannot import {spec}: syntax error in {exc.filename} line {exc.lineno}: {exc.msg}"
         ) from exc
     except Exception as exc:
-        raise ModuleLoadError(f"cannot import {spec}: {type(exc).__name__}: {exc}") from exc
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ModuleLoadError(f"cannot import {spec}: {type(exc).__name__}: {first} (-v shows the traceback)") from exc
 
 
 def registry_from_modules(modules: list[str], *, scope: str | None = None) -> SamizdatRegistry:
