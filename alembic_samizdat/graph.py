@@ -142,6 +142,8 @@ class _Resolver:
             return key
         if isinstance(ref, str):
             return self._by_name(where, owner.key.schema, check_identifier(ref, where), None)
+        if isinstance(ref, tuple) and len(ref) == 3 and ref[2] is None:
+            ref = ref[:2]  # the ``fq`` of a view: FQTuple(schema, name, None)
         if isinstance(ref, tuple) and len(ref) in (2, 3) and all(isinstance(part, str) for part in ref):
             schema = check_identifier(ref[0], where)
             name = check_identifier(ref[1], where)

@@ -221,6 +221,14 @@ def plan_sync(graph: Graph, state: DatabaseState) -> Plan:
             )
         )
     to_create = [k for k in graph.order if k not in managed or k in to_drop]
+    # Creation follows deps_on, and also catalog edges that deps_on forgot (they were warned about).
+    create_deps: dict[Key, set[Key]] = {k: set(graph.deps.get(k, ())) for k in to_create}
+    for key in to_create:
+        if key in managed:
+            for dependent in catalog_dependents(key):
+                if dependent in create_deps:
+                    create_deps[dependent].add(key)
+    to_create = topological_order(to_create, create_deps) or to_create
     scope = state.scope
     for key in to_create:
         item = graph.nodes[key]
