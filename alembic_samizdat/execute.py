@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from enum import StrEnum
 
 from sqlalchemy import Connection, text
@@ -102,18 +102,11 @@ def run_batch(connection: Connection, action: Action | None, sql: str) -> None:
 def send(connection: Connection, sql: str) -> None:
     """Send ``sql`` verbatim, as one simple-protocol batch.
 
-    The DBAPI cursor is called without parameters so that psycopg neither parses ``%`` in user SQL nor
-    switches to the extended protocol (which allows one statement only).
+    ``no_parameters`` makes SQLAlchemy call the cursor without parameters, so psycopg neither parses ``%``
+    in user SQL nor switches to the extended protocol (which allows one statement only); events and
+    ``echo`` still see the statement.
     """
-    cursor = connection.connection.cursor()
-    try:
-        try:
-            cursor.execute(sql)
-        except Exception as exc:
-            # Present it as SQLAlchemy would, so callers handle one exception family.
-            raise DBAPIError.instance(sql, None, exc, connection.dialect.loaded_dbapi.Error) from exc
-    finally:
-        cursor.close()
+    connection.exec_driver_sql(sql, execution_options={"no_parameters": True})
 
 
 def apply_actions(
@@ -137,13 +130,17 @@ def autocommit(connection: Connection) -> Iterator[Connection]:
             "the checkpoint discipline commits after every action, but this connection is inside a "
             "transaction; pass an Engine, a Connection outside a transaction, or use the jumbo discipline"
         )
-    previous = connection.get_isolation_level()
+    # From the options, not get_isolation_level(): that asks the server (three round trips).
+    previous = connection.get_execution_options().get("isolation_level", connection.default_isolation_level)
     connection.execution_options(isolation_level="AUTOCOMMIT")
     try:
         yield connection
     finally:
-        with suppress(Exception):
-            connection.execution_options(isolation_level=previous)
+        # Statements run in the block left SQLAlchemy's (no-op) autobegun transaction open; end it so the
+        # isolation level can be restored and the caller gets its connection back as it was.
+        if connection.in_transaction():
+            connection.rollback()
+        connection.execution_options(isolation_level=previous)
 
 
 def diagnose_function(connection: Connection, action: Action, *, in_autocommit: bool) -> ExecutionError | None:
