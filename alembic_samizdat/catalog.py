@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, text
 
 from . import signature as sig
-from .identifiers import qualified, quote_ident
+from .identifiers import qualified, quote_ident, quote_literal
 from .keys import Key, Kind
 
 _KINDS = {"view": Kind.VIEW, "matview": Kind.MATVIEW, "function": Kind.FUNCTION, "trigger": Kind.TRIGGER}
@@ -122,6 +122,18 @@ class DbObject:
         if self.kind == "trigger":
             return f"DROP TRIGGER {quote_ident(self.key.name)} ON {qualified(self.key.schema, self.key.extra)}"
         raise ValueError(f"we never drop a {self.kind}")
+
+    def comment_target(self) -> str:
+        """The object as ``COMMENT ON`` names it, from the catalog's own names."""
+        drop = self.drop_statement()
+        return drop.removeprefix("DROP ")
+
+    def restore_statements(self) -> tuple[str, ...] | None:
+        """The statements that recreate this object exactly as it is now (its SQL and its signature), when the
+        signature recorded the SQL; used for Alembic downgrades."""
+        if self.signature is None or self.signature.sql is None or self.comment is None:
+            return None
+        return (self.signature.sql, f"COMMENT ON {self.comment_target()} IS {quote_literal(self.comment)}")
 
 
 @dataclass(frozen=True)

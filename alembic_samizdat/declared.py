@@ -36,6 +36,8 @@ class Declared:
     condition: str = ""
     trigger_table: tuple[str, str] | None = None
     function_arguments: str = ""
+    #: Populate on creation (materialized views); not part of the hash, so changing it recreates nothing.
+    with_data: bool = True
     #: The owner of a generated sidekick.
     generated_by: Key | None = None
     source: type[Samizdat] | None = field(default=None, compare=False)
@@ -128,6 +130,8 @@ def declare(cls: type[Samizdat]) -> Declared:
     if issubclass(cls, SamizdatMaterializedView):
         if not isinstance(cls.refresh_concurrently, bool):
             raise DeclarationError(f"{cls.label()}.refresh_concurrently must be True or False")
+        if not isinstance(cls.with_data, bool):
+            raise DeclarationError(f"{cls.label()}.with_data must be True or False")
         return Declared(
             key,
             cls.kind,
@@ -138,6 +142,7 @@ def declare(cls: type[Samizdat]) -> Declared:
             unmanaged,
             refresh_concurrently=cls.refresh_concurrently,
             refresh_triggers=_table_refs(cls.refresh_triggers, cls, "refresh_triggers"),
+            with_data=cls.with_data,
             source=cls,
         )
     return Declared(key, cls.kind, cls.label(), sql, refs, implicit, unmanaged, source=cls)

@@ -162,6 +162,9 @@ class SamizdatMaterializedView(Samizdat):
     refresh_concurrently: ClassVar[bool] = False
     #: Tables whose changes refresh this view through generated triggers.
     refresh_triggers: ClassVar[Iterable[str | tuple[str, str]]] = frozenset()
+    #: Populate the view when it is created (by sync or a migration). ``False`` leaves a large view empty
+    #: until ``samizdat refresh``; it is then never called "not populated".
+    with_data: ClassVar[bool] = True
 
     @classmethod
     def preamble(cls) -> str:

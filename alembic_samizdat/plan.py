@@ -158,7 +158,7 @@ def diff(graph: Graph, state: DatabaseState) -> list[Difference]:
             out.append(Difference(DiffKind.EXCESS_CODE, key, item.kind.value, item.label))
         elif not _signature_matches(obj, item):
             out.append(Difference(DiffKind.CHANGED, key, item.kind.value, item.label))
-        elif item.kind is Kind.MATVIEW and (not obj.populated or _stale(obj)):
+        elif item.kind is Kind.MATVIEW and ((not obj.populated and item.with_data) or _stale(obj)):
             out.append(Difference(DiffKind.UNPOPULATED, key, item.kind.value, item.label))
     for key in sorted(state.managed):
         if key not in graph.nodes:
@@ -166,8 +166,12 @@ def diff(graph: Graph, state: DatabaseState) -> list[Difference]:
     return out
 
 
-def plan_sync(graph: Graph, state: DatabaseState) -> Plan:
-    """The plan that makes the database match ``graph``; raises before anything when it cannot be done safely."""
+def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) -> Plan:
+    """The plan that makes the database match ``graph``; raises before anything when it cannot be done safely.
+
+    ``force`` names managed objects to drop and recreate even when unchanged (with their dependents), e.g.
+    because a migration alters a table they read.
+    """
     clashes = _clashes(graph, state)
     if clashes:
         raise NameClashError("; ".join(clashes))
@@ -180,6 +184,10 @@ def plan_sync(graph: Graph, state: DatabaseState) -> Plan:
 
     start = {d.key for d in differences if d.what in (DiffKind.CHANGED, DiffKind.EXCESS_DB)}
     reasons: dict[Key, str] = {d.key: d.what.value for d in differences}
+    for key in force:
+        if key in managed and key not in start:
+            start.add(key)
+            reasons[key] = "reads a table that this migration alters"
 
     def drop_next(key: Key) -> list[Key]:
         declared_deps = [d for d in graph.dependents.get(key, ()) if d in managed]
@@ -249,6 +257,8 @@ def plan_sync(graph: Graph, state: DatabaseState) -> Plan:
         if item.kind is not Kind.MATVIEW:
             continue
         statements: tuple[str, ...]
+        if not item.with_data and (key in creating or not managed[key].populated):
+            continue
         if key in creating:
             why, statements = "populate after create", (refresh_statement(key),)
         elif not managed[key].populated:

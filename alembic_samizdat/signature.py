@@ -28,6 +28,8 @@ class Signature:
     hash: str
     #: A refresh of this materialized view failed after it was signed: refresh it again.
     stale: bool = False
+    #: The rendered template the object was created from.
+    sql: str | None = None
 
 
 class MalformedSignature(Exception):
@@ -49,6 +51,8 @@ def signature_text(declared: Declared, scope: str) -> str:
         "kind": declared.kind.value,
         "key": [key.namespace, key.schema, key.name, key.extra],
         "hash": definition_hash(declared),
+        # The rendered template, so that an Alembic downgrade can restore exactly what was replaced.
+        "sql": declared.sql,
     }
     # MARK must come first (dicts keep insertion order) so that PREFIX matches.
     return json.dumps(body, separators=(",", ":"), ensure_ascii=True)
@@ -86,7 +90,10 @@ def parse(comment: str) -> Signature:
     stale = body.get("stale", False)
     if not isinstance(stale, bool):
         raise MalformedSignature("stale must be true or false")
-    return Signature(scope, parsed_kind, Key(*key), digest, stale)
+    sql = body.get("sql")
+    if sql is not None and not isinstance(sql, str):
+        raise MalformedSignature("sql must be a string")
+    return Signature(scope, parsed_kind, Key(*key), digest, stale, sql)
 
 
 #: What :func:`mark_stale_statement` appends to a signature.
