@@ -83,6 +83,17 @@ def _connected(bind: Bind) -> Iterator[Connection]:
         yield bind
 
 
+@contextmanager
+def _read_only(connection: Connection) -> Iterator[None]:
+    """Catalog reads: end the transaction they began, but never one the caller had open."""
+    began = not connection.in_transaction()
+    try:
+        yield
+    finally:
+        if began and connection.in_transaction():
+            connection.rollback()
+
+
 @dataclass(frozen=True)
 class SyncResult:
     """What a sync (or nuke) found and did."""
@@ -254,10 +265,8 @@ def plan(bind: Bind, declarations: Declarations, *, scope: str | None = None) ->
     """The plan a sync would run now, without running it."""
     registry = as_registry(declarations, scope=scope)
     graph = registry.graph()
-    with _connected(bind) as connection:
+    with _connected(bind) as connection, _read_only(connection):
         state = read_state(connection, registry.scope, graph.nodes)
-        if connection.in_transaction() and isinstance(bind, Engine):
-            connection.rollback()
     return plan_sync(graph, state)
 
 
@@ -265,10 +274,8 @@ def diff_database(bind: Bind, declarations: Declarations, *, scope: str | None =
     """Compare declarations and database; see :attr:`DiffResult.exit_code`."""
     registry = as_registry(declarations, scope=scope)
     graph = registry.graph()
-    with _connected(bind) as connection:
+    with _connected(bind) as connection, _read_only(connection):
         state = read_state(connection, registry.scope, graph.nodes)
-        if isinstance(bind, Engine):
-            connection.rollback()
     return DiffResult(tuple(diff(graph, state)), tuple(undeclared_dependency_warnings(graph, state)))
 
 
@@ -309,10 +316,9 @@ def refresh(
     :class:`~alembic_samizdat.refresher.RefreshError` listing every failed view.
     """
     registry = as_registry(declarations, scope=scope)
-    with _connected(bind) as connection:
+    with _connected(bind) as connection, _read_only(connection):
         run, result = _prepare_refresh(connection, registry, belownodes, concurrently, on_action, progress)
-        if connection.in_transaction() and isinstance(bind, Engine):
-            connection.rollback()
+    with _connected(bind) as connection:
         if parallel and len(run.schedule.order) > 1:
             return refresh_threaded(connection.engine, run, result, jobs or default_jobs())
         return refresh_serial(connection, run, result)

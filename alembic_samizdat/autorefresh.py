@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 
 from .declared import Declared
-from .identifiers import qualified, quote_ident
+from .identifiers import qualified, quote_ident, quote_literal
 from .keys import Key, Kind
 
 #: Every generated name starts with this, so users can recognise (and never clash with) them.
@@ -38,12 +38,23 @@ def sidekicks(view: Declared, depth: int) -> list[Declared]:
         return []
     fkey = function_key(view.key)
     target = qualified(view.key.schema, view.key.name)
-    concurrently = " CONCURRENTLY" if view.refresh_concurrently else ""
+    if view.refresh_concurrently:
+        # CONCURRENTLY only when PostgreSQL allows it right now (populated, unique index on plain columns):
+        # a write to the table must never fail because of how the view is refreshed.
+        body = (
+            "    IF EXISTS (SELECT 1 FROM pg_class c JOIN pg_index i ON i.indrelid = c.oid\n"
+            f"               WHERE c.oid = {quote_literal(target)}::regclass AND c.relispopulated\n"
+            "                 AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL) THEN\n"
+            f"        REFRESH MATERIALIZED VIEW CONCURRENTLY {target};\n"
+            "    ELSE\n"
+            f"        REFRESH MATERIALIZED VIEW {target};\n"
+            "    END IF;\n"
+        )
+    else:
+        body = f"    REFRESH MATERIALIZED VIEW {target};\n"
     function_sql = (
         f"CREATE FUNCTION {qualified(fkey.schema, fkey.name)}() RETURNS trigger LANGUAGE plpgsql AS "
-        "$samizdat$\nBEGIN\n"
-        f"    REFRESH MATERIALIZED VIEW{concurrently} {target};\n"
-        "    RETURN NULL;\nEND;\n$samizdat$"
+        f"$samizdat$\nBEGIN\n{body}    RETURN NULL;\nEND;\n$samizdat$"
     )
     out = [
         Declared(

@@ -21,6 +21,7 @@ from . import api
 from .dot import to_dot
 from .errors import ConnectionFailedError, SamizdatError
 from .execute import Discipline, first_line
+from .orm import real_tables
 from .plan import Action, Plan
 from .refresh import Concurrently, select_below
 from .registry import SamizdatRegistry, registry_from_modules
@@ -259,8 +260,9 @@ def cmd_sync(args: argparse.Namespace, out: Output) -> int:
 
     with _engine_for(url, args, out, allow_embedded=True) as engine:
         if embedded and registry.metadata is not None and registry.metadata.tables:
-            registry.metadata.create_all(engine)
-            out.info(f"created the {len(registry.metadata.tables)} table(s) of the registry's MetaData")
+            tables = real_tables(registry.metadata)
+            registry.metadata.create_all(engine, tables=tables)
+            out.info(f"created the {len(tables)} table(s) of the registry's MetaData")
         result = api.sync(
             engine,
             registry,

@@ -55,6 +55,10 @@ class Declared:
             "refresh_triggers": sorted(list(t) for t in self.refresh_triggers),
         }
 
+    def drop_statement(self) -> str:
+        """``DROP …`` of this object as declared (never ``CASCADE``)."""
+        return f"DROP {self.comment_target()}"
+
     def comment_target(self) -> str:
         """The object as ``COMMENT ON`` names it."""
         if self.kind is Kind.TRIGGER:

@@ -42,20 +42,38 @@ def definition_hash(declared: Declared) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def signature_text(declared: Declared, scope: str) -> str:
-    """The JSON text of the comment signing ``declared`` for ``scope``."""
+def signature_text(declared: Declared, scope: str, *, include_sql: bool = True) -> str:
+    """The JSON text of the comment signing ``declared`` for ``scope``.
+
+    Without ``include_sql`` the text is what a revision script stores; :func:`with_sql` completes it.
+    """
     key = declared.key
-    body = {
+    body: dict[str, object] = {
         MARK: FORMAT,
         "scope": scope,
         "kind": declared.kind.value,
         "key": [key.namespace, key.schema, key.name, key.extra],
         "hash": definition_hash(declared),
-        # The rendered template, so that an Alembic downgrade can restore exactly what was replaced.
-        "sql": declared.sql,
     }
+    if include_sql:
+        # The rendered template, so that an Alembic downgrade can restore exactly what was replaced.
+        body["sql"] = declared.sql
     # MARK must come first (dicts keep insertion order) so that PREFIX matches.
     return json.dumps(body, separators=(",", ":"), ensure_ascii=True)
+
+
+def with_sql(signature: str, sql: str) -> str:
+    """Complete a signature stored without its SQL (see :func:`signature_text`)."""
+    body = json.loads(signature)
+    body["sql"] = sql
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=True)
+
+
+def without_sql(signature: str) -> tuple[str, str | None]:
+    """Split a signature into (the signature without its SQL, the SQL)."""
+    body = json.loads(signature)
+    sql = body.pop("sql", None)
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=True), sql
 
 
 def sign_statement(declared: Declared, scope: str) -> str:

@@ -4,7 +4,10 @@
 tables of ``metadata`` are created (with a few demo rows), then the samizdats.
 """
 
+from decimal import Decimal
+
 from sqlalchemy import DDL, Column, ForeignKey, Integer, MetaData, Numeric, String, Table, event
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from alembic_samizdat import (
     SamizdatFunction,
@@ -65,6 +68,7 @@ class CustomerTotals(SamizdatMaterializedView):
     """Refreshed automatically whenever orders or customers change."""
 
     deps_on = {OrderLines}
+    refresh_concurrently = True
     refresh_triggers = {"orders", "customers"}
     sql_template = """
         ${preamble}
@@ -108,3 +112,17 @@ class OrdersCheckAmount(SamizdatTrigger):
     condition = "BEFORE INSERT OR UPDATE"
     deps_on = {check_amount}
     sql_template = """${preamble} FOR EACH ROW EXECUTE FUNCTION public.check_amount()"""
+
+
+class Base(DeclarativeBase):
+    metadata = metadata
+
+
+class CustomerTotal(Base):
+    """An ORM model reading the CustomerTotals materialized view: no table is ever created for it."""
+
+    __tablename__ = CustomerTotals.__name__
+
+    customer: Mapped[str] = mapped_column(primary_key=True)
+    orders: Mapped[int]
+    gross: Mapped[Decimal]

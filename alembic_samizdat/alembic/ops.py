@@ -1,0 +1,184 @@
+"""Alembic operations that carry their own SQL, frozen at autogenerate time.
+
+A revision never changes when the classes change later: ``create_samizdat`` holds the rendered template and
+the signature, ``drop_samizdat`` the ``DROP`` statement and the exact template and signature of the object it
+drops (read from the signature in the database at autogenerate time), so downgrades rebuild what was there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic.operations import MigrateOperation, Operations
+
+from ..identifiers import quote_literal
+from ..signature import with_sql
+
+
+def run_sql(operations: Operations, sql: str) -> None:
+    """Run a batch verbatim online; print it in offline (``--sql``) mode."""
+    context = operations.migration_context
+    if context.as_sql:
+        context.impl.static_output(sql.rstrip() + "\n")
+    else:
+        # no_parameters: psycopg must not parse '%' or ':' in the user's SQL, and may send several statements.
+        operations.get_bind().exec_driver_sql(sql, execution_options={"no_parameters": True})
+
+
+def create_batch(kind: str, name: str, sql: str | None, signature: str | None, drop: str | None) -> str:
+    """The template, then the signature comment (the object named as its DROP statement names it)."""
+    if sql is None or signature is None or drop is None:
+        raise RuntimeError(
+            f"cannot create {kind} {name}: this revision holds no definition for it (it was not recorded when the "
+            "revision was generated); recreate it with `samizdat sync`"
+        )
+    target = drop.strip().rstrip(";").removeprefix("DROP ")
+    return f"{sql}\n;\nCOMMENT ON {target} IS {quote_literal(with_sql(signature, sql))};"
+
+
+@Operations.register_operation("create_samizdat")
+class CreateSamizdatOp(MigrateOperation):
+    """Create (and sign) one samizdat; materialized views are populated when ``with_data``."""
+
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        sql: str | None,
+        *,
+        signature: str | None,
+        drop: str | None,
+        with_data: bool = False,
+    ) -> None:
+        self.kind = kind
+        self.name = name
+        self.sql = sql
+        self.signature = signature
+        self.drop = drop
+        self.with_data = with_data
+
+    @classmethod
+    def create_samizdat(
+        cls,
+        operations: Operations,
+        kind: str,
+        name: str,
+        sql: str | None,
+        *,
+        signature: str | None,
+        drop: str | None,
+        with_data: bool = False,
+    ) -> Any:
+        """``op.create_samizdat(kind, name, sql, signature=…, drop=…, with_data=…)``."""
+        return operations.invoke(cls(kind, name, sql, signature=signature, drop=drop, with_data=with_data))
+
+    def reverse(self) -> DropSamizdatOp:
+        """Dropping what this created (``drop`` was written at autogenerate time)."""
+        return DropSamizdatOp(
+            self.kind,
+            self.name,
+            self.drop,
+            restore=self.sql,
+            restore_signature=self.signature,
+            restore_with_data=self.with_data,
+        )
+
+    def to_diff_tuple(self) -> tuple[str, str, str]:
+        """What ``alembic check`` reports."""
+        return ("create_samizdat", self.kind, self.name)
+
+
+@Operations.register_operation("drop_samizdat")
+class DropSamizdatOp(MigrateOperation):
+    """Drop one samizdat (never ``CASCADE``); ``restore`` and ``restore_signature`` recreate it on downgrade."""
+
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        drop: str | None,
+        *,
+        restore: str | None = None,
+        restore_signature: str | None = None,
+        restore_with_data: bool = False,
+    ) -> None:
+        self.kind = kind
+        self.name = name
+        self.drop = drop
+        self.restore = restore
+        self.restore_signature = restore_signature
+        self.restore_with_data = restore_with_data
+
+    @classmethod
+    def drop_samizdat(
+        cls,
+        operations: Operations,
+        kind: str,
+        name: str,
+        drop: str | None,
+        *,
+        restore: str | None = None,
+        restore_signature: str | None = None,
+        restore_with_data: bool = False,
+    ) -> Any:
+        """``op.drop_samizdat(kind, name, drop, restore=…, restore_signature=…, restore_with_data=…)``."""
+        op = cls(
+            kind, name, drop, restore=restore, restore_signature=restore_signature, restore_with_data=restore_with_data
+        )
+        return operations.invoke(op)
+
+    def reverse(self) -> CreateSamizdatOp:
+        """Recreating the dropped object exactly as it was."""
+        return CreateSamizdatOp(
+            self.kind,
+            self.name,
+            self.restore,
+            signature=self.restore_signature,
+            drop=self.drop,
+            with_data=self.restore_with_data,
+        )
+
+    def to_diff_tuple(self) -> tuple[str, str, str]:
+        """What ``alembic check`` reports."""
+        return ("drop_samizdat", self.kind, self.name)
+
+
+@Operations.register_operation("refresh_samizdat")
+class RefreshSamizdatOp(MigrateOperation):
+    """Refresh a materialized view that is unpopulated or whose last refresh failed."""
+
+    def __init__(self, name: str, sql: str) -> None:
+        self.name = name
+        self.sql = sql
+
+    @classmethod
+    def refresh_samizdat(cls, operations: Operations, name: str, sql: str) -> Any:
+        """``op.refresh_samizdat(name, sql)``."""
+        return operations.invoke(cls(name, sql))
+
+    def reverse(self) -> RefreshSamizdatOp:
+        """Refreshing again on downgrade is harmless: the data follows the definition."""
+        return self
+
+    def to_diff_tuple(self) -> tuple[str, str, str]:
+        """What ``alembic check`` reports."""
+        return ("refresh_samizdat", "matview", self.name)
+
+
+@Operations.implementation_for(CreateSamizdatOp)
+def _create(operations: Operations, op: CreateSamizdatOp) -> None:
+    run_sql(operations, create_batch(op.kind, op.name, op.sql, op.signature, op.drop))
+    if op.with_data and op.kind == "matview":
+        run_sql(operations, f"REFRESH MATERIALIZED VIEW {op.name};")
+
+
+@Operations.implementation_for(DropSamizdatOp)
+def _drop(operations: Operations, op: DropSamizdatOp) -> None:
+    if op.drop is None:
+        raise RuntimeError(f"cannot drop {op.kind} {op.name}: this revision holds no DROP statement for it")
+    run_sql(operations, op.drop.rstrip().rstrip(";") + ";")
+
+
+@Operations.implementation_for(RefreshSamizdatOp)
+def _refresh(operations: Operations, op: RefreshSamizdatOp) -> None:
+    run_sql(operations, op.sql.rstrip().rstrip(";") + ";")
