@@ -83,6 +83,13 @@ def _common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     parser.add_argument("-v", "--verbose", action="count", help="more output; tracebacks on errors", **kw)  # type: ignore[arg-type]
     parser.add_argument("--scope", help='signature scope of this registry (default: the registry\'s, "default")', **kw)  # type: ignore[arg-type]
     parser.add_argument(
+        "-c",
+        "--config",
+        metavar="ALEMBIC_INI",
+        help="take the database and the registry from this Alembic environment (diff, refresh)",
+        **kw,  # type: ignore[arg-type]
+    )
+    parser.add_argument(
         "--connect-timeout",
         type=float,
         help=f"seconds to wait for the server to answer (default {DEFAULT_CONNECT_TIMEOUT})",
@@ -136,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="show differences; exit 101 excess in the database, 102 excess in code, 103 both",
     )
     _common(p, defaults=False)
-    p.add_argument("target", nargs="+", metavar="[DBURL] MODULE", help=target_help)
+    p.add_argument("target", nargs="*", metavar="[DBURL] MODULE", help=target_help + " (none with -c)")
 
     p = sub.add_parser("nuke", help="drop every object signed by this scope (nothing else); no prompt")
     _common(p, defaults=False)
@@ -157,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("refresh", help="refresh materialized views in dependency order")
     _common(p, defaults=False)
-    p.add_argument("target", nargs="+", metavar="[DBURL] MODULE", help=target_help)
+    p.add_argument("target", nargs="*", metavar="[DBURL] MODULE", help=target_help + " (none with -c)")
     p.add_argument(
         "--belownodes",
         nargs="+",
@@ -292,9 +299,33 @@ def _show(engine: Engine, registry: SamizdatRegistry, out: Output) -> None:
                     print(f"             {tuple(row)}")
 
 
-def cmd_diff(args: argparse.Namespace, out: Output) -> int:
+def _target(args: argparse.Namespace) -> tuple[str | None, SamizdatRegistry]:
+    """URL and registry: from an Alembic environment (-c), or from the URL and modules given."""
+    config = getattr(args, "config", None)
+    if config:
+        if args.target:
+            raise CliError(
+                "with -c the database and the registry come from the Alembic environment; give no URL or modules"
+            )
+        from .alembic.environment import from_alembic_config
+
+        alembic_url, registry = from_alembic_config(config)
+        scope = getattr(args, "scope", None)
+        if scope and scope != registry.scope:
+            registry = _rescope(registry, scope)
+        return alembic_url, registry
     url, modules = _split_target(args.target, need_modules=True)
-    registry = _load(modules, args)
+    return url, _load(modules, args)
+
+
+def _rescope(registry: SamizdatRegistry, scope: str) -> SamizdatRegistry:
+    copy = SamizdatRegistry(scope=scope)
+    copy.register_all(*registry)
+    return copy
+
+
+def cmd_diff(args: argparse.Namespace, out: Output) -> int:
+    url, registry = _target(args)
     registry.graph()
     with _engine_for(url, args, out, allow_embedded=False) as engine:
         result = api.diff_database(engine, registry, scope=getattr(args, "scope", None))
@@ -319,8 +350,7 @@ def cmd_nuke(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_refresh(args: argparse.Namespace, out: Output) -> int:
-    url, modules = _split_target(args.target, need_modules=True)
-    registry = _load(modules, args)
+    url, registry = _target(args)
     graph = registry.graph()
     if args.belownodes is not None and not select_below(graph, args.belownodes):
         out.info("no materialized view depends on the given nodes: nothing to refresh")

@@ -246,3 +246,22 @@ def test_plugin_entry_point_is_importable_without_side_effects() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_samizdat_cli_on_the_alembic_config(
+    project: Project, engine: sa.Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from alembic_samizdat.cli import main
+
+    ini = str(project.root / "alembic.ini")
+    project.revision("initial")
+    project.upgrade()
+    sys.modules.pop("shop", None)
+    assert main(["-c", ini, "diff"]) == 0
+    sys.modules.pop("shop", None)
+    assert main(["-c", ini, "refresh", "--belownodes", "orders"]) == 0
+    assert "refreshed 2 materialized view(s)" in capsys.readouterr().out
+    project.edit("public.with_vat(o.amount) AS gross", "public.with_vat(o.amount) * 1 AS gross")
+    assert main(["diff", "-c", ini]) == 103
+    assert 'changed: view "public"."OrderLines"' in capsys.readouterr().out
+    assert main(["-c", ini, "diff", "postgresql://x/y"]) == 2

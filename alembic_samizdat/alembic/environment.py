@@ -1,0 +1,50 @@
+"""Finding the database and the registry that an Alembic environment uses, by running its env.py.
+
+``samizdat -c alembic.ini diff`` (or ``refresh``) then works on exactly what ``alembic upgrade`` works on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import SamizdatError
+from ..registry import SamizdatRegistry
+from .compare import find_registry
+
+
+class AlembicConfigError(SamizdatError):
+    """The Alembic configuration could not give a database and a registry."""
+
+
+def from_alembic_config(path: str) -> tuple[str, SamizdatRegistry]:
+    """(database URL, registry) of the Alembic environment configured in ``path`` (an ``alembic.ini``)."""
+    from alembic.config import Config
+    from alembic.runtime.environment import EnvironmentContext
+    from alembic.script import ScriptDirectory
+
+    if not Path(path).is_file():
+        raise AlembicConfigError(f"no Alembic configuration at {path}")
+    config = Config(path)
+    try:
+        script = ScriptDirectory.from_config(config)
+    except Exception as exc:
+        raise AlembicConfigError(f"{path}: {exc}") from exc
+    found: dict[str, Any] = {}
+
+    def capture(rev: Any, context: Any) -> list[Any]:
+        # Called by env.py's run_migrations(): take what it configured, run no migration.
+        found["url"] = context.bind.engine.url.render_as_string(hide_password=False) if context.bind else None
+        found["metadata"] = context.opts.get("target_metadata")
+        return []
+
+    with EnvironmentContext(config, script, fn=capture, as_sql=False, dont_mutate=True):
+        script.run_env()
+    if not found.get("url"):
+        raise AlembicConfigError(f"{path}: env.py did not open a database connection (online mode)")
+    registry = find_registry(found.get("metadata"))
+    if registry is None:
+        raise AlembicConfigError(
+            f"{path}: target_metadata holds no SamizdatRegistry; create one with SamizdatRegistry(metadata)"
+        )
+    return str(found["url"]), registry
