@@ -11,9 +11,12 @@ from __future__ import annotations
 import hashlib
 
 from .declared import Declared
+from .errors import GraphError
 from .identifiers import qualified, quote_ident, quote_literal
 from .keys import Key, Kind
 
+#: Deepest view whose trigger names still sort in dependency order (four digits).
+MAX_DEPTH = 9999
 #: Every generated name starts with this, so users can recognise (and never clash with) them.
 PREFIX = "samizdat_"
 
@@ -29,6 +32,11 @@ def function_key(view: Key) -> Key:
 
 def trigger_name(view: Key, table: tuple[str, str], depth: int) -> str:
     """The name of the trigger on ``table`` that refreshes ``view`` (depth first: name order is fire order)."""
+    if depth > MAX_DEPTH:
+        raise GraphError(
+            f"{view.display()} is {depth} levels deep; autorefresh triggers keep dependency order only up to "
+            f"{MAX_DEPTH} levels (PostgreSQL fires triggers in name order)"
+        )
     return f"{PREFIX}r{depth:04d}_{_digest(view.schema, view.name, *table)}"
 
 
@@ -53,7 +61,10 @@ def sidekicks(view: Declared, depth: int) -> list[Declared]:
     else:
         body = f"    REFRESH MATERIALIZED VIEW {target};\n"
     function_sql = (
-        f"CREATE FUNCTION {qualified(fkey.schema, fkey.name)}() RETURNS trigger LANGUAGE plpgsql AS "
+        # SECURITY DEFINER: a role allowed to write the table may refresh the view it feeds (REFRESH needs the
+        # view's owner); names in the body are qualified and search_path is pinned.
+        f"CREATE FUNCTION {qualified(fkey.schema, fkey.name)}() RETURNS trigger LANGUAGE plpgsql "
+        "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS "
         f"$samizdat$\nBEGIN\n{body}    RETURN NULL;\nEND;\n$samizdat$"
     )
     out = [

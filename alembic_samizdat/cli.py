@@ -350,6 +350,12 @@ def cmd_nuke(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_refresh(args: argparse.Namespace, out: Output) -> int:
+    if args.belownodes and not args.target:
+        # `--belownodes A B URL mod.py`: argparse gave everything to the option; take back what is not a node.
+        nodes = list(args.belownodes)
+        while nodes and (looks_like_url(nodes[-1]) or nodes[-1].endswith(".py")):
+            args.target.insert(0, nodes.pop())
+        args.belownodes = nodes
     url, registry = _target(args)
     graph = registry.graph()
     if args.belownodes is not None and not select_below(graph, args.belownodes):

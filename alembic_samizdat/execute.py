@@ -123,13 +123,17 @@ def apply_actions(
 
 
 @contextmanager
-def autocommit(connection: Connection) -> Iterator[Connection]:
+def autocommit(connection: Connection, *, purpose: str = "sync") -> Iterator[Connection]:
     """The same connection in autocommit mode, restored afterwards."""
     if connection.in_transaction():
-        raise SamizdatError(
-            "the checkpoint discipline commits after every action, but this connection is inside a "
-            "transaction; pass an Engine, a Connection outside a transaction, or use the jumbo discipline"
-        )
+        if purpose == "refresh":
+            hint = "refresh runs each view in its own transaction; pass an Engine or a Connection outside a transaction"
+        else:
+            hint = (
+                "the checkpoint discipline commits after every action; pass an Engine, a Connection outside a "
+                "transaction, or use the jumbo discipline"
+            )
+        raise SamizdatError(f"this connection is inside a transaction: {hint}")
     # From the options, not get_isolation_level(): that asks the server (three round trips).
     previous = connection.get_execution_options().get("isolation_level", connection.default_isolation_level)
     connection.execution_options(isolation_level="AUTOCOMMIT")

@@ -252,9 +252,27 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
             )
         )
     creating = set(to_create)
+    # A view being refreshed makes every materialized view that reads it (through any chain) out of date.
+    refreshed_below: dict[Key, bool] = {}
     for key in graph.order:
         item = graph.nodes[key]
+        upstream = any(refreshed_below.get(d, False) for d in graph.deps.get(key, ()))
+        refreshed_below[key] = upstream
         if item.kind is not Kind.MATVIEW:
+            continue
+        if upstream and key not in creating and managed[key].populated and not _stale(managed[key]):
+            actions.append(
+                Action(
+                    Verb.REFRESH,
+                    key,
+                    item.kind.value,
+                    item.label,
+                    (refresh_statement(key),),
+                    "reads a materialized view refreshed above",
+                    item,
+                )
+            )
+            refreshed_below[key] = True
             continue
         statements: tuple[str, ...]
         if not item.with_data and (key in creating or not managed[key].populated):
@@ -268,6 +286,7 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
             statements = (refresh_statement(key), clear_stale_statement(key))
         else:
             continue
+        refreshed_below[key] = True
         actions.append(Action(Verb.REFRESH, key, item.kind.value, item.label, statements, why, item))
     return Plan(tuple(differences), tuple(actions), tuple(undeclared_dependency_warnings(graph, state)))
 

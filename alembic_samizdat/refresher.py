@@ -186,7 +186,7 @@ def _refresh_one(connection: Connection, run: _Run, key: Key) -> None:
 
 def refresh_serial(connection: Connection, run: _Run, result: RefreshResult) -> RefreshResult:
     """One view after another on ``connection``; stops at the first failure."""
-    with autocommit(connection) as conn:
+    with autocommit(connection, purpose="refresh") as conn:
         while (key := run.next_ready()) is not None:
             try:
                 _refresh_one(conn, run, key)

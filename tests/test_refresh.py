@@ -206,3 +206,72 @@ def test_async_refresh(synced: tuple[sa.Engine, SamizdatRegistry], db_url: str) 
     names = asyncio.run(go())
     assert names.index("Low") < names.index("Mid") < names.index("High")
     assert scalar(engine, 'SELECT t FROM "High"') == 70
+
+
+def test_next_sync_refreshes_the_views_above_a_failed_one(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE src (x int); INSERT INTO src VALUES (1), (2)")
+    registry = SamizdatRegistry()
+
+    @registry.register
+    class Base(SamizdatMaterializedView):
+        deps_on_unmanaged = {"src"}
+        sql_template = "${preamble} SELECT 10 / x AS y FROM src ${postamble}"
+
+    @registry.register
+    class Above(SamizdatMaterializedView):
+        deps_on = {Base}
+        sql_template = '${preamble} SELECT sum(y) AS total FROM "Base" ${postamble}'
+
+    sync(engine, registry)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO src VALUES (0)")
+    with pytest.raises(RefreshError):
+        refresh(engine, registry)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE src SET x = 5 WHERE x = 0")
+    applied = [a.key.name for a in sync(engine, registry).applied]
+    assert applied == ["Base", "Above"]  # Above read the stale Base: refreshed after it
+    assert scalar(engine, 'SELECT total FROM "Above"') == 10 + 5 + 2
+
+
+def test_autorefresh_works_for_a_role_that_may_only_write_the_table(engine: sa.Engine, db_url: str) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE src (x int); DROP ROLE IF EXISTS samizdat_writer; CREATE ROLE samizdat_writer LOGIN;"
+            "GRANT USAGE ON SCHEMA public TO samizdat_writer; GRANT INSERT ON src TO samizdat_writer"
+        )
+    registry = SamizdatRegistry()
+
+    @registry.register
+    class Fed(SamizdatMaterializedView):
+        deps_on_unmanaged = {"src"}
+        refresh_triggers = {"src"}
+        sql_template = "${preamble} SELECT count(*) AS n FROM src ${postamble}"
+
+    sync(engine, registry)
+    writer = sa.create_engine(sa.make_url(db_url).set(username="samizdat_writer"))
+    try:
+        with writer.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO src VALUES (1)")
+    finally:
+        writer.dispose()
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP OWNED BY samizdat_writer; DROP ROLE samizdat_writer")
+    assert scalar(engine, 'SELECT n FROM "Fed"') == 1
+
+
+def test_refresh_inside_a_transaction_says_why(synced: tuple[sa.Engine, SamizdatRegistry]) -> None:
+    engine, registry = synced
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
+        with pytest.raises(Exception, match="refresh runs each view in its own transaction"):
+            refresh(conn, registry)
+
+
+def test_cli_belownodes_before_the_url(synced: tuple[sa.Engine, SamizdatRegistry], db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from alembic_samizdat.cli import main
+
+    module = tmp_path / "stackmod.py"
+    module.write_text("from tests.test_refresh import stack\nregistry = stack()\n")
+    assert main(["refresh", "-q", "--belownodes", "Mid", db_url, str(module)]) == 0
