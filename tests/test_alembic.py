@@ -265,3 +265,40 @@ def test_samizdat_cli_on_the_alembic_config(
     assert main(["diff", "-c", ini]) == 103
     assert 'changed: view "public"."OrderLines"' in capsys.readouterr().out
     assert main(["-c", ini, "diff", "postgresql://x/y"]) == 2
+
+
+def test_plugin_without_the_import_in_env_py(project: Project, engine: sa.Engine) -> None:
+    """Alembic 1.18+ plugin path: env.py lists the plugin instead of importing the module."""
+    env = project.root / "migrations" / "env.py"
+    source = env.read_text()
+    assert "import alembic_samizdat.alembic" in source
+    source = "\n".join(line for line in source.splitlines() if "import alembic_samizdat.alembic" not in line)
+    source = source.replace(
+        "context.configure(connection=connection, target_metadata=target_metadata)",
+        "context.configure(connection=connection, target_metadata=target_metadata, "
+        'autogenerate_plugins=["alembic.autogenerate.*", "alembic_samizdat"])',
+    )
+    env.write_text(source)
+    script = project.revision("initial")
+    assert ops_in(script).count("op.create_samizdat") == 12
+    project.upgrade()
+    assert ops_in(project.revision("noop")) == []
+
+
+def test_with_data_false_leaves_the_view_empty_until_refresh(project: Project, engine: sa.Engine) -> None:
+    project.edit(
+        "    deps_on = {CustomerTotals, OrderLines}\n",
+        "    deps_on = {CustomerTotals, OrderLines}\n    with_data = False\n",
+    )
+    script = project.revision("initial")
+    block = next(
+        b for b in script.split("op.create_samizdat(") if b.split(",")[1].strip() == '\'"public"."CountryTotals"\''
+    )
+    assert "with_data=False" in block
+    project.upgrade()
+    with engine.connect() as conn:
+        populated = "SELECT relispopulated FROM pg_class WHERE relname = %s"
+        assert conn.exec_driver_sql(populated, ("CountryTotals",)).scalar() is False
+        assert conn.exec_driver_sql(populated, ("CustomerTotals",)).scalar() is True
+    # An empty with_data=False view is not a difference.
+    assert ops_in(project.revision("noop")) == []
