@@ -5,7 +5,8 @@ Declare objects by subclassing :class:`SamizdatView`, :class:`SamizdatMaterializ
 database match with :func:`sync` (or the ``samizdat`` CLI, or Alembic autogenerate).
 """
 
-from .api import DiffResult, SyncResult, diff_database, nuke, plan, refresh, sync
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     ConnectionFailedError,
     CycleError,
@@ -27,7 +28,6 @@ from .errors import (
     TriggerTargetError,
     UnmanagedDependentError,
 )
-from .execute import Discipline
 from .model import (
     FQTuple,
     Samizdat,
@@ -37,6 +37,34 @@ from .model import (
     SamizdatView,
 )
 from .registry import SamizdatRegistry
+
+if TYPE_CHECKING:
+    from .api import DiffResult, SyncResult, diff_database, nuke, plan, refresh, sync
+    from .execute import Discipline
+
+# The engine (and SQLAlchemy with it) loads on first use: a module that only declares classes imports fast.
+_LAZY = {
+    "DiffResult": "api",
+    "SyncResult": "api",
+    "diff_database": "api",
+    "nuke": "api",
+    "plan": "api",
+    "refresh": "api",
+    "sync": "api",
+    "Discipline": "execute",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'alembic_samizdat' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ConnectionFailedError",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, Engine, MetaData
 
 from .catalog import DatabaseState, read_state
-from .errors import ExecutionError, SamizdatError
+from .errors import DatabaseStateError, ExecutionError, SamizdatError
 from .execute import (
     LOCK_KEY,
     Discipline,
@@ -28,7 +28,7 @@ from .execute import (
 )
 from .graph import Graph
 from .model import Samizdat
-from .plan import Action, Difference, DiffKind, Plan, diff, plan_nuke, plan_sync, undeclared_dependency_warnings
+from .planner import Action, Difference, DiffKind, Plan, diff, plan_nuke, plan_sync, undeclared_dependency_warnings
 from .refresh import Concurrently, NodeRef, Schedule, all_matviews, choose_concurrently, select_below
 from .refresher import (
     Progress,
@@ -166,9 +166,25 @@ def _run(
             on_plan(made)
         return made
 
+    def nothing_to_do(connection: Connection) -> Plan | None:
+        # Most runs change nothing: one catalog read, no lock. Anything to do (or any doubt) is planned again
+        # under the advisory lock, so concurrent runs never act on each other's half-finished state.
+        try:
+            quick = plan_sync(graph, read_state(connection, registry.scope, graph.nodes)) if graph else None
+        except DatabaseStateError:
+            return None
+        if quick is None or quick.actions:
+            return None
+        if on_plan is not None:
+            on_plan(quick)
+        return quick
+
     with _connected(bind) as connection:
         if discipline is Discipline.CHECKPOINT:
             with autocommit(connection) as conn:
+                quick = nothing_to_do(conn)
+                if quick is not None:
+                    return SyncResult(quick, discipline, (), True)
                 setting = lock_timeout_statement(lock_timeout, local=False)
                 if setting:
                     conn.exec_driver_sql(setting)
@@ -198,6 +214,10 @@ def _run(
         tx = connection.begin_nested() if nested else connection.begin()
         failed_action: Action | None = None
         try:
+            quick = nothing_to_do(connection)
+            if quick is not None:
+                tx.rollback()
+                return SyncResult(quick, discipline, (), discipline is Discipline.JUMBO)
             setting = lock_timeout_statement(lock_timeout, local=True)
             if setting:
                 connection.exec_driver_sql(setting)

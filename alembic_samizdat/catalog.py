@@ -74,9 +74,12 @@ SELECT 'obj' AS row, classid::text AS classid, oid::bigint AS oid, kind, schema,
        populated, NULL AS dep_classid, NULL::bigint AS dep_oid, NULL AS dep_desc
 FROM objs
 UNION ALL
-SELECT 'dep', ref_classid::text, ref_oid::bigint, NULL, NULL, NULL, NULL, NULL, NULL,
-       dep_classid::text, dep_oid::bigint, pg_describe_object(dep_classid, dep_oid, dep_subid)
-FROM deps
+SELECT 'dep', d.ref_classid::text, d.ref_oid::bigint, NULL, NULL, NULL, NULL, NULL, NULL,
+       d.dep_classid::text, d.dep_oid::bigint,
+       -- signed dependents are matched by oid; only the others need a description for messages
+       CASE WHEN s.oid IS NULL THEN pg_describe_object(d.dep_classid, d.dep_oid, d.dep_subid) END
+FROM deps d
+LEFT JOIN signed s ON s.classid = d.dep_classid AND s.oid = d.dep_oid
 """
 
 

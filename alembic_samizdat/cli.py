@@ -22,7 +22,7 @@ from .dot import to_dot
 from .errors import ConnectionFailedError, SamizdatError
 from .execute import Discipline, first_line
 from .orm import real_tables
-from .plan import Action, Plan
+from .planner import Action, Plan
 from .refresh import Concurrently, select_below
 from .registry import SamizdatRegistry, registry_from_modules
 

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from .errors import ExecutionError, FunctionSignatureMismatchError, LockTimeoutError, SamizdatError
 from .identifiers import qualified
 from .keys import Kind
-from .plan import Action, Verb
+from .planner import Action, Verb
 
 #: The advisory lock that serialises concurrent runs against one database.
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"alembic_samizdat").digest()[:8], "big", signed=True)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from .identifiers import qualified, quote_ident
 
@@ -35,12 +35,12 @@ _SQL_NAMES = {
 }
 
 
-@dataclass(frozen=True, order=True)
-class Key:
+class Key(NamedTuple):
     """The identity of one database object.
 
     ``extra`` is the argument signature for a function (whitespace-normalised, as declared) and the table name
     for a trigger (whose ``schema`` is the table's schema); it is empty for views and materialized views.
+    A tuple, so that hashing and ordering (done a lot by the graph and the planner) run in C.
     """
 
     namespace: str

@@ -14,7 +14,7 @@ from enum import StrEnum
 from .errors import SamizdatError
 from .graph import Graph, reachable
 from .keys import Key, Kind
-from .plan import Action, Verb, refresh_statement
+from .planner import Action, Verb, refresh_statement
 from .signature import clear_stale_statement
 
 #: A node given to ``belownodes``: a samizdat or table name, ``schema.name``, or a (schema, name) tuple.

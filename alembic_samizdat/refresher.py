@@ -26,7 +26,7 @@ from .execute import autocommit, first_line, send
 from .graph import Graph
 from .identifiers import qualified
 from .keys import Key
-from .plan import Action
+from .planner import Action
 from .refresh import Schedule, ViewState, refresh_action
 from .signature import mark_stale_statement
 

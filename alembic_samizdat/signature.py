@@ -37,9 +37,14 @@ class MalformedSignature(Exception):
 
 
 def definition_hash(declared: Declared) -> str:
-    """The hash of everything that shapes ``declared``."""
-    canonical = json.dumps(declared.fingerprint(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    """The hash of everything that shapes ``declared`` (computed once per declaration)."""
+    cached = declared.__dict__.get("_definition_hash")
+    if cached is None:
+        canonical = json.dumps(declared.fingerprint(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        cached = hashlib.sha256(canonical.encode()).hexdigest()
+        # Declared is frozen; the cache is not part of its value, so it bypasses __setattr__ on purpose.
+        object.__setattr__(declared, "_definition_hash", cached)
+    return str(cached)
 
 
 def signature_text(declared: Declared, scope: str, *, include_sql: bool = True) -> str:

@@ -28,7 +28,7 @@ from alembic_samizdat.api import DiffResult
 from alembic_samizdat.autorefresh import PREFIX, function_key, trigger_name
 from alembic_samizdat.declared import declare
 from alembic_samizdat.keys import Key
-from alembic_samizdat.plan import DiffKind, Verb, diff, plan_nuke, plan_sync
+from alembic_samizdat.planner import DiffKind, Verb, diff, plan_nuke, plan_sync
 
 # --- deps_on forms --------------------------------------------------------------------------------------------
 

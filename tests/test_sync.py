@@ -43,7 +43,7 @@ from alembic_samizdat import (
     plan,
     sync,
 )
-from alembic_samizdat.plan import DiffKind, Verb
+from alembic_samizdat.planner import DiffKind, Verb
 
 ALL_DISCIPLINES = [Discipline.CHECKPOINT, Discipline.JUMBO, Discipline.DRYRUN]
 
@@ -869,3 +869,41 @@ def test_plan_script_applied_with_psql_matches_a_real_sync(
         assert rows(other, 'SELECT s FROM "Fresh totals"') == [(22,)]
     finally:
         other.dispose()
+
+
+def test_dbsamizdat_compat_module_with_indexes_after_the_postamble(engine: sa.Engine) -> None:
+    """Written the way DBSamizdat's README shows: $$$$ bodies, an index right after ${postamble}."""
+    from alembic_samizdat.compat.dbsamizdat import SamizdatFunction as F
+    from alembic_samizdat.compat.dbsamizdat import SamizdatMaterializedView as M
+    from alembic_samizdat.compat.dbsamizdat import SamizdatView as V
+
+    class Greeting(V):
+        sql_template = """
+            ${preamble}
+            SELECT 'hi' AS utterance
+            ${postamble}
+            """
+
+    class shout(F):
+        function_arguments_signature = "t text"
+        sql_template = """
+            ${preamble}
+            RETURNS text LANGUAGE plpgsql AS $$$$ BEGIN RETURN upper($$1); END $$$$
+            ${postamble}
+            """
+
+    class Stamped(M):
+        deps_on = {Greeting, shout}
+        sql_template = f"""
+            ${{preamble}}
+            SELECT public.shout(utterance) AS loud FROM {Greeting.db_object_identity}
+            ${{postamble}}
+            CREATE UNIQUE INDEX ON ${{samizdatname}} (loud)
+            """
+
+    registry = make_registry(Greeting, shout, Stamped)
+    sync(engine, registry)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql('SELECT loud FROM "Stamped"').scalar() == "HI"
+        assert conn.exec_driver_sql("SELECT count(*) FROM pg_indexes WHERE tablename = 'Stamped'").scalar() == 1
+    assert not sync(engine, registry).plan.actions

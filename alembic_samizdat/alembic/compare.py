@@ -20,7 +20,7 @@ from sqlalchemy import MetaData
 from ..catalog import DatabaseState, read_state
 from ..graph import Graph
 from ..keys import Key, Kind
-from ..plan import Plan, Verb, plan_sync
+from ..planner import Plan, Verb, plan_sync
 from ..registry import SamizdatRegistry
 from ..signature import signature_text, without_sql
 from .ops import CreateSamizdatOp, DropSamizdatOp, RefreshSamizdatOp

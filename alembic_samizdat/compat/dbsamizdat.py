@@ -21,11 +21,21 @@ class SamizdatView(model.SamizdatView):
 
     template_dialect: ClassVar[TemplateDialect] = TemplateDialect.STRING_TEMPLATE
 
+    @classmethod
+    def postamble(cls) -> str:
+        """DBSamizdat's: it ends the statement, so templates may go on with more SQL."""
+        return ";"
+
 
 class SamizdatMaterializedView(model.SamizdatMaterializedView):
     """A materialized view whose template is read as DBSamizdat reads it."""
 
     template_dialect: ClassVar[TemplateDialect] = TemplateDialect.STRING_TEMPLATE
+
+    @classmethod
+    def postamble(cls) -> str:
+        """DBSamizdat's: ``WITH NO DATA;`` ends the statement, so indexes may follow without a semicolon."""
+        return "WITH NO DATA;"
 
 
 class SamizdatFunction(model.SamizdatFunction):
@@ -33,8 +43,18 @@ class SamizdatFunction(model.SamizdatFunction):
 
     template_dialect: ClassVar[TemplateDialect] = TemplateDialect.STRING_TEMPLATE
 
+    @classmethod
+    def postamble(cls) -> str:
+        """DBSamizdat's statement terminator."""
+        return ";"
+
 
 class SamizdatTrigger(model.SamizdatTrigger):
     """A trigger whose template is read as DBSamizdat reads it."""
 
     template_dialect: ClassVar[TemplateDialect] = TemplateDialect.STRING_TEMPLATE
+
+    @classmethod
+    def postamble(cls) -> str:
+        """DBSamizdat's statement terminator."""
+        return ";"
