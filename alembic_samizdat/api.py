@@ -170,7 +170,8 @@ def _run(
         # Most runs change nothing: one catalog read, no lock. Anything to do (or any doubt) is planned again
         # under the advisory lock, so concurrent runs never act on each other's half-finished state.
         try:
-            quick = plan_sync(graph, read_state(connection, registry.scope, graph.nodes)) if graph else None
+            state = read_state(connection, registry.scope, graph.nodes, dependents=False) if graph else None
+            quick = plan_sync(graph, state) if graph is not None and state is not None else None
         except DatabaseStateError:
             return None
         if quick is None or quick.actions:

@@ -70,7 +70,14 @@ deps AS (
       AND NOT (dep.classid = 'pg_rewrite'::regclass AND r.ev_class = o.oid)
       AND NOT (dep.classid = 'pg_type'::regclass)
 )
-SELECT 'obj' AS row, classid::text AS classid, oid::bigint AS oid, kind, schema, name, extra, description,
+SELECT 'obj' AS row, classid::text AS classid, oid::bigint AS oid, kind, schema, name, extra,
+       -- Without :full, our signatures come without their "sql" (only downgrades need it): less to send and
+       -- to parse. JSON escapes quotes inside strings, so the first ',"sql":' is the key itself.
+       CASE WHEN :full OR left(description, :plen) <> :prefix OR strpos(description, :sql_key) = 0
+            THEN description
+            ELSE left(description, strpos(description, :sql_key) - 1)
+                 || CASE WHEN right(description, :slen) = :stale THEN :stale ELSE '}' END
+       END AS description,
        populated, NULL AS dep_classid, NULL::bigint AS dep_oid, NULL AS dep_desc
 FROM objs
 UNION ALL
@@ -80,6 +87,7 @@ SELECT 'dep', d.ref_classid::text, d.ref_oid::bigint, NULL, NULL, NULL, NULL, NU
        CASE WHEN s.oid IS NULL THEN pg_describe_object(d.dep_classid, d.dep_oid, d.dep_subid) END
 FROM deps d
 LEFT JOIN signed s ON s.classid = d.dep_classid AND s.oid = d.dep_oid
+WHERE :dependents
 """
 
 
@@ -171,8 +179,19 @@ class DatabaseState:
         return {obj.ref: obj for obj in self.managed.values()}
 
 
-def read_state(connection: Connection, scope: str, wanted: Iterable[Key] = ()) -> DatabaseState:
-    """Read the database state in one round trip; ``wanted`` are declared identities checked for clashes."""
+def read_state(
+    connection: Connection,
+    scope: str,
+    wanted: Iterable[Key] = (),
+    *,
+    dependents: bool = True,
+    full_comments: bool = False,
+) -> DatabaseState:
+    """Read the database state in one round trip; ``wanted`` are declared identities checked for clashes.
+
+    ``dependents=False`` skips the pg_depend walk (enough to learn that nothing needs doing);
+    ``full_comments`` keeps the SQL recorded in signatures (for restores).
+    """
     rel: tuple[list[str], list[str]] = ([], [])
     fn: tuple[list[str], list[str]] = ([], [])
     tg: tuple[list[str], list[str], list[str]] = ([], [], [])
@@ -197,6 +216,11 @@ def read_state(connection: Connection, scope: str, wanted: Iterable[Key] = ()) -
         "tg_schemas": tg[0],
         "tg_tables": tg[1],
         "tg_names": tg[2],
+        "full": full_comments,
+        "sql_key": ',"sql":',
+        "stale": sig.STALE_SUFFIX,
+        "slen": len(sig.STALE_SUFFIX),
+        "dependents": dependents,
     }
     rows = connection.execute(text(CATALOG_SQL), params).all()
     return build_state(scope, rows)

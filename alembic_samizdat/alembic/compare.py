@@ -144,7 +144,7 @@ def compare_samizdats(autogen_context: AutogenContext, upgrade_ops: alembic_ops.
     relations = {(k.schema, k.name) for k, item in graph.nodes.items() if item.kind.namespace == "relation"}
     _drop_view_mapped_tables(upgrade_ops, relations, default)
     force = _readers(graph, _altered_tables(upgrade_ops, default))
-    state = read_state(connection, registry.scope, graph.nodes)
+    state = read_state(connection, registry.scope, graph.nodes, full_comments=True)
     plan = plan_sync(graph, state, force=force)
     for warning in plan.warnings:
         log.warning("samizdat: %s", warning)
