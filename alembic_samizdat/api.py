@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, MetaData
@@ -21,6 +21,7 @@ from .execute import (
     OnAction,
     apply_actions,
     autocommit,
+    collect_notices,
     create_failed,
     diagnose_function,
     lock_timeout_statement,
@@ -104,6 +105,10 @@ class SyncResult:
     applied: tuple[Action, ...]
     #: Whether the applied actions are in the database now.
     committed: bool
+    #: What was kept across recreates (grants, owners, indexes, triggers…), one line each.
+    kept: tuple[str, ...] = ()
+    #: What could not be restored after a recreate, with the reason and the statement it was.
+    lost: tuple[str, ...] = ()
 
     @property
     def differences(self) -> tuple[Difference, ...]:
@@ -149,6 +154,26 @@ def _lock_and_read(connection: Connection, graph: Graph | None, scope: str, *, s
 
 
 def _run(
+    bind: Bind,
+    registry: SamizdatRegistry,
+    graph: Graph | None,
+    discipline: Discipline,
+    lock_timeout: float | None,
+    on_action: OnAction | None,
+    on_plan: OnPlan | None = None,
+) -> SyncResult:
+    """:func:`_run_inner`, collecting what capture-and-restore reported."""
+    notices: list[tuple[str, str]] = []
+    with _connected(bind) as connection, collect_notices(connection, notices):
+        result = _run_inner(connection, registry, graph, discipline, lock_timeout, on_action, on_plan)
+    if not notices:
+        return result
+    kept = tuple(m for severity, m in notices if severity != "WARNING")
+    lost = tuple(m for severity, m in notices if severity == "WARNING")
+    return replace(result, kept=kept, lost=lost)
+
+
+def _run_inner(
     bind: Bind,
     registry: SamizdatRegistry,
     graph: Graph | None,

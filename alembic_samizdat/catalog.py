@@ -60,7 +60,8 @@ deps AS (
     SELECT DISTINCT o.classid AS ref_classid, o.oid AS ref_oid,
            CASE WHEN dep.classid = 'pg_rewrite'::regclass THEN 'pg_class'::regclass ELSE dep.classid::regclass END AS dep_classid,
            CASE WHEN dep.classid = 'pg_rewrite'::regclass THEN r.ev_class ELSE dep.objid END AS dep_oid,
-           CASE WHEN dep.classid = 'pg_rewrite'::regclass THEN 0 ELSE dep.objsubid END AS dep_subid
+           CASE WHEN dep.classid = 'pg_rewrite'::regclass THEN 0 ELSE dep.objsubid END AS dep_subid,
+           dep.deptype = 'a' AS dep_auto
     FROM signed o
     JOIN pg_depend dep
         ON (dep.refclassid = o.classid AND dep.refobjid = o.oid)
@@ -78,13 +79,14 @@ SELECT 'obj' AS row, classid::text AS classid, oid::bigint AS oid, kind, schema,
             ELSE left(description, strpos(description, :sql_key) - 1)
                  || CASE WHEN right(description, :slen) = :stale THEN :stale ELSE '}' END
        END AS description,
-       populated, NULL AS dep_classid, NULL::bigint AS dep_oid, NULL AS dep_desc
+       populated, NULL AS dep_classid, NULL::bigint AS dep_oid, NULL AS dep_desc, NULL::bool AS dep_auto
 FROM objs
 UNION ALL
 SELECT 'dep', d.ref_classid::text, d.ref_oid::bigint, NULL, NULL, NULL, NULL, NULL, NULL,
        d.dep_classid::text, d.dep_oid::bigint,
        -- signed dependents are matched by oid; only the others need a description for messages
-       CASE WHEN s.oid IS NULL THEN pg_describe_object(d.dep_classid, d.dep_oid, d.dep_subid) END
+       CASE WHEN s.oid IS NULL THEN pg_describe_object(d.dep_classid, d.dep_oid, d.dep_subid) END,
+       d.dep_auto
 FROM deps d
 LEFT JOIN signed s ON s.classid = d.dep_classid AND s.oid = d.dep_oid
 WHERE :dependents
@@ -154,6 +156,8 @@ class Dependent:
     classid: str
     oid: int
     description: str
+    #: PostgreSQL drops it with the object on its own (e.g. a trigger on a view): kept by capture and restore.
+    auto: bool = False
 
     @property
     def ref(self) -> tuple[str, int]:
@@ -234,7 +238,9 @@ def build_state(scope: str, rows: Iterable[tuple[object, ...]]) -> DatabaseState
     for row in rows:
         kind_row, classid, oid = str(row[0]), str(row[1]), int(row[2])  # type: ignore[call-overload]
         if kind_row == "dep":
-            deps[(classid, oid)].append(Dependent(str(row[9]), int(row[10]), str(row[11])))  # type: ignore[call-overload]
+            deps[(classid, oid)].append(
+                Dependent(str(row[9]), int(row[10]), str(row[11]), len(row) > 12 and bool(row[12]))  # type: ignore[call-overload]
+            )
             continue
         kind, schema, name, extra = str(row[3]), str(row[4]), str(row[5]), str(row[6])
         comment = None if row[7] is None else str(row[7])

@@ -280,6 +280,11 @@ def cmd_sync(args: argparse.Namespace, out: Output) -> int:
             on_plan=write_plan,
         )
         out.info(result.summary())
+        for line in result.lost:
+            out.warn(line)
+        if out.verbose:
+            for line in result.kept:
+                out.info(f"  {line}")
         if embedded:
             _show(engine, registry, out)
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from enum import StrEnum
 
 from sqlalchemy import Connection, text
@@ -19,6 +19,7 @@ from .errors import ExecutionError, FunctionSignatureMismatchError, LockTimeoutE
 from .identifiers import qualified
 from .keys import Kind
 from .planner import Action, Verb
+from .preserve import MESSAGE_PREFIX
 
 #: The advisory lock that serialises concurrent runs against one database.
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"alembic_samizdat").digest()[:8], "big", signed=True)
@@ -192,3 +193,28 @@ def diagnose_function(connection: Connection, action: Action, *, in_autocommit: 
 def create_failed(action: Action) -> bool:
     """Whether a failure of ``action`` could be a function signature mismatch."""
     return action.verb is Verb.CREATE and action.declared is not None and action.declared.kind is Kind.FUNCTION
+
+
+@contextmanager
+def collect_notices(connection: Connection, sink: list[tuple[str, str]]) -> Iterator[None]:
+    """Collect the ``samizdat:`` NOTICEs and WARNINGs the server sends while the block runs.
+
+    They report what :mod:`alembic_samizdat.preserve` kept or lost; other notices are left to psycopg.
+    """
+    raw = getattr(connection.connection, "driver_connection", None)
+    add = getattr(raw, "add_notice_handler", None)
+    if add is None:
+        yield
+        return
+
+    def handler(diag: object) -> None:
+        message = str(getattr(diag, "message_primary", "") or "")
+        if message.startswith(MESSAGE_PREFIX):
+            sink.append((str(getattr(diag, "severity_nonlocalized", "") or ""), message[len(MESSAGE_PREFIX) :].strip()))
+
+    add(handler)
+    try:
+        yield
+    finally:
+        with suppress(Exception):
+            raw.remove_notice_handler(handler)  # type: ignore[union-attr]

@@ -20,6 +20,7 @@ from .errors import NameClashError, UnmanagedDependentError
 from .graph import Graph, reachable, topological_order
 from .identifiers import qualified
 from .keys import Key, Kind, normalize_signature
+from .preserve import capture_statement, restore_statement
 from .signature import clear_stale_statement, definition_hash, sign_statement
 
 
@@ -197,7 +198,9 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
         return found
 
     to_drop = start | reachable(start, drop_next)
-    _refuse_unmanaged_dependents(to_drop, state)
+    # Dropped and created again: what users attached to them is captured and restored (preserve.py).
+    recreated = {k for k in to_drop if k in graph.nodes}
+    _refuse_unmanaged_dependents(to_drop, state, recreated)
     drop_deps: dict[Key, set[Key]] = defaultdict(set)
     for key in to_drop:
         for dep in catalog_dependents(key):
@@ -218,13 +221,14 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
     actions: list[Action] = []
     for key in reversed(order):
         obj = managed[key]
+        capture = capture_statement(obj.kind, obj.comment_target()) if key in recreated else None
         actions.append(
             Action(
                 Verb.DROP,
                 key,
                 obj.kind,
                 _label(graph.nodes.get(key), obj),
-                (obj.drop_statement(),),
+                (capture, obj.drop_statement()) if capture else (obj.drop_statement(),),
                 reasons[key],
             )
         )
@@ -240,13 +244,16 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
     scope = state.scope
     for key in to_create:
         item = graph.nodes[key]
+        statements: tuple[str, ...] = (item.sql, sign_statement(item, scope))
+        if key in recreated and capture_statement(managed[key].kind, managed[key].comment_target()):
+            statements = (*statements, restore_statement(managed[key].comment_target()))
         actions.append(
             Action(
                 Verb.CREATE,
                 key,
                 item.kind.value,
                 item.label,
-                (item.sql, sign_statement(item, scope)),
+                statements,
                 reasons.get(key, "missing from the database"),
                 item,
             )
@@ -274,7 +281,6 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
             )
             refreshed_below[key] = True
             continue
-        statements: tuple[str, ...]
         if not item.with_data and (key in creating or not managed[key].populated):
             continue
         if key in creating:
@@ -296,14 +302,17 @@ def refresh_statement(key: Key, *, concurrently: bool = False) -> str:
     return f"REFRESH MATERIALIZED VIEW{' CONCURRENTLY' if concurrently else ''} {qualified(key.schema, key.name)}"
 
 
-def _refuse_unmanaged_dependents(to_drop: Iterable[Key], state: DatabaseState) -> None:
+def _refuse_unmanaged_dependents(to_drop: Iterable[Key], state: DatabaseState, keeps: set[Key] | None = None) -> None:
     by_ref = state.managed_by_ref()
     problems = []
     for key in sorted(to_drop):
         obj = state.managed[key]
         for dep in state.dependents.get(obj.ref, ()):
-            if dep.ref not in by_ref:
-                problems.append(f"{dep.description} depends on {obj.describe()}")
+            if dep.ref in by_ref:
+                continue
+            if dep.auto and dep.classid == "pg_trigger" and keeps and obj.key in keeps:
+                continue  # a hand-made trigger on one of our views: captured before the drop, recreated after
+            problems.append(f"{dep.description} depends on {obj.describe()}")
     if problems:
         raise UnmanagedDependentError(
             "cannot proceed: these objects are not managed by this registry and would be dropped with objects "

@@ -7,12 +7,17 @@ drops (read from the signature in the database at autogenerate time), so downgra
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from alembic.operations import MigrateOperation, Operations
 
+from ..execute import collect_notices
 from ..identifiers import quote_literal
+from ..preserve import capture_statement, restore_statement
 from ..signature import with_sql
+
+log = logging.getLogger("alembic.samizdat")
 
 
 def run_sql(operations: Operations, sql: str) -> None:
@@ -165,9 +170,30 @@ class RefreshSamizdatOp(MigrateOperation):
         return ("refresh_samizdat", "matview", self.name)
 
 
+def _run_reporting(operations: Operations, sql: str) -> None:
+    """Run a restore block, logging what it kept and lost (online; offline the server reports it)."""
+    if operations.migration_context.as_sql:
+        run_sql(operations, sql)
+        return
+    notices: list[tuple[str, str]] = []
+    with collect_notices(operations.get_bind(), notices):
+        run_sql(operations, sql)
+    for severity, message in notices:
+        (log.warning if severity == "WARNING" else log.info)("samizdat: %s", message)
+
+
+def _target(drop: str | None) -> str | None:
+    return drop.strip().rstrip(";").removeprefix("DROP ") if drop else None
+
+
 @Operations.implementation_for(CreateSamizdatOp)
 def _create(operations: Operations, op: CreateSamizdatOp) -> None:
     run_sql(operations, create_batch(op.kind, op.name, op.sql, op.signature, op.drop))
+    target = _target(op.drop)
+    # Grants, owner, hand-made indexes and triggers captured when this object was dropped earlier in the run
+    # (generated at upgrade time from the database being changed, never frozen into the revision).
+    if target and capture_statement(op.kind, target):
+        _run_reporting(operations, restore_statement(target) + ";")
     if op.with_data and op.kind == "matview":
         run_sql(operations, f"REFRESH MATERIALIZED VIEW {op.name};")
 
@@ -176,6 +202,9 @@ def _create(operations: Operations, op: CreateSamizdatOp) -> None:
 def _drop(operations: Operations, op: DropSamizdatOp) -> None:
     if op.drop is None:
         raise RuntimeError(f"cannot drop {op.kind} {op.name}: this revision holds no DROP statement for it")
+    capture = capture_statement(op.kind, _target(op.drop) or "")
+    if capture:
+        run_sql(operations, capture + ";")
     run_sql(operations, op.drop.rstrip().rstrip(";") + ";")
 
 
