@@ -638,5 +638,7 @@ def test_matview_turned_into_view_is_dropped_as_a_matview() -> None:
     as_mat = matview("shape", "SELECT 1 AS x")
     as_view = view("shape", "SELECT 1 AS x")
     plan = plan_sync(make_registry(as_view).graph(), state_of([obj_row(declare(as_mat), oid=1)]))
-    assert [a.statements[-1] for a in plan.actions if a.verb is Verb.DROP] == ['DROP MATERIALIZED VIEW "public"."shape"']
+    assert [a.statements[-1] for a in plan.actions if a.verb is Verb.DROP] == [
+        'DROP MATERIALIZED VIEW "public"."shape"'
+    ]
     assert [a.key.name for a in plan.actions if a.verb is Verb.CREATE] == ["shape"]
