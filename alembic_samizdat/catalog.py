@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,7 +30,11 @@ objs AS (
                 WHEN 'p' THEN 'table' WHEN 'f' THEN 'foreign table' WHEN 'S' THEN 'sequence'
                 WHEN 'i' THEN 'index' ELSE 'relation' END AS kind,
            n.nspname AS schema, c.relname AS name, ''::text AS extra, d.description,
-           c.relispopulated AS populated
+           c.relispopulated AS populated,
+           CASE WHEN left(d.description, :plen) = :prefix THEN (
+               SELECT coalesce(json_agg(json_build_array(coalesce(r.rolname, 'PUBLIC'), a.privilege_type)), '[]')
+               FROM aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee
+               WHERE a.grantee <> c.relowner)::text END AS acl
     FROM pg_class c
     JOIN pg_namespace n ON n.oid = c.relnamespace
     LEFT JOIN pg_description d
@@ -38,7 +43,12 @@ objs AS (
        OR (n.nspname, c.relname) IN (SELECT s, n FROM wanted_rel)
     UNION ALL
     SELECT 'pg_proc'::regclass, p.oid, 0::oid, 'function', n.nspname, p.proname,
-           pg_get_function_identity_arguments(p.oid), d.description, true
+           pg_get_function_identity_arguments(p.oid), d.description, true,
+           CASE WHEN left(d.description, :plen) <> :prefix THEN NULL
+                WHEN p.proacl IS NULL THEN '[["PUBLIC", "EXECUTE"]]'  -- the default of a new function
+                ELSE (SELECT coalesce(json_agg(json_build_array(coalesce(r.rolname, 'PUBLIC'), a.privilege_type)), '[]')
+                      FROM aclexplode(p.proacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee
+                      WHERE a.grantee <> p.proowner)::text END
     FROM pg_proc p
     JOIN pg_namespace n ON n.oid = p.pronamespace
     LEFT JOIN pg_description d
@@ -46,7 +56,7 @@ objs AS (
     WHERE left(d.description, :plen) = :prefix OR (n.nspname, p.proname) IN (SELECT s, n FROM wanted_fn)
     UNION ALL
     SELECT 'pg_trigger'::regclass, t.oid, 0::oid, 'trigger', n.nspname, t.tgname, c.relname,
-           d.description, true
+           d.description, true, NULL::text
     FROM pg_trigger t
     JOIN pg_class c ON c.oid = t.tgrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -79,14 +89,14 @@ SELECT 'obj' AS row, classid::text AS classid, oid::bigint AS oid, kind, schema,
             ELSE left(description, strpos(description, :sql_key) - 1)
                  || CASE WHEN right(description, :slen) = :stale THEN :stale ELSE '}' END
        END AS description,
-       populated, NULL AS dep_classid, NULL::bigint AS dep_oid, NULL AS dep_desc, NULL::bool AS dep_auto
+       populated, NULL AS dep_classid, NULL::bigint AS dep_oid, NULL AS dep_desc, NULL::bool AS dep_auto, acl
 FROM objs
 UNION ALL
 SELECT 'dep', d.ref_classid::text, d.ref_oid::bigint, NULL, NULL, NULL, NULL, NULL, NULL,
        d.dep_classid::text, d.dep_oid::bigint,
        -- signed dependents are matched by oid; only the others need a description for messages
        CASE WHEN s.oid IS NULL THEN pg_describe_object(d.dep_classid, d.dep_oid, d.dep_subid) END,
-       d.dep_auto
+       d.dep_auto, NULL
 FROM deps d
 LEFT JOIN signed s ON s.classid = d.dep_classid AND s.oid = d.dep_oid
 WHERE :dependents
@@ -111,6 +121,8 @@ class DbObject:
     populated: bool
     #: The identity arguments as PostgreSQL prints them (functions only).
     identity_args: str = ""
+    #: Privileges granted to others than the owner, as (role, privilege); ``None`` when not read.
+    grants: frozenset[tuple[str, str]] | None = None
 
     @property
     def ref(self) -> tuple[str, int]:
@@ -263,6 +275,8 @@ def build_state(scope: str, rows: Iterable[tuple[object, ...]]) -> DatabaseState
             if real != claimed or (namespace == "trigger" and signature.key.extra != extra):
                 # Renamed behind our back: still ours, but under its real name, so it reads as excess.
                 key_extra = extra if namespace != "function" else signature.key.extra + "\x00renamed"
+        acl = row[13] if len(row) > 13 else None
+        grants = frozenset((str(g[0]), str(g[1])) for g in json.loads(str(acl))) if acl is not None else None
         obj = DbObject(
             Key(namespace, schema, name, key_extra),
             kind,
@@ -273,6 +287,7 @@ def build_state(scope: str, rows: Iterable[tuple[object, ...]]) -> DatabaseState
             malformed,
             populated,
             extra if namespace == "function" else "",
+            grants,
         )
         if signature is not None and signature.scope == scope and kind in _KINDS:
             managed[obj.key] = obj

@@ -6,7 +6,7 @@ works on it and never on the class again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .errors import DeclarationError
@@ -38,6 +38,8 @@ class Declared:
     function_arguments: str = ""
     #: Populate on creation (materialized views); not part of the hash, so changing it recreates nothing.
     with_data: bool = True
+    #: Declared privileges as (role, privilege); ``PUBLIC`` for everyone. Not part of the hash.
+    grants: tuple[tuple[str, str], ...] = ()
     #: The owner of a generated sidekick.
     generated_by: Key | None = None
     source: type[Samizdat] | None = field(default=None, compare=False)
@@ -100,6 +102,7 @@ def declare(cls: type[Samizdat]) -> Declared:
     unmanaged = _table_refs(cls.deps_on_unmanaged, cls, "deps_on_unmanaged")
     key = cls.key()
     sql = cls.create()
+    grants = _grants(cls)
     implicit: tuple[Key, ...] = ()
     if issubclass(cls, SamizdatTrigger):
         table = cls.table()
@@ -129,6 +132,7 @@ def declare(cls: type[Samizdat]) -> Declared:
             implicit,
             unmanaged,
             function_arguments=" ".join(arguments.split()),
+            grants=grants,
             source=cls,
         )
     if issubclass(cls, SamizdatMaterializedView):
@@ -147,6 +151,41 @@ def declare(cls: type[Samizdat]) -> Declared:
             refresh_concurrently=cls.refresh_concurrently,
             refresh_triggers=_table_refs(cls.refresh_triggers, cls, "refresh_triggers"),
             with_data=cls.with_data,
+            grants=grants,
             source=cls,
         )
-    return Declared(key, cls.kind, cls.label(), sql, refs, implicit, unmanaged, source=cls)
+    return Declared(key, cls.kind, cls.label(), sql, refs, implicit, unmanaged, grants=grants, source=cls)
+
+
+_PRIVILEGES = {
+    Kind.VIEW: {"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"},
+    Kind.MATVIEW: {"SELECT", "REFERENCES", "MAINTAIN"},
+    Kind.FUNCTION: {"EXECUTE"},
+    Kind.TRIGGER: set(),
+}
+
+
+def _grants(cls: type[Samizdat]) -> tuple[tuple[str, str], ...]:
+    """Validate ``grants``: known roles syntax, privileges that exist for the kind."""
+    declared = cls.grants
+    if not isinstance(declared, Mapping):
+        raise DeclarationError(f"{cls.label()}.grants must map role names to sets of privileges, not {declared!r}")
+    allowed = _PRIVILEGES[cls.kind]
+    out: set[tuple[str, str]] = set()
+    for role, privileges in declared.items():
+        role_name = (
+            "PUBLIC"
+            if isinstance(role, str) and role.upper() == "PUBLIC"
+            else check_identifier(role, f"{cls.label()}.grants role")
+        )
+        if isinstance(privileges, str) or not isinstance(privileges, Iterable):
+            raise DeclarationError(f"{cls.label()}.grants[{role!r}] must be a set of privileges, e.g. {{'SELECT'}}")
+        for privilege in privileges:
+            name = str(privilege).upper()
+            if name not in allowed:
+                raise DeclarationError(
+                    f"{cls.label()}.grants[{role!r}]: {privilege!r} is not a privilege of a {cls.kind.value}; "
+                    f"use {', '.join(sorted(allowed)) or 'none (triggers have no privileges)'}"
+                )
+            out.add((role_name, name))
+    return tuple(sorted(out))

@@ -7,7 +7,7 @@ database identities, SQL and signatures happens in :mod:`alembic_samizdat.declar
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, NamedTuple
 
 from .errors import DeclarationError
@@ -72,6 +72,9 @@ class Samizdat(metaclass=SamizdatMeta):
     deps_on_unmanaged: ClassVar[Iterable[str | tuple[str, str]]] = frozenset()
     #: How ``sql_template`` is read; the DBSamizdat compatibility classes read it as ``string.Template``.
     template_dialect: ClassVar[TemplateDialect] = TemplateDialect.NATIVE
+    #: Privileges to keep granted, e.g. ``{"reporting": {"SELECT"}}`` (``"PUBLIC"`` for everyone). Changes are
+    #: applied with GRANT / REVOKE, never by recreating the object; grants not declared here are left alone.
+    grants: ClassVar[Mapping[str, Iterable[str]]] = {}
 
     @classmethod
     def is_abstract(cls) -> bool:

@@ -18,7 +18,7 @@ from .catalog import DatabaseState, DbObject
 from .declared import Declared
 from .errors import NameClashError, UnmanagedDependentError
 from .graph import Graph, reachable, topological_order
-from .identifiers import qualified
+from .identifiers import qualified, quote_ident
 from .keys import Key, Kind, normalize_signature
 from .preserve import capture_statement, restore_statement
 from .signature import clear_stale_statement, definition_hash, sign_statement
@@ -30,6 +30,7 @@ class Verb(StrEnum):
     DROP = "drop"
     CREATE = "create"
     REFRESH = "refresh"
+    GRANT = "grant"
 
 
 class DiffKind(StrEnum):
@@ -39,6 +40,7 @@ class DiffKind(StrEnum):
     EXCESS_CODE = "missing from the database"
     CHANGED = "changed"
     UNPOPULATED = "not populated"
+    GRANTS = "grants differ"
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,40 @@ def _declared_hits(graph: Graph, other: DbObject) -> list[Key]:
     ]
 
 
+def grant_changes(
+    item: Declared, obj: DbObject | None
+) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], bool]:
+    """(to grant, to revoke, signature to update) for a declared object as it is in the database.
+
+    Only grants this registry declared (now, or when it signed the object) are ever revoked; any other grant
+    is left alone.
+    """
+    desired = set(item.grants)
+    previous = set(obj.signature.grants) if obj is not None and obj.signature is not None else set()
+    if obj is None or obj.grants is None:
+        return tuple(sorted(desired)), (), False
+    current = set(obj.grants)
+    return tuple(sorted(desired - current)), tuple(sorted((previous - desired) & current)), previous != desired
+
+
+def grant_statements(
+    item: Declared, to_grant: Iterable[tuple[str, str]], to_revoke: Iterable[tuple[str, str]]
+) -> list[str]:
+    """GRANT / REVOKE statements for ``item``."""
+    target = (
+        f"FUNCTION {qualified(item.key.schema, item.key.name)}({item.key.extra})"
+        if item.kind is Kind.FUNCTION
+        else f"TABLE {qualified(item.key.schema, item.key.name)}"
+    )
+
+    def who(role: str) -> str:
+        return "PUBLIC" if role == "PUBLIC" else quote_ident(role)
+
+    out = [f"GRANT {privilege} ON {target} TO {who(role)}" for role, privilege in to_grant]
+    out += [f"REVOKE {privilege} ON {target} FROM {who(role)}" for role, privilege in to_revoke]
+    return out
+
+
 def diff(graph: Graph, state: DatabaseState) -> list[Difference]:
     """The objects that differ between code and database, in a stable order."""
     out: list[Difference] = []
@@ -161,6 +197,8 @@ def diff(graph: Graph, state: DatabaseState) -> list[Difference]:
             out.append(Difference(DiffKind.CHANGED, key, item.kind.value, item.label))
         elif item.kind is Kind.MATVIEW and ((not obj.populated and item.with_data) or _stale(obj)):
             out.append(Difference(DiffKind.UNPOPULATED, key, item.kind.value, item.label))
+        elif grant_changes(item, obj) != ((), (), False):
+            out.append(Difference(DiffKind.GRANTS, key, item.kind.value, item.label))
     for key in sorted(state.managed):
         if key not in graph.nodes:
             out.append(Difference(DiffKind.EXCESS_DB, key, state.managed[key].kind, "no longer declared"))
@@ -247,6 +285,12 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
         statements: tuple[str, ...] = (item.sql, sign_statement(item, scope))
         if key in recreated and capture_statement(managed[key].kind, managed[key].comment_target()):
             statements = (*statements, restore_statement(managed[key].comment_target()))
+        if item.grants or key in managed:
+            # After the restore: declared grants win, grants no longer declared are revoked.
+            old_signature = managed[key].signature if key in managed else None
+            previous = set(old_signature.grants) if old_signature is not None else set()
+            revoke = sorted(previous - set(item.grants))
+            statements = (*statements, *grant_statements(item, item.grants, revoke))
         actions.append(
             Action(
                 Verb.CREATE,
@@ -294,6 +338,14 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
             continue
         refreshed_below[key] = True
         actions.append(Action(Verb.REFRESH, key, item.kind.value, item.label, statements, why, item))
+    for key in graph.order:
+        item = graph.nodes[key]
+        if key in creating or key not in managed:
+            continue
+        to_grant, to_revoke, resign = grant_changes(item, managed[key])
+        if to_grant or to_revoke or resign:
+            statements = (*grant_statements(item, to_grant, to_revoke), sign_statement(item, scope))
+            actions.append(Action(Verb.GRANT, key, item.kind.value, item.label, statements, "grants differ", item))
     return Plan(tuple(differences), tuple(actions), tuple(undeclared_dependency_warnings(graph, state)))
 
 

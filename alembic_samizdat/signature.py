@@ -30,6 +30,8 @@ class Signature:
     stale: bool = False
     #: The rendered template the object was created from.
     sql: str | None = None
+    #: The grants declared when it was signed.
+    grants: tuple[tuple[str, str], ...] = ()
 
 
 class MalformedSignature(Exception):
@@ -60,6 +62,9 @@ def signature_text(declared: Declared, scope: str, *, include_sql: bool = True) 
         "key": [key.namespace, key.schema, key.name, key.extra],
         "hash": definition_hash(declared),
     }
+    if declared.grants:
+        # What we granted, so that grants dropped from the declaration are revoked (and only those).
+        body["grants"] = [list(g) for g in declared.grants]
     if include_sql:
         # The rendered template, so that an Alembic downgrade can restore exactly what was replaced.
         body["sql"] = declared.sql
@@ -116,7 +121,14 @@ def parse(comment: str) -> Signature:
     sql = body.get("sql")
     if sql is not None and not isinstance(sql, str):
         raise MalformedSignature("sql must be a string")
-    return Signature(scope, parsed_kind, Key(*key), digest, stale, sql)
+    raw_grants = body.get("grants", [])
+    if not (
+        isinstance(raw_grants, list)
+        and all(isinstance(g, list) and len(g) == 2 and all(isinstance(x, str) for x in g) for g in raw_grants)
+    ):
+        raise MalformedSignature("grants must be a list of [role, privilege] pairs")
+    grants = tuple(sorted((str(g[0]), str(g[1])) for g in raw_grants))
+    return Signature(scope, parsed_kind, Key(*key), digest, stale, sql, grants)
 
 
 #: What :func:`mark_stale_statement` appends to a signature.

@@ -11,8 +11,16 @@ from __future__ import annotations
 
 from . import ops, render
 from .compare import compare_samizdats, register_legacy_comparator
-from .ops import CreateSamizdatOp, DropSamizdatOp, RefreshSamizdatOp
+from .ops import CreateSamizdatOp, DropSamizdatOp, RefreshSamizdatOp, RegrantSamizdatOp
 
-__all__ = ["CreateSamizdatOp", "DropSamizdatOp", "RefreshSamizdatOp", "compare_samizdats", "ops", "render"]
+__all__ = [
+    "CreateSamizdatOp",
+    "DropSamizdatOp",
+    "RefreshSamizdatOp",
+    "RegrantSamizdatOp",
+    "compare_samizdats",
+    "ops",
+    "render",
+]
 
 register_legacy_comparator()

@@ -19,11 +19,12 @@ from sqlalchemy import MetaData
 
 from ..catalog import DatabaseState, read_state
 from ..graph import Graph
+from ..identifiers import quote_literal
 from ..keys import Key, Kind
-from ..planner import Plan, Verb, plan_sync
+from ..planner import Plan, Verb, grant_changes, grant_statements, plan_sync
 from ..registry import SamizdatRegistry
 from ..signature import signature_text, without_sql
-from .ops import CreateSamizdatOp, DropSamizdatOp, RefreshSamizdatOp
+from .ops import CreateSamizdatOp, DropSamizdatOp, RefreshSamizdatOp, RegrantSamizdatOp
 
 log = logging.getLogger("alembic.samizdat")
 
@@ -123,8 +124,17 @@ def plan_to_ops(plan: Plan, graph: Graph, state: DatabaseState) -> tuple[list[An
                     signature=signature_text(item, state.scope, include_sql=False),
                     drop=item.drop_statement(),
                     with_data=item.kind is Kind.MATVIEW and item.with_data,
+                    grants="\n;\n".join(st for st in action.statements if st.startswith(("GRANT ", "REVOKE "))) or None,
                 )
             )
+        elif action.verb is Verb.GRANT:
+            assert action.declared is not None
+            obj = state.managed[action.key]
+            to_grant, to_revoke, _ = grant_changes(action.declared, obj)
+            undo = grant_statements(action.declared, to_revoke, to_grant)
+            if obj.comment is not None:
+                undo.append(f"COMMENT ON {obj.comment_target()} IS {quote_literal(obj.comment)}")
+            creates.append(RegrantSamizdatOp(action.kind, name, action.sql, reverse_sql="\n;\n".join(undo) + "\n;"))
         elif action.key not in created:
             creates.append(RefreshSamizdatOp(name, action.sql))
     return drops, creates

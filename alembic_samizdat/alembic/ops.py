@@ -54,6 +54,7 @@ class CreateSamizdatOp(MigrateOperation):
         signature: str | None,
         drop: str | None,
         with_data: bool = False,
+        grants: str | None = None,
     ) -> None:
         self.kind = kind
         self.name = name
@@ -61,6 +62,7 @@ class CreateSamizdatOp(MigrateOperation):
         self.signature = signature
         self.drop = drop
         self.with_data = with_data
+        self.grants = grants
 
     @classmethod
     def create_samizdat(
@@ -73,9 +75,11 @@ class CreateSamizdatOp(MigrateOperation):
         signature: str | None,
         drop: str | None,
         with_data: bool = False,
+        grants: str | None = None,
     ) -> Any:
-        """``op.create_samizdat(kind, name, sql, signature=…, drop=…, with_data=…)``."""
-        return operations.invoke(cls(kind, name, sql, signature=signature, drop=drop, with_data=with_data))
+        """``op.create_samizdat(kind, name, sql, signature=…, drop=…, with_data=…, grants=…)``."""
+        op = cls(kind, name, sql, signature=signature, drop=drop, with_data=with_data, grants=grants)
+        return operations.invoke(op)
 
     def reverse(self) -> DropSamizdatOp:
         """Dropping what this created (``drop`` was written at autogenerate time)."""
@@ -186,6 +190,37 @@ def _target(drop: str | None) -> str | None:
     return drop.strip().rstrip(";").removeprefix("DROP ") if drop else None
 
 
+@Operations.register_operation("regrant_samizdat")
+class RegrantSamizdatOp(MigrateOperation):
+    """Apply declared grants with GRANT / REVOKE (and update the signature); never recreates the object."""
+
+    def __init__(self, kind: str, name: str, sql: str, *, reverse_sql: str | None = None) -> None:
+        self.kind = kind
+        self.name = name
+        self.sql = sql
+        self.reverse_sql = reverse_sql
+
+    @classmethod
+    def regrant_samizdat(
+        cls, operations: Operations, kind: str, name: str, sql: str, *, reverse_sql: str | None = None
+    ) -> Any:
+        """``op.regrant_samizdat(kind, name, sql, reverse_sql=…)``."""
+        return operations.invoke(cls(kind, name, sql, reverse_sql=reverse_sql))
+
+    def reverse(self) -> RegrantSamizdatOp:
+        """The inverse GRANT / REVOKE and the previous signature."""
+        return RegrantSamizdatOp(self.kind, self.name, self.reverse_sql or "SELECT 1", reverse_sql=self.sql)
+
+    def to_diff_tuple(self) -> tuple[str, str, str]:
+        """What ``alembic check`` reports."""
+        return ("regrant_samizdat", self.kind, self.name)
+
+
+@Operations.implementation_for(RegrantSamizdatOp)
+def _regrant(operations: Operations, op: RegrantSamizdatOp) -> None:
+    run_sql(operations, op.sql.rstrip().rstrip(";") + ";")
+
+
 @Operations.implementation_for(CreateSamizdatOp)
 def _create(operations: Operations, op: CreateSamizdatOp) -> None:
     run_sql(operations, create_batch(op.kind, op.name, op.sql, op.signature, op.drop))
@@ -194,6 +229,8 @@ def _create(operations: Operations, op: CreateSamizdatOp) -> None:
     # (generated at upgrade time from the database being changed, never frozen into the revision).
     if target and capture_statement(op.kind, target):
         _run_reporting(operations, restore_statement(target) + ";")
+    if op.grants:
+        run_sql(operations, op.grants.rstrip().rstrip(";") + ";")
     if op.with_data and op.kind == "matview":
         run_sql(operations, f"REFRESH MATERIALIZED VIEW {op.name};")
 

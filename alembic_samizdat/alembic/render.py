@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic.autogenerate.api import AutogenContext
 from alembic.autogenerate.render import renderers
 
-from .ops import CreateSamizdatOp, DropSamizdatOp, RefreshSamizdatOp
+from .ops import CreateSamizdatOp, DropSamizdatOp, RefreshSamizdatOp, RegrantSamizdatOp
 
 IMPORT = "import alembic_samizdat.alembic  # noqa: F401  (registers op.create_samizdat and friends)"
 
@@ -39,6 +39,7 @@ def render_create(autogen_context: AutogenContext, op: CreateSamizdatOp) -> str:
         f"signature={literal(op.signature)}",
         f"drop={literal(op.drop)}",
         f"with_data={op.with_data!r}",
+        *([f"grants={literal(op.grants)}"] if op.grants else []),
     )
 
 
@@ -61,3 +62,12 @@ def render_refresh(autogen_context: AutogenContext, op: RefreshSamizdatOp) -> st
     """``op.refresh_samizdat(...)``."""
     autogen_context.imports.add(IMPORT)
     return "op.refresh_samizdat" + _args(repr(op.name), f"sql={literal(op.sql)}")
+
+
+@renderers.dispatch_for(RegrantSamizdatOp)
+def render_regrant(autogen_context: AutogenContext, op: RegrantSamizdatOp) -> str:
+    """``op.regrant_samizdat(...)``."""
+    autogen_context.imports.add(IMPORT)
+    return "op.regrant_samizdat" + _args(
+        repr(op.kind), repr(op.name), f"sql={literal(op.sql)}", f"reverse_sql={literal(op.reverse_sql)}"
+    )
