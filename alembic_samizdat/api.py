@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, MetaData
 
+from .adopt import ADOPTABLE
 from .catalog import DatabaseState, read_state
 from .errors import DatabaseStateError, ExecutionError, SamizdatError
 from .execute import (
@@ -150,10 +151,12 @@ class DiffResult:
         return (101 if db else 0) + (102 if code else 0) - (100 if db and code else 0) if (db or code) else 0
 
 
-def _lock_and_read(connection: Connection, graph: Graph | None, scope: str, *, session_lock: bool) -> DatabaseState:
+def _lock_and_read(
+    connection: Connection, graph: Graph | None, scope: str, *, session_lock: bool, adopt: str | None = None
+) -> DatabaseState:
     lock = f"SELECT pg_advisory_lock({LOCK_KEY})" if session_lock else f"SELECT pg_advisory_xact_lock({LOCK_KEY})"
     run_batch(connection, None, lock)
-    return read_state(connection, scope, graph.nodes if graph is not None else ())
+    return read_state(connection, scope, graph.nodes if graph is not None else (), adopt=adopt)
 
 
 def _run(
@@ -164,11 +167,12 @@ def _run(
     lock_timeout: float | None,
     on_action: OnAction | None,
     on_plan: OnPlan | None = None,
+    adopt: str | None = None,
 ) -> SyncResult:
     """:func:`_run_inner`, collecting what capture-and-restore reported."""
     notices: list[tuple[str, str]] = []
     with _connected(bind) as connection, collect_notices(connection, notices):
-        result = _run_inner(connection, registry, graph, discipline, lock_timeout, on_action, on_plan)
+        result = _run_inner(connection, registry, graph, discipline, lock_timeout, on_action, on_plan, adopt)
     if not notices:
         return result
     kept = tuple(m for severity, m in notices if severity != "WARNING")
@@ -184,6 +188,7 @@ def _run_inner(
     lock_timeout: float | None,
     on_action: OnAction | None,
     on_plan: OnPlan | None = None,
+    adopt: str | None = None,
 ) -> SyncResult:
     """Lock, read, plan (sync when ``graph`` is given, else nuke) and apply under ``discipline``."""
     discipline = Discipline(discipline)
@@ -198,7 +203,9 @@ def _run_inner(
         # Most runs change nothing: one catalog read, no lock. Anything to do (or any doubt) is planned again
         # under the advisory lock, so concurrent runs never act on each other's half-finished state.
         try:
-            state = read_state(connection, registry.scope, graph.nodes, dependents=False) if graph else None
+            state = (
+                read_state(connection, registry.scope, graph.nodes, dependents=False, adopt=adopt) if graph else None
+            )
             quick = plan_sync(graph, state) if graph is not None and state is not None else None
         except DatabaseStateError:
             return None
@@ -219,7 +226,7 @@ def _run_inner(
                     conn.exec_driver_sql(setting)
                 applied: list[Action] = []
                 try:
-                    state = _lock_and_read(conn, graph, registry.scope, session_lock=True)
+                    state = _lock_and_read(conn, graph, registry.scope, session_lock=True, adopt=adopt)
                     plan = make_plan(state)
                     for action in plan.actions:
                         try:
@@ -250,7 +257,7 @@ def _run_inner(
             setting = lock_timeout_statement(lock_timeout, local=True)
             if setting:
                 connection.exec_driver_sql(setting)
-            state = _lock_and_read(connection, graph, registry.scope, session_lock=False)
+            state = _lock_and_read(connection, graph, registry.scope, session_lock=False, adopt=adopt)
             plan = make_plan(state)
             applied = []
             for action in plan.actions:
@@ -283,16 +290,20 @@ def sync(
     lock_timeout: float | None = None,
     on_action: OnAction | None = None,
     on_plan: OnPlan | None = None,
+    adopt: str | None = None,
 ) -> SyncResult:
     """Make the database match the declarations.
 
     ``discipline``: ``checkpoint`` (commit per action), ``jumbo`` (one transaction) or ``dryrun`` (one
     transaction, rolled back). ``lock_timeout`` (seconds) bounds every lock wait; by default the server's
-    setting applies. ``on_plan`` sees the plan before it runs, ``on_action`` each completed action. Raises a :class:`~alembic_samizdat.errors.SamizdatError` subclass on any problem.
+    setting applies. ``adopt="dbsamizdat"`` takes over objects DBSamizdat signed (unchanged ones are only
+    re-signed; see :mod:`alembic_samizdat.adopt`). ``on_plan`` sees the plan before it runs, ``on_action`` each completed action. Raises a :class:`~alembic_samizdat.errors.SamizdatError` subclass on any problem.
     """
     registry = as_registry(declarations, scope=scope)
     graph = registry.graph()
-    return _run(bind, registry, graph, Discipline(discipline), lock_timeout, on_action, on_plan)
+    if adopt is not None and adopt not in ADOPTABLE:
+        raise SamizdatError(f"adopt={adopt!r}: can adopt objects of {', '.join(ADOPTABLE)} only")
+    return _run(bind, registry, graph, Discipline(discipline), lock_timeout, on_action, on_plan, adopt)
 
 
 def nuke(

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, text
 
 from . import signature as sig
+from .adopt import DBSAMIZDAT_PREFIX, HASH_PREFIX, dbsamizdat_hash_of_comment, is_dbsamizdat
 from .identifiers import qualified, quote_ident, quote_literal
-from .keys import Key, Kind
+from .keys import Key, Kind, normalize_signature
 
 _KINDS = {"view": Kind.VIEW, "matview": Kind.MATVIEW, "function": Kind.FUNCTION, "trigger": Kind.TRIGGER}
 
@@ -39,7 +40,8 @@ objs AS (
     JOIN pg_namespace n ON n.oid = c.relnamespace
     LEFT JOIN pg_description d
         ON d.objoid = c.oid AND d.classoid = 'pg_class'::regclass AND d.objsubid = 0
-    WHERE (c.relkind IN ('v', 'm') AND left(d.description, :plen) = :prefix)
+    WHERE (c.relkind IN ('v', 'm') AND (left(d.description, :plen) = :prefix
+                                        OR (:adopt AND left(d.description, :dlen) = :dprefix)))
        OR (n.nspname, c.relname) IN (SELECT s, n FROM wanted_rel)
     UNION ALL
     SELECT 'pg_proc'::regclass, p.oid, 0::oid, 'function', n.nspname, p.proname,
@@ -53,7 +55,8 @@ objs AS (
     JOIN pg_namespace n ON n.oid = p.pronamespace
     LEFT JOIN pg_description d
         ON d.objoid = p.oid AND d.classoid = 'pg_proc'::regclass AND d.objsubid = 0
-    WHERE left(d.description, :plen) = :prefix OR (n.nspname, p.proname) IN (SELECT s, n FROM wanted_fn)
+    WHERE left(d.description, :plen) = :prefix OR (:adopt AND left(d.description, :dlen) = :dprefix)
+       OR (n.nspname, p.proname) IN (SELECT s, n FROM wanted_fn)
     UNION ALL
     SELECT 'pg_trigger'::regclass, t.oid, 0::oid, 'trigger', n.nspname, t.tgname, c.relname,
            d.description, true, NULL::text
@@ -63,9 +66,13 @@ objs AS (
     LEFT JOIN pg_description d
         ON d.objoid = t.oid AND d.classoid = 'pg_trigger'::regclass AND d.objsubid = 0
     WHERE NOT t.tgisinternal
-      AND (left(d.description, :plen) = :prefix OR (n.nspname, c.relname, t.tgname) IN (SELECT s, t, n FROM wanted_tg))
+      AND (left(d.description, :plen) = :prefix OR (:adopt AND left(d.description, :dlen) = :dprefix)
+           OR (n.nspname, c.relname, t.tgname) IN (SELECT s, t, n FROM wanted_tg))
 ),
-signed AS (SELECT * FROM objs WHERE left(description, :plen) = :prefix),
+signed AS (
+    SELECT * FROM objs
+    WHERE left(description, :plen) = :prefix OR (:adopt AND left(description, :dlen) = :dprefix)
+),
 deps AS (
     SELECT DISTINCT o.classid AS ref_classid, o.oid AS ref_oid,
            CASE WHEN dep.classid = 'pg_rewrite'::regclass THEN 'pg_class'::regclass ELSE dep.classid::regclass END AS dep_classid,
@@ -202,16 +209,18 @@ def read_state(
     *,
     dependents: bool = True,
     full_comments: bool = False,
+    adopt: str | None = None,
 ) -> DatabaseState:
     """Read the database state in one round trip; ``wanted`` are declared identities checked for clashes.
 
     ``dependents=False`` skips the pg_depend walk (enough to learn that nothing needs doing);
     ``full_comments`` keeps the SQL recorded in signatures (for restores).
     """
+    wanted_list = list(wanted)
     rel: tuple[list[str], list[str]] = ([], [])
     fn: tuple[list[str], list[str]] = ([], [])
     tg: tuple[list[str], list[str], list[str]] = ([], [], [])
-    for key in wanted:
+    for key in wanted_list:
         if key.namespace == "relation":
             rel[0].append(key.schema)
             rel[1].append(key.name)
@@ -233,16 +242,40 @@ def read_state(
         "tg_tables": tg[1],
         "tg_names": tg[2],
         "full": full_comments,
+        "adopt": adopt == "dbsamizdat",
+        "dprefix": DBSAMIZDAT_PREFIX,
+        "dlen": len(DBSAMIZDAT_PREFIX),
         "sql_key": ',"sql":',
         "stale": sig.STALE_SUFFIX,
         "slen": len(sig.STALE_SUFFIX),
         "dependents": dependents,
     }
     rows = connection.execute(text(CATALOG_SQL), params).all()
-    return build_state(scope, rows)
+    return build_state(scope, rows, adopt_keys=wanted_list if adopt else None)
 
 
-def build_state(scope: str, rows: Iterable[tuple[object, ...]]) -> DatabaseState:
+def _adopted(
+    comment: str, namespace: str, kind: str, schema: str, name: str, extra: str, scope: str, keys: list[Key]
+) -> sig.Signature | None:
+    """A DBSamizdat signature read as one of ours (``--adopt dbsamizdat``), keyed like the declaration."""
+    digest = dbsamizdat_hash_of_comment(comment)
+    if digest is None or kind not in _KINDS:
+        return None
+    key = Key(namespace, schema, name, extra if namespace == "trigger" else "")
+    if namespace == "function":
+        # DBSamizdat's signature text is not PostgreSQL's: match the declared overload by its printed types,
+        # or the only declared function of that name.
+        same = [k for k in keys if k.namespace == "function" and (k.schema, k.name) == (schema, name)]
+        printed = normalize_signature(extra).lower()
+        exact = [k for k in same if k.extra.lower() == printed]
+        chosen = exact or (same if len(same) == 1 else [])
+        key = chosen[0] if chosen else Key(namespace, schema, name, extra)
+    return sig.Signature(scope, _KINDS[kind], key, HASH_PREFIX + digest)
+
+
+def build_state(
+    scope: str, rows: Iterable[tuple[object, ...]], *, adopt_keys: list[Key] | None = None
+) -> DatabaseState:
     """Turn catalog rows into a :class:`DatabaseState` (pure; split out so it is testable without a server)."""
     managed: dict[Key, DbObject] = {}
     others: list[DbObject] = []
@@ -267,6 +300,9 @@ def build_state(scope: str, rows: Iterable[tuple[object, ...]]) -> DatabaseState
                 signature = sig.parse(comment)
             except sig.MalformedSignature as exc:
                 malformed = str(exc)
+        elif adopt_keys is not None and is_dbsamizdat(comment):
+            assert comment is not None
+            signature = _adopted(comment, namespace, kind, schema, name, extra, scope, adopt_keys)
         if signature is not None:
             real = (namespace, schema, name)
             claimed = (signature.key.namespace, signature.key.schema, signature.key.name)

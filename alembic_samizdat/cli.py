@@ -137,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the plan as a SQL script for `psql -1 -f` ('-' for stdout); with -t dryrun nothing else changes",
     )
     p.add_argument("--lock-timeout", type=float, metavar="SECONDS", help="give up waiting for a lock after this long")
+    p.add_argument(
+        "--adopt",
+        choices=["dbsamizdat"],
+        help="take over objects signed by DBSamizdat: unchanged ones are re-signed in place, the rest replaced",
+    )
 
     p = sub.add_parser(
         "diff",
@@ -278,6 +283,7 @@ def cmd_sync(args: argparse.Namespace, out: Output) -> int:
             lock_timeout=args.lock_timeout,
             on_action=out.action,
             on_plan=write_plan,
+            adopt=args.adopt,
         )
         out.info(result.summary())
         for line in result.lost:

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .adopt import HASH_PREFIX, dbsamizdat_hash, is_dbsamizdat
 from .catalog import DatabaseState, DbObject
 from .declared import Declared
 from .errors import NameClashError, UnmanagedDependentError
@@ -31,6 +32,7 @@ class Verb(StrEnum):
     CREATE = "create"
     REFRESH = "refresh"
     GRANT = "grant"
+    ADOPT = "adopt"
 
 
 class DiffKind(StrEnum):
@@ -41,6 +43,7 @@ class DiffKind(StrEnum):
     CHANGED = "changed"
     UNPOPULATED = "not populated"
     GRANTS = "grants differ"
+    ADOPTABLE = "signed by DBSamizdat, unchanged"
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,9 @@ def _clashes(graph: Graph, state: DatabaseState) -> list[str]:
             if other.signature is not None:
                 owner = f"it is signed by scope {other.signature.scope!r}"
                 fix = "use another name, or sync it from that scope's registry"
+            elif is_dbsamizdat(other.comment):
+                owner = "it is signed by DBSamizdat"
+                fix = "take DBSamizdat's objects over with `samizdat sync --adopt dbsamizdat` (API: adopt='dbsamizdat')"
             elif other.malformed is not None:
                 owner = f"its comment looks like our signature but cannot be read ({other.malformed})"
                 fix = "fix or remove the comment (COMMENT ON … IS NULL) if the object is yours to replace"
@@ -193,6 +199,9 @@ def diff(graph: Graph, state: DatabaseState) -> list[Difference]:
         obj = state.managed.get(key)
         if obj is None:
             out.append(Difference(DiffKind.EXCESS_CODE, key, item.kind.value, item.label))
+        elif obj.signature is not None and obj.signature.hash.startswith(HASH_PREFIX):
+            same = obj.signature.hash == HASH_PREFIX + (dbsamizdat_hash(item.source) or "")
+            out.append(Difference(DiffKind.ADOPTABLE if same else DiffKind.CHANGED, key, item.kind.value, item.label))
         elif not _signature_matches(obj, item):
             out.append(Difference(DiffKind.CHANGED, key, item.kind.value, item.label))
         elif item.kind is Kind.MATVIEW and ((not obj.populated and item.with_data) or _stale(obj)):
@@ -256,7 +265,12 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
                 if dep in to_drop:
                     catalog_only[dep].add(key)
         order = topological_order(to_drop, catalog_only) or sorted(to_drop)
-    actions: list[Action] = []
+    actions: list[Action] = [
+        # Unchanged since DBSamizdat created it: only our signature replaces DBSamizdat's, nothing is dropped.
+        Action(Verb.ADOPT, d.key, d.kind, d.label, (sign_statement(graph.nodes[d.key], state.scope),), d.what.value)
+        for d in differences
+        if d.what is DiffKind.ADOPTABLE and d.key not in to_drop
+    ]
     for key in reversed(order):
         obj = managed[key]
         capture = capture_statement(obj.kind, obj.comment_target()) if key in recreated else None

@@ -1,0 +1,159 @@
+"""Taking over objects created by the real DBSamizdat 0.11.2 (from PyPI), without dropping unchanged ones."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from alembic_samizdat import NameClashError, SamizdatRegistry, sync
+
+
+def dbsamizdat_cli() -> str | None:
+    """The DBSamizdat CLI: $SAMIZDAT_TEST_DBSAMIZDAT (what .ci/run installs), a local venv, or PATH."""
+    for candidate in (
+        os.environ.get("SAMIZDAT_TEST_DBSAMIZDAT"),
+        "/tmp/dbsz/bin/dbsamizdat",
+        shutil.which("dbsamizdat"),
+    ):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+CLI = dbsamizdat_cli()
+pytestmark = pytest.mark.skipif(
+    CLI is None,
+    reason="DBSamizdat 0.11.2 is not installed (.ci/run installs it and sets SAMIZDAT_TEST_DBSAMIZDAT)",
+)
+
+# Written the way DBSamizdat's README shows it: string.Template templates ($$$$ for $$), every documented attribute.
+MODULE = '''
+from {package} import SamizdatView, SamizdatMaterializedView, SamizdatFunction, SamizdatTrigger
+
+
+class Salutation(SamizdatView):
+    deps_on_unmanaged = {{"people"}}
+    sql_template = """
+        ${{preamble}}
+        SELECT format('Hi %s!', name) AS utterance FROM people
+        ${{postamble}}
+        """
+
+
+class shout(SamizdatFunction):
+    function_arguments_signature = "t text"
+    sql_template = """
+        ${{preamble}}
+        RETURNS text LANGUAGE plpgsql AS $$$$ BEGIN RETURN upper($$1) || '{bang}'; END $$$$
+        ${{postamble}}
+        """
+
+
+class Loud(SamizdatMaterializedView):
+    deps_on = {{Salutation, shout}}
+    refresh_concurrently = True
+    sql_template = """
+        ${{preamble}}
+        SELECT public.shout(utterance) AS loud FROM "Salutation"
+        ${{postamble}}
+        CREATE UNIQUE INDEX ON ${{samizdatname}} (loud)
+        """
+
+
+class noop(SamizdatFunction):
+    sql_template = """
+        ${{preamble}}
+        RETURNS trigger LANGUAGE plpgsql AS $$$$ BEGIN RETURN NEW; END $$$$
+        ${{postamble}}
+        """
+
+
+class PeopleNoop(SamizdatTrigger):
+    on_table = "people"
+    condition = "BEFORE INSERT"
+    deps_on = {{noop}}
+    sql_template = """
+        ${{preamble}}
+        FOR EACH ROW EXECUTE FUNCTION public.noop()
+        ${{postamble}}
+        """
+'''
+
+
+def oids(engine: sa.Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT relname, oid::bigint FROM pg_class WHERE relname IN ('Salutation', 'Loud') "
+            "UNION ALL SELECT proname, oid::bigint FROM pg_proc WHERE proname IN ('shout', 'noop') "
+            "UNION ALL SELECT tgname, oid::bigint FROM pg_trigger WHERE tgname = 'PeopleNoop'"
+        ).all()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+def comments(engine: sa.Engine) -> list[str]:
+    with engine.connect() as conn:
+        return [str(r[0]) for r in conn.exec_driver_sql("SELECT description FROM pg_description").all()]
+
+
+@pytest.fixture
+def created_by_dbsamizdat(engine: sa.Engine, dsn: str, tmp_path: Path) -> Path:
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE people (name text); INSERT INTO people VALUES ('ada')")
+    module = tmp_path / "legacy.py"
+    module.write_text(textwrap.dedent(MODULE.format(package="dbsamizdat", bang="!")))
+    url = sa.make_url(sa.make_url(str(engine.url)).render_as_string(hide_password=False)).set(drivername="postgresql")
+    done = subprocess.run(
+        [str(CLI), "sync", url.render_as_string(hide_password=False), str(module)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert any(c.startswith('{"dbsamizdat"') for c in comments(engine))
+    return tmp_path
+
+
+def registry_for(tmp_path: Path, bang: str) -> SamizdatRegistry:
+    module = tmp_path / f"ours_{bang == '!'}.py"
+    module.write_text(textwrap.dedent(MODULE.format(package="alembic_samizdat.compat.dbsamizdat", bang=bang)))
+    registry = SamizdatRegistry()
+    registry.load(str(module))
+    return registry
+
+
+def test_without_adopt_dbsamizdat_objects_are_foreign(engine: sa.Engine, created_by_dbsamizdat: Path) -> None:
+    before = oids(engine)
+    with pytest.raises(NameClashError, match="--adopt dbsamizdat"):
+        sync(engine, registry_for(created_by_dbsamizdat, "!"))
+    assert oids(engine) == before
+
+
+def test_adopt_resigns_unchanged_objects_in_place(engine: sa.Engine, created_by_dbsamizdat: Path) -> None:
+    before = oids(engine)
+    result = sync(engine, registry_for(created_by_dbsamizdat, "!"), adopt="dbsamizdat")
+    adopted = {a.key.name for a in result.applied if a.verb.value == "adopt"}
+    assert {"Salutation", "shout", "Loud", "noop", "PeopleNoop"} <= adopted
+    assert not [a for a in result.applied if a.verb.value == "drop" and a.key.name in adopted]
+    assert {k: v for k, v in oids(engine).items() if k in before} == before  # nothing was recreated
+    assert not any(c.startswith('{"dbsamizdat"') for c in comments(engine))
+    assert not sync(engine, registry_for(created_by_dbsamizdat, "!")).plan.actions
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql('SELECT loud FROM "Loud"').scalar() == "HI ADA!!"
+
+
+def test_adopt_replaces_changed_objects(engine: sa.Engine, created_by_dbsamizdat: Path) -> None:
+    before = oids(engine)
+    result = sync(engine, registry_for(created_by_dbsamizdat, "?"), adopt="dbsamizdat")
+    recreated = {a.key.name for a in result.applied if a.verb.value == "create"}
+    assert {"shout", "Loud"} <= recreated  # the function changed, and Loud reads it
+    after = oids(engine)
+    assert after["Salutation"] == before["Salutation"] and after["shout"] != before["shout"]
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql('SELECT loud FROM "Loud"').scalar() == "HI ADA!?"
