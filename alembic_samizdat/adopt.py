@@ -1,4 +1,4 @@
-"""Taking over objects that DBSamizdat created and signed, without downtime.
+"""Taking over objects that other tools created: DBSamizdat's (signed) and alembic_utils' (unsigned).
 
 ``samizdat sync --adopt dbsamizdat`` reads DBSamizdat's signatures (``{"dbsamizdat": {"version": 1,
 "definition_hash": …}}``) as if they were ours: an object whose DBSamizdat hash equals what DBSamizdat itself would
@@ -10,10 +10,23 @@ stops with an error that mentions the flag.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from sqlalchemy import Connection, text
+
+from .errors import SamizdatError
+from .identifiers import qualified, quote_ident
+from .keys import Key
 from .model import Samizdat, SamizdatFunction, SamizdatTrigger
+
+if TYPE_CHECKING:
+    from .catalog import DbObject
+    from .graph import Graph
 
 #: How every DBSamizdat signature starts (it keeps "version" first for exactly this kind of prefix test).
 DBSAMIZDAT_PREFIX = '{"dbsamizdat": {"version":'
@@ -58,3 +71,104 @@ def dbsamizdat_hash(cls: type[Samizdat] | None) -> str | None:
         identity = f'"{schema}"."{cls.__name__}"'
         creation = ""
     return hashlib.md5("|".join((cls.sql_template, identity, creation)).encode("utf-8")).hexdigest()
+
+
+class AdoptionRefusedError(SamizdatError):
+    """``samizdat adopt`` found existing objects whose definition differs from the declaration."""
+
+    def __init__(self, differences: dict[str, str]) -> None:
+        self.differences = differences
+        names = ", ".join(differences)
+        super().__init__(
+            f"not adopting anything: {len(differences)} object(s) differ from their declaration ({names}); make the "
+            "classes produce the same definition (see the diff), or let `samizdat sync` replace them after dropping "
+            "them yourself"
+        )
+
+
+@dataclass(frozen=True)
+class AdoptResult:
+    """What ``adopt_unsigned`` signed, and what it did not find."""
+
+    adopted: tuple[Key, ...]
+    missing: tuple[Key, ...]
+
+
+_DEFINITION = {
+    "relation": "SELECT pg_get_viewdef(to_regclass(:ident))",
+    "function": (
+        "SELECT pg_get_functiondef(p.oid) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = :schema AND p.proname = :name AND pg_get_function_identity_arguments(p.oid) = :args"
+    ),
+    "trigger": (
+        "SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t WHERE t.tgname = :name AND t.tgrelid = to_regclass(:table)"
+    ),
+}
+
+
+def _definition(connection: Connection, obj: DbObject) -> str | None:
+    key = obj.key
+    params = {
+        "ident": qualified(key.schema, key.name),
+        "schema": key.schema,
+        "name": key.name,
+        "args": obj.identity_args,
+        "table": qualified(key.schema, key.extra) if key.namespace == "trigger" else "",
+    }
+    value = connection.execute(text(_DEFINITION[key.namespace]), params).scalar()
+    return None if value is None else str(value)
+
+
+def _rename(obj: DbObject, temporary: str) -> str:
+    target = obj.comment_target()
+    return f"ALTER {target} RENAME TO {quote_ident(temporary)}"
+
+
+def adopt_unsigned(connection: Connection, graph: Graph, scope: str) -> AdoptResult:
+    """Sign unsigned objects (e.g. created by alembic_utils) whose definition equals the declared one.
+
+    For each declared object whose name is taken by an object without a signature, the declared object is
+    created next to it (the existing one renamed for a moment, in a savepoint that is always rolled back) and
+    PostgreSQL's own renderings of both definitions are compared. All equal: every one is signed, nothing else
+    changes. Any difference: nothing is signed and :class:`AdoptionRefusedError` carries a diff per object.
+    Runs in the caller's transaction (commit it to keep the signatures).
+    """
+    # Imported here: catalog and planner import this module for DBSamizdat signatures.
+    from .catalog import read_state
+    from .execute import send
+    from .planner import declared_hits
+    from .signature import sign_statement
+
+    state = read_state(connection, scope, graph.nodes)
+    candidates: list[tuple[Key, DbObject]] = []
+    for other in state.others:
+        if other.signature is not None or other.malformed is not None or is_dbsamizdat(other.comment):
+            continue
+        if other.kind not in ("view", "matview", "function", "trigger"):
+            continue
+        for key in declared_hits(graph, other):
+            if key not in state.managed:
+                candidates.append((key, other))
+    differences: dict[str, str] = {}
+    for key, obj in candidates:
+        item = graph.nodes[key]
+        before = _definition(connection, obj)
+        savepoint = connection.begin_nested()
+        try:
+            send(connection, _rename(obj, "samizdat_adopt_" + uuid.uuid4().hex[:12]))
+            send(connection, item.sql)
+            after = _definition(connection, obj)
+        finally:
+            savepoint.rollback()
+        if before != after or item.kind.value != obj.kind:
+            diff = difflib.unified_diff(
+                (before or "").splitlines(), (after or "").splitlines(), "in the database", "declared", lineterm=""
+            )
+            differences[f"{item.label} {key.display()}"] = "\n".join(diff) or f"{obj.kind} vs {item.kind.value}"
+    if differences:
+        raise AdoptionRefusedError(differences)
+    for key, _ in candidates:
+        send(connection, sign_statement(graph.nodes[key], scope))
+    found = {key for key, _ in candidates}
+    missing = tuple(k for k in graph.order if k not in found and k not in state.managed)
+    return AdoptResult(tuple(k for k in graph.order if k in found), missing)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, MetaData
 
-from .adopt import ADOPTABLE
+from .adopt import ADOPTABLE, AdoptResult, adopt_unsigned
 from .catalog import DatabaseState, read_state
 from .errors import DatabaseStateError, ExecutionError, SamizdatError
 from .execute import (
@@ -405,3 +405,23 @@ async def refresh_async(
         )
         await connection.rollback()
     return await refresh_asyncio(engine, run, result, max(1, jobs or default_jobs()))
+
+
+def adopt(bind: Bind, declarations: Declarations, *, scope: str | None = None) -> AdoptResult:
+    """Sign objects that exist unsigned (e.g. created by alembic_utils) when they match their declaration.
+
+    All or nothing, in one transaction: any difference raises
+    :class:`~alembic_samizdat.adopt.AdoptionRefusedError` with a diff per object and signs nothing.
+    """
+    registry = as_registry(declarations, scope=scope)
+    graph = registry.graph()
+    with _connected(bind) as connection:
+        nested = connection.in_transaction()
+        tx = connection.begin_nested() if nested else connection.begin()
+        try:
+            result = adopt_unsigned(connection, graph, registry.scope)
+        except BaseException:
+            tx.rollback()
+            raise
+        tx.commit()
+        return result

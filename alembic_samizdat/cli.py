@@ -18,6 +18,7 @@ from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from . import api
+from .adopt import AdoptionRefusedError
 from .dot import to_dot
 from .errors import ConnectionFailedError, SamizdatError
 from .execute import Discipline, first_line
@@ -186,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="REFRESH … CONCURRENTLY: auto (when the class asks and PostgreSQL allows), always (error if not "
         "possible), never",
     )
+
+    p = sub.add_parser(
+        "adopt",
+        help="sign existing unsigned objects (e.g. from alembic_utils) whose definition matches the declaration",
+    )
+    _common(p, defaults=False)
+    p.add_argument("target", nargs="+", metavar="[DBURL] MODULE", help=target_help)
 
     p = sub.add_parser("printdot", help="print the dependency graph in GraphViz format")
     _common(p, defaults=False)
@@ -398,6 +406,24 @@ def _progress_line(done: int, total: int, current: str | None, elapsed: float) -
     sys.stderr.flush()
 
 
+def cmd_adopt(args: argparse.Namespace, out: Output) -> int:
+    url, registry = _target(args)
+    registry.graph()
+    with _engine_for(url, args, out, allow_embedded=False) as engine:
+        try:
+            result = api.adopt(engine, registry, scope=getattr(args, "scope", None))
+        except AdoptionRefusedError as exc:
+            for name, diff in exc.differences.items():
+                print(f"--- {name}\n{diff}\n")
+            raise
+    for key in result.adopted:
+        out.info(f"  adopted {key.display()}")
+    out.info(
+        f"adopted {len(result.adopted)} object(s); `samizdat sync` creates the {len(result.missing)} missing one(s)"
+    )
+    return 0
+
+
 def cmd_printdot(args: argparse.Namespace, out: Output) -> int:
     registry = _load(args.modules, args)
     sys.stdout.write(to_dot(registry.graph()))
@@ -410,6 +436,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "nuke": cmd_nuke,
     "refresh": cmd_refresh,
     "printdot": cmd_printdot,
+    "adopt": cmd_adopt,
 }
 
 

@@ -120,7 +120,7 @@ def _signature_matches(obj: DbObject, declared: Declared) -> bool:
 def _clashes(graph: Graph, state: DatabaseState) -> list[str]:
     problems = []
     for other in state.others:
-        for key in _declared_hits(graph, other):
+        for key in declared_hits(graph, other):
             if key in state.managed:
                 continue
             item = graph.nodes[key]
@@ -142,7 +142,7 @@ def _clashes(graph: Graph, state: DatabaseState) -> list[str]:
     return problems
 
 
-def _declared_hits(graph: Graph, other: DbObject) -> list[Key]:
+def declared_hits(graph: Graph, other: DbObject) -> list[Key]:
     key = other.key
     if key.namespace == "relation":
         hit = Key("relation", key.schema, key.name)

@@ -27,7 +27,7 @@ def dbsamizdat_cli() -> str | None:
 
 
 CLI = dbsamizdat_cli()
-pytestmark = pytest.mark.skipif(
+needs_dbsamizdat = pytest.mark.skipif(
     CLI is None,
     reason="DBSamizdat 0.11.2 is not installed (.ci/run installs it and sets SAMIZDAT_TEST_DBSAMIZDAT)",
 )
@@ -128,6 +128,7 @@ def registry_for(tmp_path: Path, bang: str) -> SamizdatRegistry:
     return registry
 
 
+@needs_dbsamizdat
 def test_without_adopt_dbsamizdat_objects_are_foreign(engine: sa.Engine, created_by_dbsamizdat: Path) -> None:
     before = oids(engine)
     with pytest.raises(NameClashError, match="--adopt dbsamizdat"):
@@ -135,6 +136,7 @@ def test_without_adopt_dbsamizdat_objects_are_foreign(engine: sa.Engine, created
     assert oids(engine) == before
 
 
+@needs_dbsamizdat
 def test_adopt_resigns_unchanged_objects_in_place(engine: sa.Engine, created_by_dbsamizdat: Path) -> None:
     before = oids(engine)
     result = sync(engine, registry_for(created_by_dbsamizdat, "!"), adopt="dbsamizdat")
@@ -148,6 +150,7 @@ def test_adopt_resigns_unchanged_objects_in_place(engine: sa.Engine, created_by_
         assert conn.exec_driver_sql('SELECT loud FROM "Loud"').scalar() == "HI ADA!!"
 
 
+@needs_dbsamizdat
 def test_adopt_replaces_changed_objects(engine: sa.Engine, created_by_dbsamizdat: Path) -> None:
     before = oids(engine)
     result = sync(engine, registry_for(created_by_dbsamizdat, "?"), adopt="dbsamizdat")
@@ -157,3 +160,62 @@ def test_adopt_replaces_changed_objects(engine: sa.Engine, created_by_dbsamizdat
     assert after["Salutation"] == before["Salutation"] and after["shout"] != before["shout"]
     with engine.connect() as conn:
         assert conn.exec_driver_sql('SELECT loud FROM "Loud"').scalar() == "HI ADA!?"
+
+
+# --- objects created without a signature, as alembic_utils does (it runs the definition it is given) ---
+
+UNSIGNED_SQL = """
+CREATE TABLE people (name text);
+CREATE FUNCTION public.shout(t text) RETURNS text LANGUAGE plpgsql AS $$ BEGIN RETURN upper(t) || '!'; END $$;
+CREATE VIEW public."Salutation" AS SELECT format('Hi %s!', name) AS utterance FROM people;
+CREATE MATERIALIZED VIEW public."Loud" AS SELECT public.shout(utterance) AS loud FROM "Salutation";
+"""
+
+NATIVE = '''
+from alembic_samizdat import SamizdatFunction, SamizdatMaterializedView, SamizdatView
+
+
+class shout(SamizdatFunction):
+    function_arguments_signature = "t text"
+    sql_template = """${preamble} RETURNS text LANGUAGE plpgsql AS $$ BEGIN RETURN upper(t) || 'BANG'; END $$"""
+
+
+class Salutation(SamizdatView):
+    deps_on_unmanaged = {"people"}
+    sql_template = """${preamble} SELECT format('Hi %s!', name) AS utterance FROM people ${postamble}"""
+
+
+class Loud(SamizdatMaterializedView):
+    deps_on = {Salutation, shout}
+    sql_template = """${preamble} SELECT public.shout(utterance) AS loud FROM "Salutation" ${postamble}"""
+'''
+
+
+@pytest.mark.parametrize("bang", ["!", "?"])
+def test_adopt_unsigned_objects_when_they_match(engine: sa.Engine, db_url: str, tmp_path: Path, bang: str) -> None:
+    from alembic_samizdat.adopt import AdoptionRefusedError
+    from alembic_samizdat.api import adopt
+    from alembic_samizdat.cli import main
+
+    with engine.begin() as conn:
+        conn.exec_driver_sql(UNSIGNED_SQL, execution_options={"no_parameters": True})
+    module = tmp_path / f"native_{bang == '!'}.py"
+    module.write_text(NATIVE.replace("BANG", bang))
+    registry = SamizdatRegistry()
+    registry.load(str(module))
+    before = oids(engine)
+    with pytest.raises(NameClashError):
+        sync(engine, registry)
+    if bang == "?":
+        with pytest.raises(AdoptionRefusedError) as caught:
+            adopt(engine, registry)
+        diff = next(iter(caught.value.differences.values()))
+        assert "'!'" in diff and "'?'" in diff
+        assert main(["adopt", db_url, str(module)]) == 1
+        assert not any(c.startswith('{"alembic_samizdat"') for c in comments(engine))  # nothing signed
+        return
+    assert main(["adopt", "-q", db_url, str(module)]) == 0
+    assert oids(engine) == before
+    result = sync(engine, registry)
+    assert [a.verb.value for a in result.applied] == []  # the matview is populated, everything is ours
+    assert not sync(engine, registry).plan.actions
