@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import TextIO
 
 from sqlalchemy import Engine, create_engine, make_url, text
@@ -98,6 +101,10 @@ def _common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     )
 
 
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also the source of the CLI reference in the docs)."""
     parser = argparse.ArgumentParser(
@@ -111,7 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
         "holding the samizdat classes"
     )
 
-    p = sub.add_parser("sync", help="make the database match the declarations")
+    p = sub.add_parser(
+        "sync",
+        help="make the database match the declarations",
+        epilog=_examples(
+            "samizdat sync postgresql://me@localhost/shop myapp/views.py",
+            "samizdat sync -t jumbo --lock-timeout 5 myapp.views          # URL from $DATABASE_URL",
+            "samizdat sync -t dryrun -m - myapp.views > plan.sql          # the SQL, nothing changed",
+            "samizdat sync example_project/shop.py                       # no URL: a throwaway PostgreSQL",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _common(p, defaults=False)
     p.add_argument(
         "target",
@@ -147,11 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "diff",
         help="show differences; exit 101 excess in the database, 102 excess in code, 103 both",
+        epilog=_examples(
+            "samizdat diff postgresql://me@localhost/shop myapp/views.py || echo 'out of sync'",
+            "samizdat -c alembic.ini diff                                 # Alembic's database and registry",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(p, defaults=False)
     p.add_argument("target", nargs="*", metavar="[DBURL] MODULE", help=target_help + " (none with -c)")
 
-    p = sub.add_parser("nuke", help="drop every object signed by this scope (nothing else); no prompt")
+    p = sub.add_parser(
+        "nuke",
+        help="drop every object signed by this scope (nothing else); no prompt",
+        epilog=_examples("samizdat nuke postgresql://me@localhost/shop myapp.views"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _common(p, defaults=False)
     p.add_argument(
         "target",
@@ -168,7 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lock-timeout", type=float, metavar="SECONDS", help="give up waiting for a lock after this long")
 
-    p = sub.add_parser("refresh", help="refresh materialized views in dependency order")
+    p = sub.add_parser(
+        "refresh",
+        help="refresh materialized views in dependency order",
+        epilog=_examples(
+            "samizdat refresh postgresql://me@localhost/shop myapp.views --parallel --jobs 4",
+            "samizdat refresh $DATABASE_URL myapp.views --belownodes orders public.customers",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _common(p, defaults=False)
     p.add_argument("target", nargs="*", metavar="[DBURL] MODULE", help=target_help + " (none with -c)")
     p.add_argument(
@@ -191,13 +226,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "adopt",
         help="sign existing unsigned objects (e.g. from alembic_utils) whose definition matches the declaration",
+        epilog=_examples("samizdat adopt postgresql://me@localhost/shop myapp.views   # refuses with a diff if not"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(p, defaults=False)
     p.add_argument("target", nargs="+", metavar="[DBURL] MODULE", help=target_help)
 
-    p = sub.add_parser("printdot", help="print the dependency graph in GraphViz format")
+    p = sub.add_parser(
+        "printdot",
+        help="print the dependency graph in GraphViz format",
+        epilog=_examples(
+            "samizdat printdot myapp.views | dot -Tsvg > graph.svg",
+            "samizdat printdot --format svg -o graph.svg myapp.views      # needs GraphViz's dot",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _common(p, defaults=False)
     p.add_argument("modules", nargs="+", metavar="MODULE", help="modules (dotted paths or .py files)")
+    p.add_argument("--format", choices=["dot", "svg", "png"], default="dot", help="output format (svg/png need `dot`)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+
+    p = sub.add_parser(
+        "init",
+        help="write a starter module of samizdats (and print the line to add to Alembic's env.py)",
+        epilog=_examples("samizdat init myapp/views.py", "samizdat sync myapp/views.py"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(p, defaults=False)
+    p.add_argument("path", nargs="?", default="samizdats.py", help="file to create (default: samizdats.py)")
     return parser
 
 
@@ -256,8 +312,14 @@ def _engine_for(url: str | None, args: argparse.Namespace, out: Output, *, allow
         yield engine
 
 
-def _load(modules: list[str], args: argparse.Namespace) -> SamizdatRegistry:
-    return registry_from_modules(modules, scope=getattr(args, "scope", None))
+def _load(modules: list[str], args: argparse.Namespace, *, require: bool = True) -> SamizdatRegistry:
+    registry = registry_from_modules(modules, scope=getattr(args, "scope", None))
+    if require and not len(registry):
+        raise CliError(
+            f"no samizdat classes in {', '.join(modules)}: define subclasses of SamizdatView, "
+            "SamizdatMaterializedView, SamizdatFunction or SamizdatTrigger there (`samizdat init` writes a starter)"
+        )
+    return registry
 
 
 def cmd_sync(args: argparse.Namespace, out: Output) -> int:
@@ -359,7 +421,11 @@ def cmd_diff(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_nuke(args: argparse.Namespace, out: Output) -> int:
     url, modules = _split_target(args.target, need_modules=False)
-    registry = _load(modules, args) if modules else SamizdatRegistry(scope=getattr(args, "scope", None) or "default")
+    registry = (
+        _load(modules, args, require=False)
+        if modules
+        else SamizdatRegistry(scope=getattr(args, "scope", None) or "default")
+    )
     with _engine_for(url, args, out, allow_embedded=False) as engine:
         result = api.nuke(
             engine, registry, discipline=args.txdiscipline, lock_timeout=args.lock_timeout, on_action=out.action
@@ -426,7 +492,84 @@ def cmd_adopt(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_printdot(args: argparse.Namespace, out: Output) -> int:
     registry = _load(args.modules, args)
-    sys.stdout.write(to_dot(registry.graph()))
+    dot = to_dot(registry.graph())
+    if args.format == "dot":
+        if args.output:
+            Path(args.output).write_text(dot, encoding="utf-8")
+        else:
+            sys.stdout.write(dot)
+        return 0
+    binary = shutil.which("dot")
+    if binary is None:
+        raise CliError(
+            f"--format {args.format} needs GraphViz's `dot` program (e.g. apt install graphviz); or pipe the "
+            "default output: samizdat printdot MODULE | dot -Tsvg > graph.svg"
+        )
+    rendered = subprocess.run([binary, f"-T{args.format}"], input=dot.encode(), capture_output=True, check=False)
+    if rendered.returncode != 0:
+        raise CliError(f"dot failed: {rendered.stderr.decode(errors='replace').strip().splitlines()[0]}")
+    if args.output:
+        Path(args.output).write_bytes(rendered.stdout)
+    else:
+        sys.stdout.buffer.write(rendered.stdout)
+    return 0
+
+
+STARTER = """\"\"\"Samizdats of this application: database views, materialized views, functions and triggers.
+
+Sync them with `samizdat sync DBURL {path}` (or Alembic: see below). Docs: docs/concepts.md.
+\"\"\"
+
+from alembic_samizdat import SamizdatFunction, SamizdatMaterializedView, SamizdatRegistry, SamizdatView
+from sqlalchemy import MetaData
+
+# Under Alembic, use your models' MetaData here (target_metadata in env.py).
+metadata = MetaData()
+registry = SamizdatRegistry(metadata)
+
+
+@registry.register
+class greeting(SamizdatFunction):
+    function_arguments_signature = "name text"
+    sql_template = \"\"\"
+        ${{preamble}}
+        RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT 'Hello, ' || $1 || '!' $$
+    \"\"\"
+
+
+@registry.register
+class Numbers(SamizdatView):
+    sql_template = \"\"\"
+        ${{preamble}}
+        SELECT n FROM generate_series(1, 10) AS n
+        ${{postamble}}
+    \"\"\"
+
+
+@registry.register
+class NumberStats(SamizdatMaterializedView):
+    deps_on = {{Numbers, greeting}}
+    sql_template = \"\"\"
+        ${{preamble}}
+        SELECT count(*) AS how_many, sum(n) AS total, public.greeting('samizdat') AS hello FROM "Numbers"
+        ${{postamble}};
+        CREATE UNIQUE INDEX ON ${{samizdatname}} (how_many)
+    \"\"\"
+"""
+
+
+def cmd_init(args: argparse.Namespace, out: Output) -> int:
+    path = Path(args.path)
+    if path.exists():
+        raise CliError(f"{path} exists; give another file name (init never overwrites)")
+    if path.suffix != ".py":
+        raise CliError(f"{path}: give a .py file name")
+    path.write_text(STARTER.format(path=path), encoding="utf-8")
+    print(f"wrote {path}: a function, a view and a materialized view to start from")
+    print(f"  try it on a throwaway PostgreSQL:  samizdat sync {path}")
+    print(f"  on your database:                  samizdat sync postgresql://user@host/db {path}")
+    print("  under Alembic, add to env.py:      import alembic_samizdat.alembic  # noqa: F401")
+    print(f"    and make target_metadata the MetaData in {path} (or attach SamizdatRegistry to yours)")
     return 0
 
 
@@ -437,6 +580,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "refresh": cmd_refresh,
     "printdot": cmd_printdot,
     "adopt": cmd_adopt,
+    "init": cmd_init,
 }
 
 

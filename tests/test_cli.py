@@ -107,7 +107,11 @@ def test_migration_file_runs_with_psql(items: sa.Engine, db_url: str, dsn: str, 
 
 
 def test_connection_error_is_one_line(tmp_path: Path) -> None:
-    mod = write_module(tmp_path, "empty_mod", "from alembic_samizdat import SamizdatView\n")
+    mod = write_module(
+        tmp_path,
+        "one_view",
+        'from alembic_samizdat import SamizdatView\n\n\nclass V(SamizdatView):\n    sql_template = "${preamble} SELECT 1 ${postamble}"\n',
+    )
     done = subprocess.run(
         [sys.executable, "-m", "alembic_samizdat.cli", "diff", "postgresql://nobody@127.0.0.1:9/x", mod],
         capture_output=True,
@@ -203,3 +207,43 @@ def test_embedded_sync_of_the_example(capsys: pytest.CaptureFixture[str], monkey
     assert "throwaway PostgreSQL" in out
     assert "managed objects now in the database" in out
     assert "('NL', Decimal('18.16'))" in out  # CountryTotals, populated after the stack was created
+
+
+def test_init_writes_a_starter_that_syncs(tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "starter.py"
+    assert main(["init", str(target)]) == 0
+    out = capsys.readouterr().out
+    assert "import alembic_samizdat.alembic" in out  # the one line for env.py
+    assert main(["sync", "-q", db_url, str(target)]) == 0
+    assert main(["diff", db_url, str(target)]) == 0
+    assert main(["init", str(target)]) == 2  # never overwrites
+    assert "exists" in capsys.readouterr().err
+
+
+def test_module_without_samizdats_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = write_module(tmp_path, "nothing_here", "X = 1\n")
+    assert main(["printdot", empty]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no samizdat classes" in err and "samizdat init" in err
+
+
+def test_printdot_formats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil as sh
+
+    mod = module_v1(tmp_path)
+    out_file = tmp_path / "graph.dot"
+    assert main(["printdot", "-o", str(out_file), mod]) == 0
+    assert out_file.read_text().startswith("digraph")
+    code = main(["printdot", "--format", "svg", "-o", str(tmp_path / "g.svg"), mod])
+    if sh.which("dot"):
+        assert code == 0 and (tmp_path / "g.svg").read_text().lstrip().startswith("<?xml")
+    else:
+        assert code == 2 and "needs GraphViz" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["sync", "diff", "nuke", "refresh", "printdot", "adopt", "init"])
+def test_every_command_has_help_with_an_example(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    assert "examples:" in capsys.readouterr().out
