@@ -31,7 +31,7 @@ from .execute import (
 from .graph import Graph
 from .model import Samizdat
 from .planner import Action, Difference, DiffKind, Plan, diff, plan_nuke, plan_sync, undeclared_dependency_warnings
-from .refresh import Concurrently, NodeRef, Schedule, all_matviews, choose_concurrently, select_below
+from .refresh_plan import Concurrently, NodeRef, Schedule, all_matviews, choose_concurrently, select_below
 from .refresher import (
     Progress,
     RefreshResult,

@@ -27,7 +27,7 @@ from .errors import ConnectionFailedError, SamizdatError
 from .execute import Discipline, first_line
 from .orm import real_tables
 from .planner import Action, Plan
-from .refresh import Concurrently, select_below
+from .refresh_plan import Concurrently, select_below
 from .registry import SamizdatRegistry, registry_from_modules
 
 DEFAULT_CONNECT_TIMEOUT = 10
@@ -270,7 +270,8 @@ def _split_target(target: Sequence[str], *, need_modules: bool) -> tuple[str | N
 
 
 class Output:
-    """Where the CLI writes: results on stdout, progress and warnings on stderr unless quiet."""
+    """Where the CLI writes: results and progress on stdout (stderr when stdout carries a migration file),
+    warnings on stderr; ``-q`` silences progress."""
 
     def __init__(self, *, quiet: bool, verbose: int, log: TextIO) -> None:
         self.quiet = quiet

@@ -1,6 +1,6 @@
 """Running refreshes: serially on one connection, in parallel on a bounded pool of connections, or on asyncio.
 
-The three runners share :class:`~alembic_samizdat.refresh.Schedule`: a view starts as soon as every view it
+The three runners share :class:`~alembic_samizdat.refresh_plan.Schedule`: a view starts as soon as every view it
 reads is done (not level by level), longest remaining chain first. On a failure no new view is started, the
 running ones finish, the failed view is marked stale (so the next sync or refresh retries it) and every
 failure is reported in one :class:`RefreshError`. Nothing is swallowed.
@@ -27,7 +27,7 @@ from .graph import Graph
 from .identifiers import qualified
 from .keys import Key
 from .planner import Action
-from .refresh import Schedule, ViewState, refresh_action
+from .refresh_plan import Schedule, ViewState, refresh_action
 from .signature import mark_stale_statement
 
 if TYPE_CHECKING:

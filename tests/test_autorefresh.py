@@ -18,7 +18,7 @@ from alembic_samizdat.autorefresh import PREFIX, function_key
 from alembic_samizdat.cli import main
 from alembic_samizdat.keys import Key
 from alembic_samizdat.model import Samizdat
-from alembic_samizdat.refresh import UnknownNodeError, select_below
+from alembic_samizdat.refresh_plan import UnknownNodeError, select_below
 
 # tgtype bits (pg_trigger.h): ROW 1, BEFORE 2, INSERT 4, DELETE 8, UPDATE 16, TRUNCATE 32, INSTEAD 64.
 ROW, BEFORE, INSERT, DELETE, UPDATE, TRUNCATE = 1, 2, 4, 8, 16, 32

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from alembic_samizdat import SamizdatMaterializedView, SamizdatRegistry, sync
 from alembic_samizdat.api import diff_database, refresh, refresh_async
-from alembic_samizdat.refresh import ConcurrentRefreshError, UnknownNodeError, select_below
+from alembic_samizdat.refresh_plan import ConcurrentRefreshError, UnknownNodeError, select_below
 from alembic_samizdat.refresher import MissingViewError, RefreshError
 
 
