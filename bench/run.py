@@ -63,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workload import VARIANTS, Workload, WorkloadFiles, generate
 
 from alembic_samizdat import api
-from alembic_samizdat.refresh import select_below
+from alembic_samizdat.refresh_plan import select_below
 from alembic_samizdat.registry import SamizdatRegistry, registry_from_modules
 
 DBSAMIZDAT_VERSION = "0.11.2"
