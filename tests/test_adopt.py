@@ -219,3 +219,58 @@ def test_adopt_unsigned_objects_when_they_match(engine: sa.Engine, db_url: str, 
     result = sync(engine, registry)
     assert [a.verb.value for a in result.applied] == []  # the matview is populated, everything is ours
     assert not sync(engine, registry).plan.actions
+
+
+def alembic_utils_python() -> str | None:
+    """A Python with alembic_utils 0.8.8: $SAMIZDAT_TEST_ALEMBIC_UTILS (what .ci/run installs) or a local venv."""
+    for candidate in (os.environ.get("SAMIZDAT_TEST_ALEMBIC_UTILS"), "/tmp/autils/bin/python"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+# The same objects, declared the alembic_utils way and created by alembic_utils' own create statements.
+ALEMBIC_UTILS_SCRIPT = """
+import sys
+import sqlalchemy as sa
+from alembic_utils.pg_function import PGFunction
+from alembic_utils.pg_view import PGView
+from alembic_utils.pg_materialized_view import PGMaterializedView
+
+entities = [
+    PGFunction(schema="public", signature="shout(t text)",
+               definition="RETURNS text LANGUAGE plpgsql AS $$ BEGIN RETURN upper(t) || '!'; END $$"),
+    PGView(schema="public", signature='"Salutation"',
+           definition="SELECT format('Hi %s!', name) AS utterance FROM people"),
+    PGMaterializedView(schema="public", signature='"Loud"',
+                       definition='SELECT public.shout(utterance) AS loud FROM "Salutation"', with_data=True),
+]
+engine = sa.create_engine(sys.argv[1])
+with engine.begin() as conn:
+    for entity in entities:
+        conn.execute(entity.to_sql_statement_create())
+"""
+
+
+@pytest.mark.skipif(
+    alembic_utils_python() is None,
+    reason="alembic_utils 0.8.8 is not installed (.ci/run installs it and sets SAMIZDAT_TEST_ALEMBIC_UTILS)",
+)
+def test_adopt_objects_created_by_alembic_utils(engine: sa.Engine, db_url: str, tmp_path: Path) -> None:
+    from alembic_samizdat.cli import main
+
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE people (name text); INSERT INTO people VALUES ('ada')")
+    script = tmp_path / "create_with_alembic_utils.py"
+    script.write_text(ALEMBIC_UTILS_SCRIPT)
+    done = subprocess.run(
+        [str(alembic_utils_python()), str(script), db_url], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    module = tmp_path / "ours_after_alembic_utils.py"
+    module.write_text(NATIVE.replace("BANG", "!"))
+    before = oids(engine)
+    assert {"shout", "Salutation", "Loud"} <= set(before)
+    assert main(["adopt", "-q", db_url, str(module)]) == 0
+    assert oids(engine) == before  # signed in place
+    assert main(["diff", db_url, str(module)]) == 0
