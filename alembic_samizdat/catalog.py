@@ -35,7 +35,16 @@ objs AS (
            CASE WHEN left(d.description, :plen) = :prefix THEN (
                SELECT coalesce(json_agg(json_build_array(coalesce(r.rolname, 'PUBLIC'), a.privilege_type)), '[]')
                FROM aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee
-               WHERE a.grantee <> c.relowner)::text END AS acl
+               WHERE a.grantee <> c.relowner)::text END AS acl,
+           -- Something a recreate would lose that preserve.py carries over (read only when planning removals).
+           :dependents AND left(d.description, :plen) = :prefix AND (
+               c.relacl IS NOT NULL OR c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
+               OR EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid)
+               OR EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
+               OR EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attacl IS NOT NULL)
+               OR EXISTS (SELECT 1 FROM pg_description cd
+                          WHERE cd.objoid = c.oid AND cd.classoid = 'pg_class'::regclass AND cd.objsubid > 0)
+           ) AS keeps
     FROM pg_class c
     JOIN pg_namespace n ON n.oid = c.relnamespace
     LEFT JOIN pg_description d
@@ -50,7 +59,9 @@ objs AS (
                 WHEN p.proacl IS NULL THEN '[["PUBLIC", "EXECUTE"]]'  -- the default of a new function
                 ELSE (SELECT coalesce(json_agg(json_build_array(coalesce(r.rolname, 'PUBLIC'), a.privilege_type)), '[]')
                       FROM aclexplode(p.proacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee
-                      WHERE a.grantee <> p.proowner)::text END
+                      WHERE a.grantee <> p.proowner)::text END,
+           :dependents AND left(d.description, :plen) = :prefix
+               AND (p.proacl IS NOT NULL OR p.proowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user))
     FROM pg_proc p
     JOIN pg_namespace n ON n.oid = p.pronamespace
     LEFT JOIN pg_description d
@@ -59,7 +70,7 @@ objs AS (
        OR (n.nspname, p.proname) IN (SELECT s, n FROM wanted_fn)
     UNION ALL
     SELECT 'pg_trigger'::regclass, t.oid, 0::oid, 'trigger', n.nspname, t.tgname, c.relname,
-           d.description, true, NULL::text
+           d.description, true, NULL::text, false
     FROM pg_trigger t
     JOIN pg_class c ON c.oid = t.tgrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -96,14 +107,14 @@ SELECT 'obj' AS row, classid::text AS classid, oid::bigint AS oid, kind, schema,
             ELSE left(description, strpos(description, :sql_key) - 1)
                  || CASE WHEN right(description, :slen) = :stale THEN :stale ELSE '}' END
        END AS description,
-       populated, NULL AS dep_classid, NULL::bigint AS dep_oid, NULL AS dep_desc, NULL::bool AS dep_auto, acl
+       populated, NULL AS dep_classid, NULL::bigint AS dep_oid, NULL AS dep_desc, NULL::bool AS dep_auto, acl, keeps
 FROM objs
 UNION ALL
 SELECT 'dep', d.ref_classid::text, d.ref_oid::bigint, NULL, NULL, NULL, NULL, NULL, NULL,
        d.dep_classid::text, d.dep_oid::bigint,
        -- signed dependents are matched by oid; only the others need a description for messages
        CASE WHEN s.oid IS NULL THEN pg_describe_object(d.dep_classid, d.dep_oid, d.dep_subid) END,
-       d.dep_auto, NULL
+       d.dep_auto, NULL, NULL
 FROM deps d
 LEFT JOIN signed s ON s.classid = d.dep_classid AND s.oid = d.dep_oid
 WHERE :dependents
@@ -130,6 +141,9 @@ class DbObject:
     identity_args: str = ""
     #: Privileges granted to others than the owner, as (role, privilege); ``None`` when not read.
     grants: frozenset[tuple[str, str]] | None = None
+    #: Carries something a drop would lose (grants, owner, indexes, triggers, column comments); ``None``
+    #: when not read (then capture and restore always run).
+    keeps: bool | None = None
 
     @property
     def ref(self) -> tuple[str, int]:
@@ -324,6 +338,7 @@ def build_state(
             populated,
             extra if namespace == "function" else "",
             grants,
+            (None if row[14] is None else bool(row[14])) if len(row) > 14 else None,
         )
         if signature is not None and signature.scope == scope and kind in _KINDS:
             managed[obj.key] = obj

@@ -246,7 +246,7 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
 
     to_drop = start | reachable(start, drop_next)
     # Dropped and created again: what users attached to them is captured and restored (preserve.py).
-    recreated = {k for k in to_drop if k in graph.nodes}
+    recreated = {k for k in to_drop if k in graph.nodes and managed[k].keeps is not False}
     _refuse_unmanaged_dependents(to_drop, state, recreated)
     drop_deps: dict[Key, set[Key]] = defaultdict(set)
     for key in to_drop:

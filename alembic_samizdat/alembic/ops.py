@@ -186,6 +186,17 @@ def _run_reporting(operations: Operations, sql: str) -> None:
         (log.warning if severity == "WARNING" else log.info)("samizdat: %s", message)
 
 
+#: Connection.info key: targets captured in this session, so creates of new objects skip the restore block.
+_CAPTURED = "alembic_samizdat.captured"
+
+
+def _captured(operations: Operations, target: str) -> bool:
+    # Offline, the SQL must restore whatever it captured when it runs: always emit the (cheap) block.
+    if operations.migration_context.as_sql:
+        return True
+    return target in operations.get_bind().info.get(_CAPTURED, set())
+
+
 def _target(drop: str | None) -> str | None:
     return drop.strip().rstrip(";").removeprefix("DROP ") if drop else None
 
@@ -227,7 +238,7 @@ def _create(operations: Operations, op: CreateSamizdatOp) -> None:
     target = _target(op.drop)
     # Grants, owner, hand-made indexes and triggers captured when this object was dropped earlier in the run
     # (generated at upgrade time from the database being changed, never frozen into the revision).
-    if target and capture_statement(op.kind, target):
+    if target and capture_statement(op.kind, target) and _captured(operations, target):
         _run_reporting(operations, restore_statement(target) + ";")
     if op.grants:
         run_sql(operations, op.grants.rstrip().rstrip(";") + ";")
@@ -242,6 +253,8 @@ def _drop(operations: Operations, op: DropSamizdatOp) -> None:
     capture = capture_statement(op.kind, _target(op.drop) or "")
     if capture:
         run_sql(operations, capture + ";")
+        if not operations.migration_context.as_sql:
+            operations.get_bind().info.setdefault(_CAPTURED, set()).add(_target(op.drop))
     run_sql(operations, op.drop.rstrip().rstrip(";") + ";")
 
 
