@@ -105,6 +105,8 @@ class Workload:
     tables: list[str]
     depth: list[int] = field(default_factory=list)
     dependents: list[list[int]] = field(default_factory=list)
+    _targets: dict[str, Obj] = field(default_factory=dict, repr=False)
+    _descendant_counts: list[int] | None = field(default=None, repr=False)
 
     # -- graph facts --------------------------------------------------------------------------------------
 
@@ -119,15 +121,32 @@ class Workload:
                     todo.append(nxt)
         return seen
 
+    def descendant_count(self, index: int) -> int:
+        """``len(self.descendants(index))``, computed once for every object (bitsets, linear in the edges)."""
+        if self._descendant_counts is None:
+            below = [0] * len(self.objects)
+            for obj in reversed(self.objects):  # dependents always come later
+                mask = 0
+                for nxt in self.dependents[obj.index]:
+                    mask |= below[nxt] | (1 << nxt)
+                below[obj.index] = mask
+            self._descendant_counts = [mask.bit_count() for mask in below]
+        return self._descendant_counts[index]
+
     def target(self, variant: Variant) -> Obj:
         """The object a variant changes."""
+        if variant not in self._targets:
+            self._targets[variant] = self._find_target(variant)
+        return self._targets[variant]
+
+    def _find_target(self, variant: Variant) -> Obj:
         objs = self.objects
         if variant == "root_view":
             roots = [o for o in objs if o.kind == "view" and not o.deps]
-            return max(roots, key=lambda o: (len(self.descendants(o.index)), -o.index))
+            return max(roots, key=lambda o: (self.descendant_count(o.index), -o.index))
         if variant == "root_function":
             roots = [o for o in objs if o.kind == "function" and not o.deps]
-            return max(roots, key=lambda o: (len(self.descendants(o.index)), -o.index))
+            return max(roots, key=lambda o: (self.descendant_count(o.index), -o.index))
         top = max(self.depth)
         mids = [
             o
@@ -138,13 +157,12 @@ class Workload:
             mids = [o for o in objs if o.kind == "view" and self.dependents[o.index]] or [
                 o for o in objs if o.kind == "view"
             ]
-        mids.sort(key=lambda o: (len(self.descendants(o.index)), o.index))
+        mids.sort(key=lambda o: (self.descendant_count(o.index), o.index))
         return mids[len(mids) // 2]
 
     def expected_recreated(self, variant: Variant) -> int:
         """Objects a sync must recreate for the variant: the target and everything declared on top of it."""
-        target = self.target(variant)
-        return 1 + len(self.descendants(target.index))
+        return 1 + self.descendant_count(self.target(variant).index)
 
     def count(self, kind: Kind) -> int:
         """How many objects of ``kind``."""
@@ -326,6 +344,102 @@ class WorkloadFiles:
     def module(self, flavour: Flavour, variant: Variant | None = None) -> Path:
         """The module file of a flavour and variant (None: the base workload)."""
         return self.modules[(flavour, variant or "base")]
+
+
+@dataclass(frozen=True)
+class HeavyWorkload:
+    """A wide stack of CPU-heavy materialized views, for comparing serial and parallel refreshes.
+
+    ``width`` independent materialized views at the bottom, each aggregating ``rows``² generated rows with some
+    floating-point arithmetic (about 0.4 s of CPU each at ``rows`` = 1000 on the benchmark's machine), then
+    ``width // 3`` materialized views each joining three of them, one materialized view joining those, and a
+    plain view on top. Everything above the bottom level is cheap: the parallel refresh can only win on the
+    bottom level, as a real wide stack would.
+    """
+
+    width: int = 12
+    rows: int = 1000
+
+    @property
+    def n(self) -> int:
+        """How many objects."""
+        return self.width + self.middle + 2
+
+    @property
+    def middle(self) -> int:
+        """Materialized views of the second level."""
+        return max(1, self.width // 3)
+
+    def objects(self) -> list[tuple[str, Kind, list[str], str]]:
+        """(name, kind, dependency names, SQL body) of every object, bottom up."""
+        out: list[tuple[str, Kind, list[str], str]] = []
+        bottom = [f"hv{i:02d}" for i in range(self.width)]
+        for i, name in enumerate(bottom):
+            body = (
+                f"SELECT (a.a * {self.rows} + b.b) % 100 AS k,\n"
+                f"       sum(sqrt((a.a * {self.rows} + b.b)::float8) * sin((a.a + b.b + {i})::float8)) AS v\n"
+                f"FROM generate_series(1, {self.rows}) AS a(a) CROSS JOIN generate_series(1, {self.rows}) AS b(b)\n"
+                "GROUP BY 1"
+            )
+            out.append((name, "matview", [], body))
+        middle = [f"hm{i:02d}" for i in range(self.middle)]
+        for i, name in enumerate(middle):
+            deps = [bottom[(3 * i + j) % self.width] for j in range(3)]
+            source = f'"public"."{deps[0]}" AS d0'
+            for j, dep in enumerate(deps[1:], 1):
+                source += f'\nJOIN "public"."{dep}" AS d{j} ON d{j}.k = d0.k'
+            terms = " + ".join(f"d{j}.v" for j in range(len(deps)))
+            out.append((name, "matview", deps, f"SELECT d0.k, {terms} AS v\nFROM {source}"))
+        union = "\nUNION ALL\n".join(f'SELECT k, v FROM "public"."{m}"' for m in middle)
+        out.append(("htop", "matview", middle, f"SELECT k, sum(v) AS v FROM (\n{union}\n) AS u GROUP BY k"))
+        out.append(("hview", "view", ["htop"], 'SELECT k, v, v / 2 AS half FROM "public"."htop"'))
+        return out
+
+    def module(self, flavour: Flavour) -> str:
+        """The module declaring the stack (no literal ``$``: the same SQL serves every flavour)."""
+        lines = [
+            f'"""Benchmark workload: a wide stack of CPU-heavy materialized views (width {self.width}, '
+            f'{self.rows}² rows each) ({flavour})."""',
+            "",
+            f"from {_IMPORTS[flavour]} import SamizdatMaterializedView, SamizdatView",
+            "",
+        ]
+        for name, kind, deps, body in self.objects():
+            lines += ["", f"class {name}({_BASES[kind]}):"]
+            if deps:
+                lines.append(f"    deps_on = {{{', '.join(deps)}}}")
+            lines.append(f'    sql_template = """\n${{preamble}}\n{body}\n${{postamble}}\n"""')
+            lines.append("")
+        return "\n".join(lines)
+
+    def setup_sql(self) -> str:
+        """No base tables."""
+        return "SELECT 1;\n"
+
+    def matviews(self) -> list[str]:
+        """Names of the materialized views."""
+        return [name for name, kind, _, _ in self.objects() if kind == "matview"]
+
+    def stats(self) -> dict[str, object]:
+        """Facts about the stack, for humans."""
+        return {
+            "bottom (CPU-heavy)": f"{self.width} matviews of {self.rows}² rows",
+            "second level": f"{self.middle} matviews",
+            "top": "1 matview + 1 view",
+        }
+
+    def write(self, directory: Path, flavours: Iterable[Flavour] = ("samizdat", "dbsamizdat")) -> WorkloadFiles:
+        """Write the (empty) setup SQL and one module per flavour."""
+        directory.mkdir(parents=True, exist_ok=True)
+        setup = directory / "setup.sql"
+        setup.write_text(self.setup_sql(), encoding="utf-8")
+        modules: dict[tuple[Flavour, str], Path] = {}
+        for flavour in flavours:
+            short = {"samizdat": "sz", "dbsamizdat": "dbsz", "compat": "compat"}[flavour]
+            path = directory / f"{short}_heavy_w{self.width}.py"
+            path.write_text(self.module(flavour), encoding="utf-8")
+            modules[(flavour, "base")] = path
+        return WorkloadFiles(directory, setup, modules)
 
 
 def _kinds(n: int, rng: random.Random) -> list[Kind]:
