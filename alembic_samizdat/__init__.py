@@ -8,6 +8,7 @@ database match with :func:`sync` (or the ``samizdat`` CLI, or Alembic autogenera
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
+    CatalogReadError,
     ConnectionFailedError,
     CycleError,
     DanglingReferenceError,
@@ -67,6 +68,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "CatalogReadError",
     "ConnectionFailedError",
     "CycleError",
     "DanglingReferenceError",

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, MetaData
+from sqlalchemy.exc import DBAPIError
 
 from .adopt import ADOPTABLE, AdoptResult, adopt_unsigned
 from .catalog import DatabaseState, read_state
@@ -25,6 +26,7 @@ from .execute import (
     collect_notices,
     create_failed,
     diagnose_function,
+    first_line,
     lock_timeout_statement,
     run_batch,
 )
@@ -223,7 +225,7 @@ def _run_inner(
                     return SyncResult(quick, discipline, (), True)
                 setting = lock_timeout_statement(lock_timeout, local=False)
                 if setting:
-                    conn.exec_driver_sql(setting)
+                    run_batch(conn, None, setting)
                 applied: list[Action] = []
                 try:
                     state = _lock_and_read(conn, graph, registry.scope, session_lock=True, adopt=adopt)
@@ -256,7 +258,7 @@ def _run_inner(
                 return SyncResult(quick, discipline, (), discipline is Discipline.JUMBO)
             setting = lock_timeout_statement(lock_timeout, local=True)
             if setting:
-                connection.exec_driver_sql(setting)
+                run_batch(connection, None, setting)
             state = _lock_and_read(connection, graph, registry.scope, session_lock=False, adopt=adopt)
             plan = make_plan(state)
             applied = []
@@ -267,7 +269,14 @@ def _run_inner(
             if discipline is Discipline.DRYRUN:
                 tx.rollback()
             else:
-                tx.commit()
+                try:
+                    tx.commit()
+                except DBAPIError as exc:
+                    raise ExecutionError(
+                        f"committing the run failed: {first_line(exc)}. PostgreSQL keeps a transaction only when its "
+                        "COMMIT completes, so nothing of this run should be in the database; `samizdat diff` shows "
+                        "the state"
+                    ) from exc
         except ExecutionError as exc:
             tx.rollback()
             if failed_action is not None and create_failed(failed_action):

@@ -8,9 +8,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
 
 from . import signature as sig
 from .adopt import DBSAMIZDAT_PREFIX, HASH_PREFIX, dbsamizdat_hash_of_comment, is_dbsamizdat
+from .errors import CatalogReadError
 from .identifiers import qualified, quote_ident, quote_literal
 from .keys import Key, Kind, normalize_signature
 
@@ -39,7 +41,8 @@ objs AS (
            -- Something a recreate would lose that preserve.py carries over (read only when planning removals).
            :dependents AND left(d.description, :plen) = :prefix AND (
                c.relacl IS NOT NULL OR c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
-               OR EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid)
+               OR EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND NOT i.xmin = (
+                   SELECT r.xmin FROM pg_rewrite r WHERE r.ev_class = c.oid LIMIT 1))
                OR EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
                OR EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attacl IS NOT NULL)
                OR EXISTS (SELECT 1 FROM pg_description cd
@@ -264,7 +267,12 @@ def read_state(
         "slen": len(sig.STALE_SUFFIX),
         "dependents": dependents,
     }
-    rows = connection.execute(text(CATALOG_SQL), params).all()
+    try:
+        rows = connection.execute(text(CATALOG_SQL), params).all()
+    except DBAPIError as exc:
+        orig = getattr(exc, "orig", exc)
+        reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+        raise CatalogReadError(f"reading the catalog failed: {reason}. Nothing was changed by this run") from exc
     return build_state(scope, rows, adopt_keys=wanted_list if adopt else None)
 
 

@@ -86,6 +86,10 @@ class ExecutionError(SamizdatError):
         super().__init__(message)
 
 
+class CatalogReadError(ExecutionError):
+    """Reading the catalog failed (e.g. the connection was lost); nothing was changed by this run."""
+
+
 class FunctionSignatureMismatchError(ExecutionError):
     """The function PostgreSQL created has another identity than ``function_arguments_signature`` says."""
 

@@ -28,6 +28,11 @@ KEEP_TABLE = "pg_temp.samizdat_keep"
 #: Prefix of the NOTICE/WARNING messages the blocks raise, so fronts can pick them out.
 MESSAGE_PREFIX = "samizdat:"
 
+#: Indexes the template created were made in the transaction that created the view (the same xmin as its
+#: rewrite rule, which REFRESH never rewrites); hand-made ones later. Only the latter are carried over, so an
+#: index the new template no longer creates is gone, as declared.
+_NOT_FROM_TEMPLATE = "NOT i.xmin = (SELECT r.xmin FROM pg_rewrite r WHERE r.ev_class = obj LIMIT 1)"
+
 _FUNCTION = re.compile(r'^(?:DROP\s+)?FUNCTION\s+("(?:[^"]|"")+")\.("(?:[^"]|"")+")\((.*)\)\s*;?\s*$', re.S)
 
 
@@ -73,14 +78,14 @@ def capture_statement(kind: str, target: str) -> str | None:
     SELECT {label}, 'index ' || quote_ident(n.nspname) || '.' || quote_ident(ic.relname),
            pg_get_indexdef(i.indexrelid), 4
     FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_namespace n ON n.oid = ic.relnamespace
-    WHERE i.indrelid = obj;
+    WHERE i.indrelid = obj AND {_NOT_FROM_TEMPLATE};
     INSERT INTO {KEEP_TABLE}
     SELECT {label}, 'statistics of index ' || quote_ident(ic.relname) || ' column ' || a.attnum,
            format('ALTER INDEX %I.%I ALTER COLUMN %s SET STATISTICS %s', n.nspname, ic.relname, a.attnum,
                   a.attstattarget), 5
     FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_namespace n ON n.oid = ic.relnamespace
     JOIN pg_attribute a ON a.attrelid = ic.oid AND a.attnum > 0
-    WHERE i.indrelid = obj AND a.attstattarget > 0;
+    WHERE i.indrelid = obj AND a.attstattarget > 0 AND {_NOT_FROM_TEMPLATE};
     INSERT INTO {KEEP_TABLE}
     SELECT {label}, 'trigger ' || quote_ident(t.tgname), pg_get_triggerdef(t.oid), 6
     FROM pg_trigger t

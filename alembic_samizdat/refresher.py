@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
 
-from .errors import ExecutionError, SamizdatError
+from .errors import CatalogReadError, ExecutionError, SamizdatError
 from .execute import autocommit, first_line, send
 from .graph import Graph
 from .identifiers import qualified
@@ -92,10 +93,15 @@ WHERE c.relkind = 'm'
 def read_view_states(connection: Connection, keys: Iterable[Key]) -> dict[Key, ViewState]:
     """Populated / unique index / stale for each view, in one query; missing views are an error."""
     wanted = list(keys)
-    rows = connection.execute(
-        text(STATES_SQL),
-        {"stale": '%,"stale":true}', "schemas": [k.schema for k in wanted], "names": [k.name for k in wanted]},
-    ).all()
+    try:
+        rows = connection.execute(
+            text(STATES_SQL),
+            {"stale": '%,"stale":true}', "schemas": [k.schema for k in wanted], "names": [k.name for k in wanted]},
+        ).all()
+    except DBAPIError as exc:
+        raise CatalogReadError(
+            f"reading the materialized views failed: {first_line(exc)}; nothing was refreshed"
+        ) from exc
     states = {Key("relation", str(r[0]), str(r[1])): ViewState(bool(r[2]), bool(r[3]), bool(r[4])) for r in rows}
     missing = [k.display() for k in wanted if k not in states]
     if missing:
@@ -127,10 +133,12 @@ class _Run:
     ) -> None:
         self.graph = graph
         self.schedule = schedule
+        # Every selected view is marked stale before the run and unmarked by its own refresh, in the same
+        # transaction: a run killed half way leaves the unrefreshed views marked for the next sync or refresh.
         self.actions = {
-            k: refresh_action(graph, k, concurrently=chosen.get(k, False), clear_stale=states[k].stale)
-            for k in schedule.order
+            k: refresh_action(graph, k, concurrently=chosen.get(k, False), clear_stale=True) for k in schedule.order
         }
+        self.premark = "\n;\n".join(mark_stale_statement(k) for k in schedule.order)
         self.priority = _priorities(schedule)
         self.ready = [(self.priority[k], k) for k in schedule.ready]
         heapq.heapify(self.ready)
@@ -184,9 +192,18 @@ def _refresh_one(connection: Connection, run: _Run, key: Key) -> None:
         raise
 
 
+def _premark(connection: Connection, sql: str) -> None:
+    try:
+        send(connection, sql)
+    except DBAPIError as exc:
+        raise ExecutionError(f"marking the views to refresh failed: {first_line(exc)}; nothing was refreshed") from exc
+
+
 def refresh_serial(connection: Connection, run: _Run, result: RefreshResult) -> RefreshResult:
     """One view after another on ``connection``; stops at the first failure."""
     with autocommit(connection, purpose="refresh") as conn:
+        if run.premark:
+            _premark(conn, run.premark)
         while (key := run.next_ready()) is not None:
             try:
                 _refresh_one(conn, run, key)
@@ -212,6 +229,9 @@ def refresh_threaded(engine: Engine, run: _Run, result: RefreshResult, jobs: int
                 opened.append(conn)
         _refresh_one(conn, run, key)
 
+    if run.premark:
+        with engine.connect() as first, autocommit(first, purpose="refresh") as conn:
+            _premark(conn, run.premark)
     try:
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="samizdat-refresh") as pool:
             running: dict[Future[None], Key] = {}
@@ -258,6 +278,11 @@ async def refresh_asyncio(engine: AsyncEngine, run: _Run, result: RefreshResult,
         finally:
             idle.append(raw)
 
+    if run.premark:
+        async with engine.connect() as first:
+            await first.execution_options(isolation_level="AUTOCOMMIT")
+            raw_first = (await first.get_raw_connection()).driver_connection
+            await raw_first.execute(run.premark)  # type: ignore[union-attr]
     try:
         running: dict[asyncio.Task[None], Key] = {}
         while True:
