@@ -71,11 +71,7 @@ def as_registry(declarations: Declarations, *, scope: str | None = None) -> Sami
             else:
                 registry.register(item)
         return registry
-    if scope is not None and scope != registry.scope:
-        copy = SamizdatRegistry(scope=scope)
-        copy.register_all(*registry)
-        return copy
-    return registry
+    return registry.with_scope(scope) if scope is not None else registry
 
 
 @contextmanager

@@ -393,17 +393,9 @@ def _target(args: argparse.Namespace) -> tuple[str | None, SamizdatRegistry]:
 
         alembic_url, registry = from_alembic_config(config)
         scope = getattr(args, "scope", None)
-        if scope and scope != registry.scope:
-            registry = _rescope(registry, scope)
-        return alembic_url, registry
+        return alembic_url, registry.with_scope(scope) if scope else registry
     url, modules = _split_target(args.target, need_modules=True)
     return url, _load(modules, args)
-
-
-def _rescope(registry: SamizdatRegistry, scope: str) -> SamizdatRegistry:
-    copy = SamizdatRegistry(scope=scope)
-    copy.register_all(*registry)
-    return copy
 
 
 def cmd_diff(args: argparse.Namespace, out: Output) -> int:

@@ -62,6 +62,15 @@ class SamizdatRegistry:
         self._graph = None
         return cls
 
+    def with_scope(self, scope: str) -> SamizdatRegistry:
+        """This registry, or a copy of it signing with another ``scope`` (the MetaData is not re-attached)."""
+        if scope == self.scope:
+            return self
+        copy = SamizdatRegistry(scope=scope)
+        copy.metadata = self.metadata
+        copy.register_all(*self)
+        return copy
+
     def register_all(self, *classes: type[Samizdat]) -> None:
         """Register several classes."""
         for cls in classes:
@@ -200,14 +209,7 @@ def registry_from_modules(modules: list[str], *, scope: str | None = None) -> Sa
             f"the modules define {len(found)} registries (scopes {scopes}); give the modules of one registry"
         )
     registry = found[0] if found else SamizdatRegistry(scope=scope or DEFAULT_SCOPE)
-    if scope is not None and scope != registry.scope:
-        registry = _rescoped(registry, scope)
+    if scope is not None:
+        registry = registry.with_scope(scope)
     registry.register_all(*classes)
     return registry
-
-
-def _rescoped(registry: SamizdatRegistry, scope: str) -> SamizdatRegistry:
-    copy = SamizdatRegistry(scope=scope)
-    copy.metadata = registry.metadata
-    copy.register_all(*registry)
-    return copy

@@ -187,23 +187,25 @@ def test_migration_file_does_the_same_capture(
     assert_kept(engine, reader, owner)
 
 
+def alembic_project(root: Path, module: str) -> Config:
+    """example_project's Alembic environment in ``root``, its env.py taking the metadata from ``module``."""
+    shutil.copy(EXAMPLE / "alembic.ini", root / "alembic.ini")
+    (root / "migrations" / "versions").mkdir(parents=True)
+    shutil.copy(EXAMPLE / "migrations" / "script.py.mako", root / "migrations" / "script.py.mako")
+    env = (EXAMPLE / "migrations" / "env.py").read_text().replace("from shop import", f"from {module} import")
+    (root / "migrations" / "env.py").write_text(env)
+    cfg = Config(str(root / "alembic.ini"), stdout=io.StringIO())
+    cfg.set_main_option("script_location", str(root / "migrations"))
+    return cfg
+
+
 def test_alembic_upgrade_and_downgrade_keep_them(
     engine: sa.Engine, db_url: str, roles: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reader, owner = roles
     monkeypatch.setenv("DATABASE_URL", db_url)
     monkeypatch.syspath_prepend(str(tmp_path))
-    shutil.copy(EXAMPLE / "alembic.ini", tmp_path / "alembic.ini")
-    (tmp_path / "migrations" / "versions").mkdir(parents=True)
-    shutil.copy(EXAMPLE / "migrations" / "script.py.mako", tmp_path / "migrations" / "script.py.mako")
-    env = (
-        (EXAMPLE / "migrations" / "env.py")
-        .read_text()
-        .replace("from shop import metadata", "from presmod import metadata")
-    )
-    (tmp_path / "migrations" / "env.py").write_text(env)
-    cfg = Config(str(tmp_path / "alembic.ini"), stdout=io.StringIO())
-    cfg.set_main_option("script_location", str(tmp_path / "migrations"))
+    cfg = alembic_project(tmp_path, "presmod")
 
     def step(version: int, message: str) -> None:
         (tmp_path / "presmod.py").write_text(module(version))
@@ -315,17 +317,7 @@ def test_declared_grants_through_alembic(
     reader, other = roles
     monkeypatch.setenv("DATABASE_URL", db_url)
     monkeypatch.syspath_prepend(str(tmp_path))
-    shutil.copy(EXAMPLE / "alembic.ini", tmp_path / "alembic.ini")
-    (tmp_path / "migrations" / "versions").mkdir(parents=True)
-    shutil.copy(EXAMPLE / "migrations" / "script.py.mako", tmp_path / "migrations" / "script.py.mako")
-    env = (
-        (EXAMPLE / "migrations" / "env.py")
-        .read_text()
-        .replace("from shop import metadata", "from grantmod import metadata")
-    )
-    (tmp_path / "migrations" / "env.py").write_text(env)
-    cfg = Config(str(tmp_path / "alembic.ini"), stdout=io.StringIO())
-    cfg.set_main_option("script_location", str(tmp_path / "migrations"))
+    cfg = alembic_project(tmp_path, "grantmod")
 
     def write(grants: dict[str, set[str]]) -> None:
         (tmp_path / "grantmod.py").write_text(GRANTED.replace("FGRANTS", "{}").replace("GRANTS", repr(grants)))
