@@ -141,9 +141,12 @@ class DiffResult:
     @property
     def exit_code(self) -> int:
         """0 same; 101 excess in the database; 102 excess in code; 103 both (a changed object counts as both)."""
-        db = any(d.what in (DiffKind.EXCESS_DB, DiffKind.CHANGED, DiffKind.GRANTS) for d in self.differences)
+        db = any(
+            d.what in (DiffKind.EXCESS_DB, DiffKind.CHANGED, DiffKind.DRIFTED, DiffKind.GRANTS)
+            for d in self.differences
+        )
         code = any(
-            d.what in (DiffKind.EXCESS_CODE, DiffKind.CHANGED, DiffKind.UNPOPULATED, DiffKind.GRANTS)
+            d.what in (DiffKind.EXCESS_CODE, DiffKind.CHANGED, DiffKind.DRIFTED, DiffKind.UNPOPULATED, DiffKind.GRANTS)
             for d in self.differences
         )
         return (101 if db else 0) + (102 if code else 0) - (100 if db and code else 0) if (db or code) else 0

@@ -13,15 +13,20 @@ from sqlalchemy.exc import DBAPIError
 from . import signature as sig
 from .adopt import DBSAMIZDAT_PREFIX, HASH_PREFIX, dbsamizdat_hash_of_comment, is_dbsamizdat
 from .errors import CatalogReadError
-from .identifiers import qualified, quote_ident, quote_literal
+from .identifiers import qualified, quote_ident
 from .keys import Key, Kind, normalize_signature
 
 _KINDS = {"view": Kind.VIEW, "matview": Kind.MATVIEW, "function": Kind.FUNCTION, "trigger": Kind.TRIGGER}
 
 #: One round trip: signed views, materialized views, functions and triggers; objects whose names a
 #: declaration wants (to refuse clashes); and every object that depends on a signed one.
-CATALOG_SQL = """
-WITH wanted_rel AS (SELECT * FROM unnest(CAST(:rel_schemas AS text[]), CAST(:rel_names AS text[])) AS w(s, n)),
+_CATALOG_SQL = """
+WITH pin AS MATERIALIZED (
+    -- Fingerprints are taken with an empty search_path (see signature.FINGERPRINT_SQL); the last branch of the
+    -- query puts the session's own back, so the caller's transaction never sees the change.
+    SELECT current_setting('search_path') AS old, set_config('search_path', '', true) AS pinned
+),
+wanted_rel AS (SELECT * FROM unnest(CAST(:rel_schemas AS text[]), CAST(:rel_names AS text[])) AS w(s, n)),
 wanted_fn AS (SELECT * FROM unnest(CAST(:fn_schemas AS text[]), CAST(:fn_names AS text[])) AS w(s, n)),
 wanted_tg AS (
     SELECT * FROM unnest(CAST(:tg_schemas AS text[]), CAST(:tg_tables AS text[]), CAST(:tg_names AS text[]))
@@ -47,11 +52,13 @@ objs AS (
                OR EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attacl IS NOT NULL)
                OR EXISTS (SELECT 1 FROM pg_description cd
                           WHERE cd.objoid = c.oid AND cd.classoid = 'pg_class'::regclass AND cd.objsubid > 0)
-           ) AS keeps
+           ) AS keeps,
+           {fp_relation} AS fp
     FROM pg_class c
     JOIN pg_namespace n ON n.oid = c.relnamespace
     LEFT JOIN pg_description d
         ON d.objoid = c.oid AND d.classoid = 'pg_class'::regclass AND d.objsubid = 0
+    LEFT JOIN pg_rewrite rw ON rw.ev_class = c.oid AND rw.rulename = '_RETURN'
     WHERE (c.relkind IN ('v', 'm') AND (left(d.description, :plen) = :prefix
                                         OR (:adopt AND left(d.description, :dlen) = :dprefix)))
        OR (n.nspname, c.relname) IN (SELECT s, n FROM wanted_rel)
@@ -64,7 +71,8 @@ objs AS (
                       FROM aclexplode(p.proacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee
                       WHERE a.grantee <> p.proowner)::text END,
            :dependents AND left(d.description, :plen) = :prefix
-               AND (p.proacl IS NOT NULL OR p.proowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user))
+               AND (p.proacl IS NOT NULL OR p.proowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)),
+           {fp_function}
     FROM pg_proc p
     JOIN pg_namespace n ON n.oid = p.pronamespace
     LEFT JOIN pg_description d
@@ -73,7 +81,7 @@ objs AS (
        OR (n.nspname, p.proname) IN (SELECT s, n FROM wanted_fn)
     UNION ALL
     SELECT 'pg_trigger'::regclass, t.oid, 0::oid, 'trigger', n.nspname, t.tgname, c.relname,
-           d.description, true, NULL::text, false
+           d.description, true, NULL::text, false, {fp_trigger}
     FROM pg_trigger t
     JOIN pg_class c ON c.oid = t.tgrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -110,18 +118,42 @@ SELECT 'obj' AS row, classid::text AS classid, oid::bigint AS oid, kind, schema,
             ELSE left(description, strpos(description, :sql_key) - 1)
                  || CASE WHEN right(description, :slen) = :stale THEN :stale ELSE '}' END
        END AS description,
-       populated, NULL AS dep_classid, NULL::bigint AS dep_oid, NULL AS dep_desc, NULL::bool AS dep_auto, acl, keeps
+       populated, NULL AS dep_classid, NULL::bigint AS dep_oid, NULL AS dep_desc, NULL::bool AS dep_auto, acl, keeps,
+       fp
 FROM objs
 UNION ALL
 SELECT 'dep', d.ref_classid::text, d.ref_oid::bigint, NULL, NULL, NULL, NULL, NULL, NULL,
        d.dep_classid::text, d.dep_oid::bigint,
        -- signed dependents are matched by oid; only the others need a description for messages
        CASE WHEN s.oid IS NULL THEN pg_describe_object(d.dep_classid, d.dep_oid, d.dep_subid) END,
-       d.dep_auto, NULL, NULL
+       d.dep_auto, NULL, NULL, NULL
 FROM deps d
 LEFT JOIN signed s ON s.classid = d.dep_classid AND s.oid = d.dep_oid
 WHERE :dependents
+UNION ALL
+-- Runs last (Append runs its branches in order, and set_config keeps the query serial): restores search_path.
+SELECT 'pin', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM pin WHERE set_config('search_path', pin.old, true) IS NULL
 """
+
+
+def _fingerprint_column(namespace: str, oid: str, description: str, xmin: str) -> str:
+    # Nested CASEs, because only CASE promises the order of evaluation: the fingerprint is computed only for
+    # signed objects that carry one and whose definition row was rewritten since signing; pin is evaluated
+    # (and search_path emptied) before the first fingerprint.
+    return (
+        f"CASE WHEN left({description}, :plen) = :prefix AND strpos({description}, :fp_key) > 0 THEN "
+        f"CASE WHEN strpos({description}, :dx_key || {xmin}::text || '\"') = 0 THEN "
+        f"CASE WHEN (SELECT pinned FROM pin) IS NOT NULL THEN "
+        f"{sig.FINGERPRINT_SQL[namespace].format(oid=oid)} END END END"
+    )
+
+
+CATALOG_SQL = (
+    _CATALOG_SQL.replace("{fp_relation}", _fingerprint_column("relation", "c.oid", "d.description", "rw.xmin"))
+    .replace("{fp_function}", _fingerprint_column("function", "p.oid", "d.description", "p.xmin"))
+    .replace("{fp_trigger}", _fingerprint_column("trigger", "t.oid", "d.description", "t.xmin"))
+)
 
 
 @dataclass(frozen=True)
@@ -147,6 +179,19 @@ class DbObject:
     #: Carries something a drop would lose (grants, owner, indexes, triggers, column comments); ``None``
     #: when not read (then capture and restore always run).
     keeps: bool | None = None
+    #: The fingerprint of the definition as the catalog holds it now; read only when the definition's
+    #: catalog row was rewritten after signing (``None`` otherwise).
+    fingerprint: str | None = None
+
+    @property
+    def drifted(self) -> bool:
+        """Changed by hand since we signed it (``CREATE OR REPLACE``, ``ALTER FUNCTION``, a trigger disabled…)."""
+        return (
+            self.fingerprint is not None
+            and self.signature is not None
+            and self.signature.fp is not None
+            and self.fingerprint != self.signature.fp
+        )
 
     @property
     def ref(self) -> tuple[str, int]:
@@ -182,7 +227,7 @@ class DbObject:
         signature recorded the SQL; used for Alembic downgrades."""
         if self.signature is None or self.signature.sql is None or self.comment is None:
             return None
-        return (self.signature.sql, f"COMMENT ON {self.comment_target()} IS {quote_literal(self.comment)}")
+        return (self.signature.sql, sig.stamp_statement(self.comment_target(), self.key, self.comment))
 
 
 @dataclass(frozen=True)
@@ -266,6 +311,8 @@ def read_state(
         "stale": sig.STALE_SUFFIX,
         "slen": len(sig.STALE_SUFFIX),
         "dependents": dependents,
+        "dx_key": sig.DX_KEY,
+        "fp_key": sig.FP_KEY,
     }
     try:
         rows = connection.execute(text(CATALOG_SQL), params).all()
@@ -303,7 +350,10 @@ def build_state(
     others: list[DbObject] = []
     deps: dict[tuple[str, int], list[Dependent]] = defaultdict(list)
     for row in rows:
-        kind_row, classid, oid = str(row[0]), str(row[1]), int(row[2])  # type: ignore[call-overload]
+        kind_row = str(row[0])
+        if kind_row == "pin":
+            continue
+        classid, oid = str(row[1]), int(row[2])  # type: ignore[call-overload]
         if kind_row == "dep":
             deps[(classid, oid)].append(
                 Dependent(str(row[9]), int(row[10]), str(row[11]), len(row) > 12 and bool(row[12]))  # type: ignore[call-overload]
@@ -347,6 +397,7 @@ def build_state(
             extra if namespace == "function" else "",
             grants,
             (None if row[14] is None else bool(row[14])) if len(row) > 14 else None,
+            None if len(row) <= 15 or row[15] is None else str(row[15]),
         )
         if signature is not None and signature.scope == scope and kind in _KINDS:
             managed[obj.key] = obj

@@ -41,6 +41,7 @@ class DiffKind(StrEnum):
     EXCESS_DB = "excess in the database"
     EXCESS_CODE = "missing from the database"
     CHANGED = "changed"
+    DRIFTED = "changed by hand since it was signed"
     UNPOPULATED = "not populated"
     GRANTS = "grants differ"
     ADOPTABLE = "signed by DBSamizdat, unchanged"
@@ -204,6 +205,8 @@ def diff(graph: Graph, state: DatabaseState) -> list[Difference]:
             out.append(Difference(DiffKind.ADOPTABLE if same else DiffKind.CHANGED, key, item.kind.value, item.label))
         elif not _signature_matches(obj, item):
             out.append(Difference(DiffKind.CHANGED, key, item.kind.value, item.label))
+        elif obj.drifted:
+            out.append(Difference(DiffKind.DRIFTED, key, item.kind.value, item.label))
         elif item.kind is Kind.MATVIEW and ((not obj.populated and item.with_data) or _stale(obj)):
             out.append(Difference(DiffKind.UNPOPULATED, key, item.kind.value, item.label))
         elif grant_changes(item, obj) != ((), (), False):
@@ -230,7 +233,7 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
     def catalog_dependents(key: Key) -> list[Key]:
         return [by_ref[d.ref].key for d in state.dependents.get(managed[key].ref, ()) if d.ref in by_ref]
 
-    start = {d.key for d in differences if d.what in (DiffKind.CHANGED, DiffKind.EXCESS_DB)}
+    start = {d.key for d in differences if d.what in (DiffKind.CHANGED, DiffKind.DRIFTED, DiffKind.EXCESS_DB)}
     reasons: dict[Key, str] = {d.key: d.what.value for d in differences}
     for key in force:
         if key in managed and key not in start:

@@ -32,6 +32,11 @@ class Signature:
     sql: str | None = None
     #: The grants declared when it was signed.
     grants: tuple[tuple[str, str], ...] = ()
+    #: The transaction id of the catalog row holding the definition when it was signed (see :mod:`.drift`).
+    dx: str | None = None
+    #: The fingerprint of the catalog's own definition when it was signed; ``None`` for objects signed
+    #: without one (adopted objects): those are never reported as drifted.
+    fp: str | None = None
 
 
 class MalformedSignature(Exception):
@@ -80,15 +85,102 @@ def with_sql(signature: str, sql: str) -> str:
 
 
 def without_sql(signature: str) -> tuple[str, str | None]:
-    """Split a signature into (the signature without its SQL, the SQL)."""
+    """Split a signature into (the signature without its SQL, the SQL).
+
+    The catalog stamps (``dx``, ``fp``) go too: they describe one database's object, and a revision script that
+    recreates it stamps it afresh.
+    """
     body = json.loads(signature)
     sql = body.pop("sql", None)
+    body.pop("dx", None)
+    body.pop("fp", None)
     return json.dumps(body, separators=(",", ":"), ensure_ascii=True), sql
 
 
 def sign_statement(declared: Declared, scope: str) -> str:
-    """``COMMENT ON … IS '<signature>'``."""
-    return f"COMMENT ON {declared.comment_target()} IS {quote_literal(signature_text(declared, scope))}"
+    """The statement that signs ``declared`` for ``scope`` (with the fingerprint of what was created)."""
+    return stamp_statement(declared.comment_target(), declared.key, signature_text(declared, scope))
+
+
+#: The fingerprint of an object's definition as the catalog holds it, per key namespace; ``{oid}`` is the
+#: object's oid. Evaluated with an empty search_path, so that every name prints schema-qualified and the
+#: text does not depend on the session (or on oids, which a dump and restore changes).
+FINGERPRINT_SQL = {
+    "relation": "md5(pg_get_viewdef({oid}))",
+    "function": "md5(pg_get_functiondef({oid}))",
+    # Enabling or disabling a trigger by hand is a change too.
+    "trigger": "md5(pg_get_triggerdef({oid}) || (SELECT tgenabled::text FROM pg_trigger WHERE oid = {oid}))",
+}
+
+#: The keys that :func:`stamp_statement` writes; they come before "sql" (which the catalog query cuts off).
+DX_KEY = ',"dx":"'
+FP_KEY = ',"fp":"'
+
+
+def _dollar_tag(body: str) -> str:
+    # The comment carries user SQL, which may contain any dollar-quote tag: pick one it does not contain.
+    tag, serial = "$samizdat$", 0
+    while tag in body:
+        serial += 1
+        tag = f"$samizdat{serial}$"
+    return tag
+
+
+def stamp_statement(target: str, key: Key, comment: str) -> str:
+    """Sign the object that ``COMMENT ON {target}`` names with ``comment`` plus its catalog fingerprint.
+
+    One ``DO`` block, in the same transaction as the ``CREATE``: it finds the object by ``key``, records the
+    transaction id of the catalog row that holds its definition (``dx``) and a fingerprint of that definition
+    (``fp``), and writes the comment. Reading the state later compares ``dx`` first (one string search), and
+    computes the fingerprint again only when the row was rewritten since, which is how a definition changed
+    by hand is told from one merely granted on or restored from a dump. Any ``dx``/``fp``/``stale`` already in
+    ``comment`` (a downgrade restoring an old signature) is replaced: the object is new.
+    """
+    body = json.loads(comment)
+    for stale_key in ("dx", "fp", "stale"):
+        body.pop(stale_key, None)
+    sql = body.pop("sql", None)
+    head = json.dumps(body, separators=(",", ":"), ensure_ascii=True)
+    tail = ("," + json.dumps({"sql": sql}, separators=(",", ":"), ensure_ascii=True)[1:]) if sql is not None else "}"
+    schema, name = quote_literal(key.schema), quote_literal(key.name)
+    # The target is spelt out in the format string (its '%' doubled) so that a script reader sees what is signed.
+    comment_on = quote_literal(f"COMMENT ON {target.replace('%', '%%')} IS %L")
+    if key.namespace == "relation":
+        lookup = (
+            "SELECT c.oid, r.xmin INTO o, x FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_rewrite r ON r.ev_class = c.oid AND r.rulename = '_RETURN' "
+            f"WHERE n.nspname = {schema} AND c.relname = {name};"
+        )
+    elif key.namespace == "trigger":
+        lookup = (
+            "SELECT t.oid, t.xmin INTO o, x FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            f"WHERE n.nspname = {schema} AND c.relname = {quote_literal(key.extra)} AND t.tgname = {name};"
+        )
+    else:
+        # Overloads share the name: let COMMENT resolve the declared arguments (and fail as PostgreSQL fails
+        # when they name no function), then find the overload by the comment it now carries.
+        lookup = (
+            f"EXECUTE format({comment_on}, {quote_literal(head)}); "
+            "SELECT p.oid, p.xmin INTO o, x FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "JOIN pg_description d ON d.objoid = p.oid AND d.classoid = 'pg_proc'::regclass AND d.objsubid = 0 "
+            f"WHERE n.nspname = {schema} AND p.proname = {name} AND d.description = {quote_literal(head)};"
+        )
+    fingerprint = FINGERPRINT_SQL[key.namespace].format(oid="o")
+    block = (
+        "DECLARE o oid; x xid; f text; p text := current_setting('search_path'); s text; BEGIN "
+        f"{lookup} "
+        f"s := {quote_literal(head[:-1])}; "
+        "IF o IS NOT NULL THEN "
+        "PERFORM set_config('search_path', '', true); "
+        f"f := {fingerprint}; "
+        "PERFORM set_config('search_path', p, true); "
+        f"s := s || {quote_literal(DX_KEY)} || x::text || '\"' || {quote_literal(FP_KEY)} || f || '\"'; "
+        "END IF; "
+        f"EXECUTE format({comment_on}, s || {quote_literal(tail)}); END "
+    )
+    tag = _dollar_tag(block)
+    return f"DO {tag} {block}{tag}"
 
 
 def is_ours(comment: str | None) -> bool:
@@ -128,7 +220,10 @@ def parse(comment: str) -> Signature:
     ):
         raise MalformedSignature("grants must be a list of [role, privilege] pairs")
     grants = tuple(sorted((str(g[0]), str(g[1])) for g in raw_grants))
-    return Signature(scope, parsed_kind, Key(*key), digest, stale, sql, grants)
+    dx, fp = body.get("dx"), body.get("fp")
+    if not (isinstance(dx, str | None) and isinstance(fp, str | None)):
+        raise MalformedSignature("dx and fp must be strings")
+    return Signature(scope, parsed_kind, Key(*key), digest, stale, sql, grants, dx, fp)
 
 
 #: What :func:`mark_stale_statement` appends to a signature.

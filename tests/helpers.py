@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from alembic.config import Config
 from sqlalchemy import event
 
 from alembic_samizdat import (
@@ -23,6 +26,8 @@ from alembic_samizdat.catalog import DatabaseState, build_state
 from alembic_samizdat.declared import Declared
 from alembic_samizdat.model import Samizdat
 from alembic_samizdat.signature import signature_text
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "example_project"
 
 USER_SCHEMAS_FILTER = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'"
 
@@ -128,7 +133,8 @@ def function_names(engine: sa.Engine) -> set[str]:
 def catalog_snapshot(engine: sa.Engine) -> dict[str, list[tuple[Any, ...]]]:
     """Everything users can see of the schema objects, without oids: relations (with view definitions and
     population), functions, triggers, indexes and comments. Two databases with the same objects give equal
-    snapshots."""
+    snapshots: the transaction id a signature records (``"dx"``) is masked, since an object created again
+    gets a new one."""
     queries = {
         "relations": f"""
             SELECT n.nspname, c.relname, c.relkind::text, c.relispopulated,
@@ -161,7 +167,14 @@ def catalog_snapshot(engine: sa.Engine) -> dict[str, list[tuple[Any, ...]]]:
             WHERE objoid >= 16384 ORDER BY 1, 2, 3""",
     }
     with engine.connect() as conn:
-        return {name: [tuple(r) for r in conn.execute(sa.text(q))] for name, q in queries.items()}
+        return {name: [_mask_dx(tuple(r)) for r in conn.execute(sa.text(q))] for name, q in queries.items()}
+
+
+_DX = re.compile(r',"dx":"[0-9]+"')
+
+
+def _mask_dx(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(_DX.sub(',"dx":"?"', v) if isinstance(v, str) else v for v in row)
 
 
 class StatementLog:
@@ -253,6 +266,18 @@ def psql_binary() -> str:
     if found is None:
         raise RuntimeError("no psql binary found")
     return found
+
+
+def alembic_project(root: Path, module: str) -> Config:
+    """example_project's Alembic environment in ``root``, its env.py taking the metadata from ``module``."""
+    shutil.copy(EXAMPLE / "alembic.ini", root / "alembic.ini")
+    (root / "migrations" / "versions").mkdir(parents=True)
+    shutil.copy(EXAMPLE / "migrations" / "script.py.mako", root / "migrations" / "script.py.mako")
+    env = (EXAMPLE / "migrations" / "env.py").read_text().replace("from shop import", f"from {module} import")
+    (root / "migrations" / "env.py").write_text(env)
+    cfg = Config(str(root / "alembic.ini"), stdout=io.StringIO())
+    cfg.set_main_option("script_location", str(root / "migrations"))
+    return cfg
 
 
 # --- hand-built database states (for the pure planner tests) -------------------------------------------------

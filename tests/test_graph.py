@@ -479,7 +479,9 @@ def test_plan_from_empty_creates_everything_in_order_then_refreshes() -> None:
     assert all(d.what is DiffKind.EXCESS_CODE for d in plan.differences)
     for action in plan.actions:
         if action.verb is Verb.CREATE:
-            assert action.statements[1].startswith("COMMENT ON ")
+            # The signing block: it fingerprints the object it signs (see test_drift), naming it in the script.
+            assert action.statements[1].startswith("DO $samizdat$")
+            assert f"COMMENT ON {action.declared.comment_target()} IS %L" in action.statements[1]
     assert DiffResult(tuple(plan.differences)).exit_code == 102
 
 

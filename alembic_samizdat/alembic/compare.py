@@ -111,6 +111,7 @@ def plan_to_ops(plan: Plan, graph: Graph, state: DatabaseState) -> tuple[list[An
                     restore=restore,
                     restore_signature=restore_signature,
                     restore_with_data=with_data,
+                    reason=action.reason,
                 )
             )
         elif action.verb is Verb.CREATE:
@@ -125,6 +126,7 @@ def plan_to_ops(plan: Plan, graph: Graph, state: DatabaseState) -> tuple[list[An
                     drop=item.drop_statement(),
                     with_data=item.kind is Kind.MATVIEW and item.with_data,
                     grants="\n;\n".join(st for st in action.statements if st.startswith(("GRANT ", "REVOKE "))) or None,
+                    reason=action.reason,
                 )
             )
         elif action.verb is Verb.GRANT:
@@ -154,8 +156,14 @@ def compare_samizdats(autogen_context: AutogenContext, upgrade_ops: alembic_ops.
     relations = {(k.schema, k.name) for k, item in graph.nodes.items() if item.kind.namespace == "relation"}
     _drop_view_mapped_tables(upgrade_ops, relations, default)
     force = _readers(graph, _altered_tables(upgrade_ops, default))
-    state = read_state(connection, registry.scope, graph.nodes, full_comments=True)
+    # Signatures without their SQL first: that is all a revision needs unless it drops, recreates or re-grants
+    # an object that exists (the downgrade restores it from the SQL its signature recorded). Then, and only
+    # then, read again in full and plan from that, so the ops come from one consistent read.
+    state = read_state(connection, registry.scope, graph.nodes)
     plan = plan_sync(graph, state, force=force)
+    if any(action.key in state.managed for action in plan.actions):
+        state = read_state(connection, registry.scope, graph.nodes, full_comments=True)
+        plan = plan_sync(graph, state, force=force)
     for warning in plan.warnings:
         log.warning("samizdat: %s", warning)
     drops, creates = plan_to_ops(plan, graph, state)

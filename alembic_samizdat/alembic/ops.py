@@ -7,15 +7,16 @@ drops (read from the signature in the database at autogenerate time), so downgra
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 from alembic.operations import MigrateOperation, Operations
 
 from ..execute import collect_notices
-from ..identifiers import quote_literal
+from ..keys import Key
 from ..preserve import capture_statement, restore_statement
-from ..signature import with_sql
+from ..signature import stamp_statement, with_sql
 
 log = logging.getLogger("alembic.samizdat")
 
@@ -38,7 +39,10 @@ def create_batch(kind: str, name: str, sql: str | None, signature: str | None, d
             "revision was generated); recreate it with `samizdat sync`"
         )
     target = drop.strip().rstrip(";").removeprefix("DROP ")
-    return f"{sql}\n;\nCOMMENT ON {target} IS {quote_literal(with_sql(signature, sql))};"
+    comment = with_sql(signature, sql)
+    # The key recorded in the signature finds the object again to fingerprint it (see signature.stamp_statement).
+    key = Key(*json.loads(comment)["key"])
+    return f"{sql}\n;\n{stamp_statement(target, key, comment)};"
 
 
 @Operations.register_operation("create_samizdat")
@@ -55,6 +59,7 @@ class CreateSamizdatOp(MigrateOperation):
         drop: str | None,
         with_data: bool = False,
         grants: str | None = None,
+        reason: str | None = None,
     ) -> None:
         self.kind = kind
         self.name = name
@@ -63,6 +68,8 @@ class CreateSamizdatOp(MigrateOperation):
         self.drop = drop
         self.with_data = with_data
         self.grants = grants
+        #: Why autogenerate wrote this operation (rendered as a comment, not an argument).
+        self.reason = reason
 
     @classmethod
     def create_samizdat(
@@ -110,6 +117,7 @@ class DropSamizdatOp(MigrateOperation):
         restore: str | None = None,
         restore_signature: str | None = None,
         restore_with_data: bool = False,
+        reason: str | None = None,
     ) -> None:
         self.kind = kind
         self.name = name
@@ -117,6 +125,8 @@ class DropSamizdatOp(MigrateOperation):
         self.restore = restore
         self.restore_signature = restore_signature
         self.restore_with_data = restore_with_data
+        #: Why autogenerate wrote this operation (rendered as a comment, not an argument).
+        self.reason = reason
 
     @classmethod
     def drop_samizdat(

@@ -28,18 +28,28 @@ def _args(*parts: str) -> str:
     return "(\n" + "".join(f"        {p},\n" for p in parts) + "    )"
 
 
+def _why(reason: str | None) -> str:
+    # One comment line per operation saying why autogenerate wrote it (e.g. "changed by hand since it was
+    # signed"), so that a reviewer of the revision need not run diff to find out.
+    return f"# {' '.join(reason.split())}\n" if reason else ""
+
+
 @renderers.dispatch_for(CreateSamizdatOp)
 def render_create(autogen_context: AutogenContext, op: CreateSamizdatOp) -> str:
     """``op.create_samizdat(...)``."""
     autogen_context.imports.add(IMPORT)
-    return "op.create_samizdat" + _args(
-        repr(op.kind),
-        repr(op.name),
-        f"sql={literal(op.sql)}",
-        f"signature={literal(op.signature)}",
-        f"drop={literal(op.drop)}",
-        f"with_data={op.with_data!r}",
-        *([f"grants={literal(op.grants)}"] if op.grants else []),
+    return (
+        _why(op.reason)
+        + "op.create_samizdat"
+        + _args(
+            repr(op.kind),
+            repr(op.name),
+            f"sql={literal(op.sql)}",
+            f"signature={literal(op.signature)}",
+            f"drop={literal(op.drop)}",
+            f"with_data={op.with_data!r}",
+            *([f"grants={literal(op.grants)}"] if op.grants else []),
+        )
     )
 
 
@@ -47,13 +57,17 @@ def render_create(autogen_context: AutogenContext, op: CreateSamizdatOp) -> str:
 def render_drop(autogen_context: AutogenContext, op: DropSamizdatOp) -> str:
     """``op.drop_samizdat(...)``."""
     autogen_context.imports.add(IMPORT)
-    return "op.drop_samizdat" + _args(
-        repr(op.kind),
-        repr(op.name),
-        f"drop={literal(op.drop)}",
-        f"restore={literal(op.restore)}",
-        f"restore_signature={literal(op.restore_signature)}",
-        f"restore_with_data={op.restore_with_data!r}",
+    return (
+        _why(op.reason)
+        + "op.drop_samizdat"
+        + _args(
+            repr(op.kind),
+            repr(op.name),
+            f"drop={literal(op.drop)}",
+            f"restore={literal(op.restore)}",
+            f"restore_signature={literal(op.restore_signature)}",
+            f"restore_with_data={op.restore_with_data!r}",
+        )
     )
 
 
