@@ -7,7 +7,7 @@ planner, and apply the plan under the chosen transaction discipline.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -29,10 +29,21 @@ from .execute import (
     first_line,
     lock_timeout_statement,
     run_batch,
+    send,
 )
 from .graph import Graph
 from .model import Samizdat
-from .planner import Action, Difference, DiffKind, Plan, diff, plan_nuke, plan_sync, undeclared_dependency_warnings
+from .planner import (
+    Action,
+    Difference,
+    DiffKind,
+    Plan,
+    checkpoint_units,
+    diff,
+    plan_nuke,
+    plan_sync,
+    undeclared_dependency_warnings,
+)
 from .refresh_plan import Concurrently, NodeRef, Schedule, all_matviews, choose_concurrently, select_below
 from .refresher import (
     Progress,
@@ -229,16 +240,17 @@ def _run_inner(
                 try:
                     state = _lock_and_read(conn, graph, registry.scope, session_lock=True, adopt=adopt)
                     plan = make_plan(state)
-                    for action in plan.actions:
+                    for unit in checkpoint_units(plan.actions):
                         try:
-                            applied.extend(apply_actions(conn, [action], on_action=on_action))
-                        except ExecutionError as exc:
+                            applied.extend(_apply_unit(conn, unit, on_action))
+                        except _UnitFailed as failed:
+                            action, exc = failed.action, failed.error
                             better = (
                                 diagnose_function(conn, action, in_autocommit=True) if create_failed(action) else None
                             )
                             if better is not None:
                                 raise better from exc.__cause__
-                            raise
+                            raise exc from exc.__cause__
                 finally:
                     try:
                         conn.exec_driver_sql(f"SELECT pg_advisory_unlock({LOCK_KEY})")
@@ -287,6 +299,51 @@ def _run_inner(
             tx.rollback()
             raise
         return SyncResult(plan, discipline, tuple(applied), discipline is Discipline.JUMBO)
+
+
+class _UnitFailed(Exception):
+    def __init__(self, action: Action, error: ExecutionError) -> None:
+        super().__init__(str(error))
+        self.action, self.error = action, error
+
+
+def _apply_unit(connection: Connection, unit: tuple[Action, ...], on_action: OnAction | None) -> list[Action]:
+    """Run one checkpoint unit (see :func:`planner.checkpoint_units`) on an autocommit connection."""
+    if len(unit) == 1:
+        try:
+            return apply_actions(connection, unit, on_action=on_action)
+        except ExecutionError as exc:
+            raise _UnitFailed(unit[0], exc) from exc.__cause__
+    # Several actions, one transaction: sent one by one so that a failure names its action.
+    try:
+        run_batch(connection, unit[0], "BEGIN")
+    except ExecutionError as exc:
+        raise _UnitFailed(unit[0], exc) from exc.__cause__
+    try:
+        for action in unit:
+            try:
+                run_batch(connection, action, action.sql)
+            except ExecutionError as exc:
+                exc.args = (f"{exc.args[0]}; the {len(unit)} actions of its transaction were rolled back",)
+                raise _UnitFailed(action, exc) from exc.__cause__
+        try:
+            send(connection, "COMMIT")
+        except DBAPIError as exc:
+            error = ExecutionError(
+                f"committing {len(unit)} actions ({unit[0].describe()} … {unit[-1].describe()}) failed: "
+                f"{first_line(exc)}. None of them were kept; the next sync does them again",
+                sql="COMMIT",
+                action=unit[-1].describe(),
+            )
+            raise _UnitFailed(unit[-1], error) from exc
+    except BaseException:
+        with suppress(Exception):
+            send(connection, "ROLLBACK")
+        raise
+    for action in unit:
+        if on_action is not None:
+            on_action(action)
+    return list(unit)
 
 
 def sync(

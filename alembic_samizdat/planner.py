@@ -10,7 +10,7 @@ dependency order.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -72,6 +72,8 @@ class Action:
     statements: tuple[str, ...]
     reason: str
     declared: Declared | None = None
+    #: A drop that first captures what users attached to the object (see preserve.py), to restore at its create.
+    captures: bool = False
 
     @property
     def sql(self) -> str:
@@ -285,6 +287,7 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
                 _label(graph.nodes.get(key), obj),
                 (capture, obj.drop_statement()) if capture else (obj.drop_statement(),),
                 reasons[key],
+                captures=capture is not None,
             )
         )
     to_create = [k for k in graph.order if k not in managed or k in to_drop]
@@ -364,6 +367,37 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
             statements = (*grant_statements(item, to_grant, to_revoke), sign_statement(item, scope))
             actions.append(Action(Verb.GRANT, key, item.kind.value, item.label, statements, "grants differ", item))
     return Plan(tuple(differences), tuple(actions), tuple(undeclared_dependency_warnings(graph, state)))
+
+
+def checkpoint_units(actions: Sequence[Action]) -> list[tuple[Action, ...]]:
+    """The actions grouped into the transactions of the ``checkpoint`` discipline.
+
+    Each action is its own transaction, except from the drop of an object whose attachments are captured to its
+    create (and every action in between, overlapping spans merged): what was captured lives in the session, so
+    a session that died between the two would lose it. Committed together, the drop never survives without
+    the restore.
+    """
+    ends: dict[Key, int] = {}
+    for index, action in enumerate(actions):
+        if action.verb is Verb.CREATE:
+            ends[action.key] = index
+    units: list[tuple[Action, ...]] = []
+    index = 0
+    while index < len(actions):
+        action = actions[index]
+        end = index
+        if action.verb is Verb.DROP and action.captures:
+            # Grow the span until no capture inside it is restored after it.
+            probe = index
+            end = ends.get(action.key, index)
+            while probe <= end:
+                inner = actions[probe]
+                if inner.verb is Verb.DROP and inner.captures:
+                    end = max(end, ends.get(inner.key, probe))
+                probe += 1
+        units.append(tuple(actions[index : end + 1]))
+        index = end + 1
+    return units
 
 
 def refresh_statement(key: Key, *, concurrently: bool = False) -> str:

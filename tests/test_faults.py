@@ -373,17 +373,13 @@ def attachments(engine: sa.Engine) -> dict[str, bool]:
         }
 
 
-@pytest.mark.parametrize("discipline", [Discipline.JUMBO])
+@pytest.mark.parametrize("discipline", [Discipline.JUMBO, Discipline.CHECKPOINT])
 def test_killed_sync_keeps_what_users_attached_to_recreated_objects(
     engine: sa.Engine, admin: psycopg.Connection[Any], discipline: Discipline
 ) -> None:
     """A grant and a hand-made index on recreated objects survive a sync (documented), also one that was killed
-    half way and finished by the next sync.
-
-    Jumbo only: under checkpoint the captured items live in a session temporary table between an object's drop
-    and its re-creation, so a session killed in that window loses them — a documented limitation (concepts.md,
-    "What is kept across a recreate"); `-t jumbo` is all or nothing.
-    """
+    half way and finished by the next sync: under checkpoint, the drop of an object whose attachments are
+    captured commits together with its re-creation (planner.checkpoint_units)."""
     v1, v2 = family(1), family(2)
 
     def prepare() -> None:

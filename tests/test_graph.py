@@ -28,7 +28,7 @@ from alembic_samizdat.api import DiffResult
 from alembic_samizdat.autorefresh import PREFIX, function_key, trigger_name
 from alembic_samizdat.declared import declare
 from alembic_samizdat.keys import Key
-from alembic_samizdat.planner import DiffKind, Verb, diff, plan_nuke, plan_sync
+from alembic_samizdat.planner import Action, DiffKind, Verb, checkpoint_units, diff, plan_nuke, plan_sync
 
 # --- deps_on forms --------------------------------------------------------------------------------------------
 
@@ -644,3 +644,42 @@ def test_matview_turned_into_view_is_dropped_as_a_matview() -> None:
         'DROP MATERIALIZED VIEW "public"."shape"'
     ]
     assert [a.key.name for a in plan.actions if a.verb is Verb.CREATE] == ["shape"]
+
+
+def _act(verb: Verb, name: str, *, captures: bool = False) -> Action:
+    return Action(verb, Key("relation", "s", name), "view", name, ("SELECT 1",), "test", captures=captures)
+
+
+def test_checkpoint_units_join_a_captured_drop_to_its_create() -> None:
+    drop, create, refresh = Verb.DROP, Verb.CREATE, Verb.REFRESH
+    actions = [
+        _act(drop, "z"),
+        _act(drop, "y", captures=True),
+        _act(drop, "x"),
+        _act(drop, "w", captures=True),
+        _act(create, "w"),
+        _act(create, "x"),
+        _act(create, "y"),
+        _act(create, "z"),
+        _act(drop, "v", captures=True),
+        _act(create, "u"),
+        _act(create, "v"),
+        _act(refresh, "m"),
+    ]
+    units = [[f"{a.verb.value[0]}{a.key.name}" for a in unit] for unit in checkpoint_units(actions)]
+    # y's span (drop y .. create y) contains w's, which ends inside it; v's span is separate; the rest alone.
+    assert units == [
+        ["dz"],
+        ["dy", "dx", "dw", "cw", "cx", "cy"],
+        ["cz"],
+        ["dv", "cu", "cv"],
+        ["rm"],
+    ]
+    # An overlapping capture that ends later stretches the unit.
+    overlap = [_act(drop, "a", captures=True), _act(drop, "b", captures=True), _act(create, "a"), _act(create, "b")]
+    assert [len(u) for u in checkpoint_units(overlap)] == [4]
+    # Nothing captured: every action is its own transaction, as DBSamizdat's checkpoint.
+    plain = [_act(drop, "a"), _act(create, "a"), _act(create, "b")]
+    assert [len(u) for u in checkpoint_units(plain)] == [1, 1, 1]
+    # A captured drop that is not recreated (no longer declared) stays alone.
+    assert [len(u) for u in checkpoint_units([_act(drop, "gone", captures=True), _act(create, "b")])] == [1, 1]
