@@ -22,7 +22,7 @@ _KINDS = {"view": Kind.VIEW, "matview": Kind.MATVIEW, "function": Kind.FUNCTION,
 #: declaration wants (to refuse clashes); and every object that depends on a signed one.
 _CATALOG_SQL = """
 WITH pin AS MATERIALIZED (
-    -- Fingerprints are taken with an empty search_path (see signature.FINGERPRINT_SQL); the last branch of the
+    -- Fingerprints are taken with an empty search_path (see signature.stamp_statement); the last branch of the
     -- query puts the session's own back, so the caller's transaction never sees the change.
     SELECT current_setting('search_path') AS old, set_config('search_path', '', true) AS pinned
 ),
@@ -53,7 +53,7 @@ objs AS (
                OR EXISTS (SELECT 1 FROM pg_description cd
                           WHERE cd.objoid = c.oid AND cd.classoid = 'pg_class'::regclass AND cd.objsubid > 0)
            ) AS keeps,
-           {fp_relation} AS fp
+           NULL::text AS fp, {moved_relation} AS moved
     FROM pg_class c
     JOIN pg_namespace n ON n.oid = c.relnamespace
     LEFT JOIN pg_description d
@@ -72,7 +72,7 @@ objs AS (
                       WHERE a.grantee <> p.proowner)::text END,
            :dependents AND left(d.description, :plen) = :prefix
                AND (p.proacl IS NOT NULL OR p.proowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)),
-           {fp_function}
+           {fp_function}, {moved_function}
     FROM pg_proc p
     JOIN pg_namespace n ON n.oid = p.pronamespace
     LEFT JOIN pg_description d
@@ -81,7 +81,7 @@ objs AS (
        OR (n.nspname, p.proname) IN (SELECT s, n FROM wanted_fn)
     UNION ALL
     SELECT 'pg_trigger'::regclass, t.oid, 0::oid, 'trigger', n.nspname, t.tgname, c.relname,
-           d.description, true, NULL::text, false, {fp_trigger}
+           d.description, true, NULL::text, false, NULL::text, {moved_trigger}
     FROM pg_trigger t
     JOIN pg_class c ON c.oid = t.tgrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -119,40 +119,47 @@ SELECT 'obj' AS row, classid::text AS classid, oid::bigint AS oid, kind, schema,
                  || CASE WHEN right(description, :slen) = :stale THEN :stale ELSE '}' END
        END AS description,
        populated, NULL AS dep_classid, NULL::bigint AS dep_oid, NULL AS dep_desc, NULL::bool AS dep_auto, acl, keeps,
-       fp
+       fp, moved
 FROM objs
 UNION ALL
 SELECT 'dep', d.ref_classid::text, d.ref_oid::bigint, NULL, NULL, NULL, NULL, NULL, NULL,
        d.dep_classid::text, d.dep_oid::bigint,
        -- signed dependents are matched by oid; only the others need a description for messages
        CASE WHEN s.oid IS NULL THEN pg_describe_object(d.dep_classid, d.dep_oid, d.dep_subid) END,
-       d.dep_auto, NULL, NULL, NULL
+       d.dep_auto, NULL, NULL, NULL, NULL
 FROM deps d
 LEFT JOIN signed s ON s.classid = d.dep_classid AND s.oid = d.dep_oid
 WHERE :dependents
 UNION ALL
 -- Runs last (Append runs its branches in order, and set_config keeps the query serial): restores search_path.
-SELECT 'pin', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+SELECT 'pin', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 FROM pin WHERE set_config('search_path', pin.old, true) IS NULL
 """
 
 
-def _fingerprint_column(namespace: str, oid: str, description: str, xmin: str) -> str:
+def _fingerprint_column(oid: str, description: str, xmin: str) -> str:
     # Nested CASEs, because only CASE promises the order of evaluation: the fingerprint is computed only for
-    # signed objects that carry one and whose definition row was rewritten since signing; pin is evaluated
+    # signed functions that carry one and whose pg_proc row was rewritten since signing; pin is evaluated
     # (and search_path emptied) before the first fingerprint.
     return (
         f"CASE WHEN left({description}, :plen) = :prefix AND strpos({description}, :fp_key) > 0 THEN "
         f"CASE WHEN strpos({description}, :dx_key || {xmin}::text || '\"') = 0 THEN "
         f"CASE WHEN (SELECT pinned FROM pin) IS NOT NULL THEN "
-        f"{sig.FINGERPRINT_SQL[namespace].format(oid=oid)} END END END"
+        f"{sig.FUNCTION_FINGERPRINT_SQL.format(oid=oid)} END END END"
     )
 
 
+def _moved_column(xmin: str) -> str:
+    # The definition's row was written by a later transaction than our signature (see signature.stamp_statement).
+    # Ids are compared by age, which is exact for rows less than 2^31 transactions apart.
+    return f"(left(d.description, :plen) = :prefix AND {xmin} <> d.xmin AND age({xmin}) < age(d.xmin))"
+
+
 CATALOG_SQL = (
-    _CATALOG_SQL.replace("{fp_relation}", _fingerprint_column("relation", "c.oid", "d.description", "rw.xmin"))
-    .replace("{fp_function}", _fingerprint_column("function", "p.oid", "d.description", "p.xmin"))
-    .replace("{fp_trigger}", _fingerprint_column("trigger", "t.oid", "d.description", "t.xmin"))
+    _CATALOG_SQL.replace("{moved_relation}", _moved_column("rw.xmin"))
+    .replace("{fp_function}", _fingerprint_column("p.oid", "d.description", "p.xmin"))
+    .replace("{moved_function}", _moved_column("p.xmin"))
+    .replace("{moved_trigger}", _moved_column("t.xmin"))
 )
 
 
@@ -179,19 +186,20 @@ class DbObject:
     #: Carries something a drop would lose (grants, owner, indexes, triggers, column comments); ``None``
     #: when not read (then capture and restore always run).
     keeps: bool | None = None
-    #: The fingerprint of the definition as the catalog holds it now; read only when the definition's
-    #: catalog row was rewritten after signing (``None`` otherwise).
+    #: A function's fingerprint as the catalog holds it now; read only when its pg_proc row was rewritten after
+    #: signing (``None`` otherwise).
     fingerprint: str | None = None
+    #: The definition's catalog row was written after the signature (see :func:`signature.stamp_statement`).
+    moved: bool = False
 
     @property
     def drifted(self) -> bool:
         """Changed by hand since we signed it (``CREATE OR REPLACE``, ``ALTER FUNCTION``, a trigger disabled…)."""
-        return (
-            self.fingerprint is not None
-            and self.signature is not None
-            and self.signature.fp is not None
-            and self.fingerprint != self.signature.fp
-        )
+        if self.signature is None:
+            return False
+        if self.signature.fp is not None:
+            return self.fingerprint is not None and self.fingerprint != self.signature.fp
+        return self.moved
 
     @property
     def ref(self) -> tuple[str, int]:
@@ -398,6 +406,7 @@ def build_state(
             grants,
             (None if row[14] is None else bool(row[14])) if len(row) > 14 else None,
             None if len(row) <= 15 or row[15] is None else str(row[15]),
+            len(row) > 16 and bool(row[16]),
         )
         if signature is not None and signature.scope == scope and kind in _KINDS:
             managed[obj.key] = obj

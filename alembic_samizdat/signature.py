@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 
 from .declared import Declared
-from .identifiers import qualified, quote_literal
+from .identifiers import qualified, quote_ident, quote_literal
 from .keys import Key, Kind
 
 #: The first key of every signature; also what the catalog query filters on.
@@ -98,19 +98,14 @@ def without_sql(signature: str) -> tuple[str, str | None]:
 
 
 def sign_statement(declared: Declared, scope: str) -> str:
-    """The statement that signs ``declared`` for ``scope`` (with the fingerprint of what was created)."""
+    """The statement that signs ``declared`` for ``scope`` (see :func:`stamp_statement`)."""
     return stamp_statement(declared.comment_target(), declared.key, signature_text(declared, scope))
 
 
-#: The fingerprint of an object's definition as the catalog holds it, per key namespace; ``{oid}`` is the
-#: object's oid. Evaluated with an empty search_path, so that every name prints schema-qualified and the
-#: text does not depend on the session (or on oids, which a dump and restore changes).
-FINGERPRINT_SQL = {
-    "relation": "md5(pg_get_viewdef({oid}))",
-    "function": "md5(pg_get_functiondef({oid}))",
-    # Enabling or disabling a trigger by hand is a change too.
-    "trigger": "md5(pg_get_triggerdef({oid}) || (SELECT tgenabled::text FROM pg_trigger WHERE oid = {oid}))",
-}
+#: The fingerprint of a function's definition as the catalog holds it; ``{oid}`` is the function's oid.
+#: Evaluated with an empty search_path, so that every name prints schema-qualified and the text depends neither
+#: on the session nor on oids (which a dump and restore changes).
+FUNCTION_FINGERPRINT_SQL = "md5(pg_get_functiondef({oid}))"
 
 #: The keys that :func:`stamp_statement` writes; they come before "sql" (which the catalog query cuts off).
 DX_KEY = ',"dx":"'
@@ -127,53 +122,39 @@ def _dollar_tag(body: str) -> str:
 
 
 def stamp_statement(target: str, key: Key, comment: str) -> str:
-    """Sign the object that ``COMMENT ON {target}`` names with ``comment`` plus its catalog fingerprint.
+    """The statement that signs the object ``COMMENT ON {target}`` names with ``comment``.
 
-    One ``DO`` block, in the same transaction as the ``CREATE``: it finds the object by ``key``, records the
-    transaction id of the catalog row that holds its definition (``dx``) and a fingerprint of that definition
-    (``fp``), and writes the comment. Reading the state later compares ``dx`` first (one string search), and
-    computes the fingerprint again only when the row was rewritten since, which is how a definition changed
-    by hand is told from one merely granted on or restored from a dump. Any ``dx``/``fp``/``stale`` already in
-    ``comment`` (a downgrade restoring an old signature) is replaced: the object is new.
+    Drift (a definition changed by hand) is told by the catalog rows' transaction ids: signed in the transaction
+    that created the object, the comment's ``pg_description`` row and the definition's row (the view's rule,
+    the trigger) carry the same one until somebody rewrites the definition. So views, materialized views and
+    triggers get a plain ``COMMENT``. A function's ``pg_proc`` row is also rewritten by GRANT, REVOKE and owner
+    changes, so a function is signed by a ``DO`` block that adds the transaction id of that row (``dx``) and a
+    fingerprint of its definition (``fp``), compared when the row has moved. Any ``dx``, ``fp`` or ``stale``
+    already in ``comment`` (a downgrade restoring an old signature) is dropped: the object is new.
     """
     body = json.loads(comment)
     for stale_key in ("dx", "fp", "stale"):
         body.pop(stale_key, None)
+    if key.namespace != "function":
+        return f"COMMENT ON {target} IS {quote_literal(json.dumps(body, separators=(',', ':'), ensure_ascii=True))}"
     sql = body.pop("sql", None)
     head = json.dumps(body, separators=(",", ":"), ensure_ascii=True)
     tail = ("," + json.dumps({"sql": sql}, separators=(",", ":"), ensure_ascii=True)[1:]) if sql is not None else "}"
-    schema, name = quote_literal(key.schema), quote_literal(key.name)
     # The target is spelt out in the format string (its '%' doubled) so that a script reader sees what is signed.
     comment_on = quote_literal(f"COMMENT ON {target.replace('%', '%%')} IS %L")
-    if key.namespace == "relation":
-        lookup = (
-            "SELECT c.oid, r.xmin INTO o, x FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "JOIN pg_rewrite r ON r.ev_class = c.oid AND r.rulename = '_RETURN' "
-            f"WHERE n.nspname = {schema} AND c.relname = {name};"
-        )
-    elif key.namespace == "trigger":
-        lookup = (
-            "SELECT t.oid, t.xmin INTO o, x FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            f"WHERE n.nspname = {schema} AND c.relname = {quote_literal(key.extra)} AND t.tgname = {name};"
-        )
-    else:
-        # Overloads share the name: let COMMENT resolve the declared arguments (and fail as PostgreSQL fails
-        # when they name no function), then find the overload by the comment it now carries.
-        lookup = (
-            f"EXECUTE format({comment_on}, {quote_literal(head)}); "
-            "SELECT p.oid, p.xmin INTO o, x FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-            "JOIN pg_description d ON d.objoid = p.oid AND d.classoid = 'pg_proc'::regclass AND d.objsubid = 0 "
-            f"WHERE n.nspname = {schema} AND p.proname = {name} AND d.description = {quote_literal(head)};"
-        )
-    fingerprint = FINGERPRINT_SQL[key.namespace].format(oid="o")
     block = (
         "DECLARE o oid; x xid; f text; p text := current_setting('search_path'); s text; BEGIN "
-        f"{lookup} "
+        # Overloads share the name: COMMENT resolves the declared arguments (and fails as PostgreSQL fails when
+        # they name no function); the overload is then found by the comment it carries.
+        f"EXECUTE format({comment_on}, {quote_literal(head)}); "
+        "SELECT p.oid, p.xmin INTO o, x FROM pg_proc p "
+        "JOIN pg_description d ON d.objoid = p.oid AND d.classoid = 'pg_proc'::regclass AND d.objsubid = 0 "
+        f"WHERE p.pronamespace = {quote_literal(quote_ident(key.schema))}::regnamespace "
+        f"AND p.proname = {quote_literal(key.name)} AND d.description = {quote_literal(head)}; "
         f"s := {quote_literal(head[:-1])}; "
         "IF o IS NOT NULL THEN "
         "PERFORM set_config('search_path', '', true); "
-        f"f := {fingerprint}; "
+        f"f := {FUNCTION_FINGERPRINT_SQL.format(oid='o')}; "
         "PERFORM set_config('search_path', p, true); "
         f"s := s || {quote_literal(DX_KEY)} || x::text || '\"' || {quote_literal(FP_KEY)} || f || '\"'; "
         "END IF; "
