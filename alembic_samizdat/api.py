@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 
 from .adopt import ADOPTABLE, AdoptResult, adopt_unsigned
 from .catalog import DatabaseState, read_state
-from .errors import DatabaseStateError, ExecutionError, SamizdatError
+from .errors import DatabaseStateError, ExecutionError, SamizdatError, first_line
 from .execute import (
     LOCK_KEY,
     Discipline,
@@ -26,7 +26,6 @@ from .execute import (
     collect_notices,
     create_failed,
     diagnose_function,
-    first_line,
     lock_timeout_statement,
     run_batch,
     send,

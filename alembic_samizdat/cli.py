@@ -23,8 +23,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from . import api
 from .adopt import AdoptionRefusedError
 from .dot import to_dot
-from .errors import ConnectionFailedError, SamizdatError
-from .execute import Discipline, first_line
+from .errors import ConnectionFailedError, SamizdatError, first_line
+from .execute import Discipline
 from .orm import real_tables
 from .planner import Action, Plan
 from .refresh_plan import Concurrently, select_below

@@ -94,9 +94,45 @@ class FunctionSignatureMismatchError(ExecutionError):
     """The function PostgreSQL created has another identity than ``function_arguments_signature`` says."""
 
 
+class InsufficientPrivilegeError(ExecutionError):
+    """A statement failed because the role running it lacks a privilege (SQLSTATE 42501).
+
+    PostgreSQL reports both ``permission denied for …`` and ``must be owner of …`` this way. The message names
+    the action, the missing privilege, the role and the fix; the same parts are in ``privilege`` (e.g.
+    ``CREATE on schema "reports"``), ``role`` (the role that ran the statement; inside a failed transaction,
+    where the server cannot be asked, the session user; ``None`` when neither is known) and ``fix`` (e.g.
+    ``GRANT CREATE ON SCHEMA "reports" TO "migrator", or run as a role that has it``). Nothing of the failed
+    action was kept.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sql: str = "",
+        action: str = "",
+        privilege: str = "",
+        role: str | None = None,
+        fix: str = "",
+    ) -> None:
+        self.privilege = privilege
+        self.role = role
+        self.fix = fix
+        super().__init__(message, sql=sql, action=action)
+
+
 class LockTimeoutError(ExecutionError):
     """A lock could not be taken within the configured ``lock_timeout``."""
 
 
 class ConnectionFailedError(SamizdatError):
     """The database could not be reached."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The server's primary message (or the exception's first line), without psycopg's extra lines."""
+    orig = getattr(exc, "orig", exc)
+    diag = getattr(orig, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    text = primary or str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    return str(text)

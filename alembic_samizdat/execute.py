@@ -15,11 +15,19 @@ from enum import StrEnum
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
-from .errors import ExecutionError, FunctionSignatureMismatchError, LockTimeoutError, SamizdatError
+from .errors import (
+    ExecutionError,
+    FunctionSignatureMismatchError,
+    InsufficientPrivilegeError,
+    LockTimeoutError,
+    SamizdatError,
+    first_line,
+)
 from .identifiers import qualified
 from .keys import Kind
 from .planner import Action, Verb
 from .preserve import MESSAGE_PREFIX
+from .privileges import INSUFFICIENT_PRIVILEGE, PrivilegeContext, missing_privilege
 
 #: The advisory lock that serialises concurrent runs against one database.
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"alembic_samizdat").digest()[:8], "big", signed=True)
@@ -37,15 +45,6 @@ class Discipline(StrEnum):
 
 
 OnAction = Callable[[Action], None]
-
-
-def first_line(exc: BaseException) -> str:
-    """The server's primary message (or the exception's first line), without psycopg's extra lines."""
-    orig = getattr(exc, "orig", exc)
-    diag = getattr(orig, "diag", None)
-    primary = getattr(diag, "message_primary", None) if diag is not None else None
-    text = primary or str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-    return str(text)
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -68,9 +67,22 @@ def lock_timeout_statement(seconds: float | None, *, local: bool) -> str | None:
 _ALREADY_EXISTS = {"42723", "42P07", "42710"}
 
 
-def _describe_failure(action: Action | None, exc: DBAPIError, sql: str) -> ExecutionError:
+def _describe_failure(
+    action: Action | None, exc: DBAPIError, sql: str, connection: Connection | None = None
+) -> ExecutionError:
     what = action.describe() if action is not None else "taking the advisory lock"
     message = f"{what} failed: {first_line(exc)}"
+    if sqlstate(exc) == INSUFFICIENT_PRIVILEGE:
+        context = PrivilegeContext.of(action) if action is not None else PrivilegeContext()
+        missing = missing_privilege(exc, context, connection)
+        return InsufficientPrivilegeError(
+            f"{message}. {missing.sentence()}. Nothing of this action was kept",
+            sql=sql,
+            action=action.describe() if action else "",
+            privilege=missing.privilege,
+            role=missing.role,
+            fix=missing.fix,
+        )
     if sqlstate(exc) == "55P03":
         return LockTimeoutError(
             message + " (lock_timeout expired while waiting for a lock on this object or one it reads; "
@@ -97,7 +109,7 @@ def run_batch(connection: Connection, action: Action | None, sql: str) -> None:
     try:
         send(connection, sql)
     except DBAPIError as exc:
-        raise _describe_failure(action, exc, sql) from exc
+        raise _describe_failure(action, exc, sql, connection) from exc
 
 
 def send(connection: Connection, sql: str) -> None:
@@ -161,6 +173,9 @@ def diagnose_function(connection: Connection, action: Action, *, in_autocommit: 
         "SELECT pg_get_function_identity_arguments(p.oid) FROM pg_proc p "
         "JOIN pg_namespace n ON n.oid = p.pronamespace "
         "WHERE n.nspname = :schema AND p.proname = :name AND p.xmin = pg_current_xact_id()::xid"
+        # Without USAGE on the schema CREATE FUNCTION works but signing it does not: a missing privilege,
+        # which the original error reports, not a signature mismatch.
+        " AND has_schema_privilege(n.oid, 'USAGE')"
     )
     where = {"schema": declared.key.schema, "name": declared.key.name}
     try:

@@ -17,17 +17,18 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from .errors import CatalogReadError, ExecutionError, SamizdatError
-from .execute import autocommit, first_line, send
+from .errors import CatalogReadError, ExecutionError, InsufficientPrivilegeError, SamizdatError, first_line
+from .execute import autocommit, send, sqlstate
 from .graph import Graph
 from .identifiers import qualified
 from .keys import Key
 from .planner import Action
+from .privileges import INSUFFICIENT_PRIVILEGE, PrivilegeContext, missing_privilege
 from .refresh_plan import Schedule, ViewState, refresh_action
 from .signature import mark_stale_statement
 
@@ -165,7 +166,57 @@ class _Run:
     def failed(self, key: Key, exc: BaseException) -> None:
         action = self.actions[key]
         message = first_line(exc.__cause__ if isinstance(exc, ExecutionError) and exc.__cause__ else exc)
+        if isinstance(exc, InsufficientPrivilegeError):
+            # The error's text is a sentence of its own; here it explains the server's message in parentheses.
+            text = str(exc)
+            message += f" ({text[:1].lower()}{text[1:]})"
         self.failures.append(RefreshFailure(key, action.label, message, action.sql))
+
+    def privilege_error(
+        self,
+        key: Key,
+        exc: BaseException,
+        connection: Connection | None = None,
+        *,
+        role: str | None = None,
+        server_version: int = 0,
+    ) -> InsufficientPrivilegeError:
+        """What a refresh of ``key`` that failed with SQLSTATE 42501 lacked (reported by :meth:`failed`)."""
+        item = self.graph.nodes[key]
+        context = PrivilegeContext("refresh", key, item.kind.value, (*item.unmanaged, *item.refresh_triggers))
+        missing = missing_privilege(exc, context, connection, role=role, server_version=server_version)
+        return InsufficientPrivilegeError(
+            missing.sentence(),
+            sql=self.actions[key].sql,
+            action=self.actions[key].describe(),
+            privilege=missing.privilege,
+            role=missing.role,
+            fix=missing.fix,
+        )
+
+    def premark_error(
+        self,
+        exc: BaseException,
+        connection: Connection | None = None,
+        *,
+        role: str | None = None,
+        server_version: int = 0,
+    ) -> ExecutionError:
+        """The error of a failed :attr:`premark` (nothing was refreshed)."""
+        message = f"marking the views to refresh failed: {first_line(exc)}"
+        if sqlstate(exc) != INSUFFICIENT_PRIVILEGE:
+            return ExecutionError(f"{message}; nothing was refreshed", sql=self.premark)
+        views = tuple((k.schema, k.name) for k in self.schedule.order)
+        context = PrivilegeContext("mark", None, "matview", views)
+        missing = missing_privilege(exc, context, connection, role=role, server_version=server_version)
+        return InsufficientPrivilegeError(
+            f"{message}. {missing.sentence()}. Nothing was refreshed",
+            sql=self.premark,
+            action="mark the views to refresh",
+            privilege=missing.privilege,
+            role=missing.role,
+            fix=missing.fix,
+        )
 
     @property
     def elapsed(self) -> float:
@@ -185,25 +236,40 @@ def _refresh_one(connection: Connection, run: _Run, key: Key) -> None:
     """Refresh in one implicit transaction; on failure mark the view stale in another."""
     try:
         send(connection, run.actions[key].sql)
-    except Exception:
+    except Exception as exc:
         # The refresh error is what we report; if marking fails too, the view stays unrefreshed anyway.
         with suppress(Exception):
             send(connection, mark_stale_statement(key))
+        if sqlstate(exc) == INSUFFICIENT_PRIVILEGE:
+            raise run.privilege_error(key, exc, connection) from exc
         raise
 
 
-def _premark(connection: Connection, sql: str) -> None:
+def _premark(connection: Connection, run: _Run) -> None:
     try:
-        send(connection, sql)
+        send(connection, run.premark)
     except DBAPIError as exc:
-        raise ExecutionError(f"marking the views to refresh failed: {first_line(exc)}; nothing was refreshed") from exc
+        raise run.premark_error(exc, connection) from exc
+
+
+async def _role_and_version(raw: Any) -> tuple[str | None, int]:
+    """``current_user`` and the server version of an asyncio psycopg connection in autocommit mode.
+
+    What :func:`~alembic_samizdat.privileges.missing_privilege` asks a synchronous connection itself.
+    """
+    try:
+        version = int(raw.info.server_version)
+        row = await (await raw.execute("SELECT current_user")).fetchone()
+    except Exception:
+        return None, 0
+    return (str(row[0]) if row else None), version
 
 
 def refresh_serial(connection: Connection, run: _Run, result: RefreshResult) -> RefreshResult:
     """One view after another on ``connection``; stops at the first failure."""
     with autocommit(connection, purpose="refresh") as conn:
         if run.premark:
-            _premark(conn, run.premark)
+            _premark(conn, run)
         while (key := run.next_ready()) is not None:
             try:
                 _refresh_one(conn, run, key)
@@ -231,7 +297,7 @@ def refresh_threaded(engine: Engine, run: _Run, result: RefreshResult, jobs: int
 
     if run.premark:
         with engine.connect() as first, autocommit(first, purpose="refresh") as conn:
-            _premark(conn, run.premark)
+            _premark(conn, run)
     try:
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="samizdat-refresh") as pool:
             running: dict[Future[None], Key] = {}
@@ -271,9 +337,12 @@ async def refresh_asyncio(engine: AsyncEngine, run: _Run, result: RefreshResult,
             try:
                 # The driver's own execute without parameters: no '%' parsing, several statements allowed.
                 await raw.execute(run.actions[key].sql)  # type: ignore[attr-defined]
-            except Exception:
+            except Exception as exc:
                 with suppress(Exception):
                     await raw.execute(mark_stale_statement(key))  # type: ignore[attr-defined]
+                if sqlstate(exc) == INSUFFICIENT_PRIVILEGE:
+                    role, version = await _role_and_version(raw)
+                    raise run.privilege_error(key, exc, role=role, server_version=version) from exc
                 raise
         finally:
             idle.append(raw)
@@ -282,7 +351,14 @@ async def refresh_asyncio(engine: AsyncEngine, run: _Run, result: RefreshResult,
         async with engine.connect() as first:
             await first.execution_options(isolation_level="AUTOCOMMIT")
             raw_first = (await first.get_raw_connection()).driver_connection
-            await raw_first.execute(run.premark)  # type: ignore[union-attr]
+            try:
+                await raw_first.execute(run.premark)  # type: ignore[union-attr]
+            except Exception as failure:
+                # The same error as the other runners give (psycopg's own error reaches here unwrapped).
+                if sqlstate(failure) is None:
+                    raise
+                role, version = await _role_and_version(raw_first)
+                raise run.premark_error(failure, role=role, server_version=version) from failure
     try:
         running: dict[asyncio.Task[None], Key] = {}
         while True:
