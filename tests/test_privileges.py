@@ -410,3 +410,52 @@ def test_cli_prints_one_line(roles: Roles, tmp_path: Path, capsys: pytest.Captur
     assert f'Role "{roles.migrator}" lacks CREATE on schema "reports"; fix: ' in err
     assert f'GRANT CREATE ON SCHEMA "reports" TO "{roles.migrator}"' in err
     sys.modules.pop("priv_reports", None)
+
+
+ALEMBIC_MODULE = """
+from sqlalchemy import MetaData
+
+from alembic_samizdat import SamizdatRegistry, SamizdatView
+
+metadata = MetaData()
+registry = SamizdatRegistry(metadata)
+
+
+class OrderCount(SamizdatView):
+    schema = "reports"
+    deps_on_unmanaged = {("data", "orders")}
+    sql_template = "${preamble} SELECT count(*) AS n FROM data.orders ${postamble}"
+
+
+registry.register(OrderCount)
+"""
+
+
+def test_alembic_upgrade_names_the_missing_privilege(
+    roles: Roles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_alembic import Project
+
+    # CREATE on public for alembic_version (PG15+ no longer grants it to everybody); none on "reports".
+    roles.sql(
+        *MINIMUM[1:], 'GRANT USAGE ON SCHEMA reports TO "{migrator}"', 'GRANT CREATE ON SCHEMA public TO "{migrator}"'
+    )
+    url = make_url(roles.url).set(username=roles.migrator, password=PASSWORD).render_as_string(hide_password=False)
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    project = Project(tmp_path, url)
+    project.write(textwrap.dedent(ALEMBIC_MODULE))
+    project.revision("reports")
+    before = state(roles)
+    with pytest.raises(InsufficientPrivilegeError) as info:
+        project.upgrade()
+    error = info.value
+    assert 'CREATE on schema "reports"' in error.privilege, error
+    assert f'"{roles.migrator}"' in str(error) and "OrderCount" in str(error), error
+    assert "GRANT" in error.fix and "rolled back" in str(error), error
+    assert state(roles) == before
+    assert rows(roles.admin, "SELECT * FROM alembic_version") == []
+    # With the privilege, the same revision applies.
+    roles.sql('GRANT CREATE ON SCHEMA reports TO "{migrator}"')
+    project.upgrade()
+    assert rows(roles.admin, 'SELECT n FROM reports."OrderCount"') == [(2,)]

@@ -12,23 +12,55 @@ import logging
 from typing import Any
 
 from alembic.operations import MigrateOperation, Operations
+from sqlalchemy.exc import DBAPIError
 
-from ..execute import collect_notices
+from ..errors import InsufficientPrivilegeError, first_line
+from ..execute import collect_notices, sqlstate
 from ..keys import Key
 from ..preserve import capture_statement, restore_statement
+from ..privileges import INSUFFICIENT_PRIVILEGE, PrivilegeContext, missing_privilege
 from ..signature import stamp_statement, with_sql
 
 log = logging.getLogger("alembic.samizdat")
 
 
-def run_sql(operations: Operations, sql: str) -> None:
-    """Run a batch verbatim online; print it in offline (``--sql``) mode."""
+def run_sql(operations: Operations, sql: str, *, what: PrivilegeContext | None = None) -> None:
+    """Run a batch verbatim online; print it in offline (``--sql``) mode.
+
+    ``what`` describes the operation, so that a statement refused for lack of a privilege raises
+    :class:`InsufficientPrivilegeError` naming the privilege (other errors propagate as they are).
+    """
     context = operations.migration_context
     if context.as_sql:
         context.impl.static_output(sql.rstrip() + "\n")
-    else:
+        return
+    bind = operations.get_bind()
+    try:
         # no_parameters: psycopg must not parse '%' or ':' in the user's SQL, and may send several statements.
-        operations.get_bind().exec_driver_sql(sql, execution_options={"no_parameters": True})
+        bind.exec_driver_sql(sql, execution_options={"no_parameters": True})
+    except DBAPIError as exc:
+        if what is None or sqlstate(exc) != INSUFFICIENT_PRIVILEGE:
+            raise
+        # Inside the migration's (now failed) transaction the server cannot be asked: the context tells.
+        missing = missing_privilege(exc, what, bind)
+        label = f"{what.verb} {what.kind} {what.key.display() if what.key else ''}".rstrip()
+        raise InsufficientPrivilegeError(
+            f"{label} failed: {first_line(exc)}. {missing.sentence()}. The migration's transaction is rolled back",
+            sql=sql,
+            action=label,
+            privilege=missing.privilege,
+            role=missing.role,
+            fix=missing.fix,
+        ) from exc
+
+
+def _context(verb: str, kind: str, signature: str | None) -> PrivilegeContext:
+    # The signature records the object's key; revisions written before it existed still run, with less detail.
+    try:
+        key = Key(*json.loads(signature)["key"]) if signature else None
+    except (ValueError, KeyError, TypeError):
+        key = None
+    return PrivilegeContext(verb, key, kind)
 
 
 def create_batch(kind: str, name: str, sql: str | None, signature: str | None, drop: str | None) -> str:
@@ -244,28 +276,30 @@ def _regrant(operations: Operations, op: RegrantSamizdatOp) -> None:
 
 @Operations.implementation_for(CreateSamizdatOp)
 def _create(operations: Operations, op: CreateSamizdatOp) -> None:
-    run_sql(operations, create_batch(op.kind, op.name, op.sql, op.signature, op.drop))
+    what = _context("create", op.kind, op.signature)
+    run_sql(operations, create_batch(op.kind, op.name, op.sql, op.signature, op.drop), what=what)
     target = _target(op.drop)
     # Grants, owner, hand-made indexes and triggers captured when this object was dropped earlier in the run
     # (generated at upgrade time from the database being changed, never frozen into the revision).
     if target and capture_statement(op.kind, target) and _captured(operations, target):
         _run_reporting(operations, restore_statement(target) + ";")
     if op.grants:
-        run_sql(operations, op.grants.rstrip().rstrip(";") + ";")
+        run_sql(operations, op.grants.rstrip().rstrip(";") + ";", what=what)
     if op.with_data and op.kind == "matview":
-        run_sql(operations, f"REFRESH MATERIALIZED VIEW {op.name};")
+        run_sql(operations, f"REFRESH MATERIALIZED VIEW {op.name};", what=_context("refresh", op.kind, op.signature))
 
 
 @Operations.implementation_for(DropSamizdatOp)
 def _drop(operations: Operations, op: DropSamizdatOp) -> None:
     if op.drop is None:
         raise RuntimeError(f"cannot drop {op.kind} {op.name}: this revision holds no DROP statement for it")
+    what = _context("drop", op.kind, op.restore_signature)
     capture = capture_statement(op.kind, _target(op.drop) or "")
     if capture:
-        run_sql(operations, capture + ";")
+        run_sql(operations, capture + ";", what=what)
         if not operations.migration_context.as_sql:
             operations.get_bind().info.setdefault(_CAPTURED, set()).add(_target(op.drop))
-    run_sql(operations, op.drop.rstrip().rstrip(";") + ";")
+    run_sql(operations, op.drop.rstrip().rstrip(";") + ";", what=what)
 
 
 @Operations.implementation_for(RefreshSamizdatOp)
