@@ -701,6 +701,8 @@ class World:
         self.engine = engine
         #: User views on top of our objects: name -> (schema, the identity of ours it reads).
         self.user_views: dict[str, tuple[str, Ident]] = {}
+        #: Objects of ours changed by hand since the last sync (drift): the next sync recreates them.
+        self.hand_edited: set[Ident] = set()
         self.foreign: frozenset[tuple[Any, ...]] = frozenset()
         self.counter = 0
         self.resets = 0
@@ -720,7 +722,34 @@ class World:
         result = sync(self.engine, OTHER)
         assert result.applied == result.plan.actions
         self.user_views = {}
+        self.hand_edited = set()
         self.foreign = self.catalog().foreign
+
+    def hand_edit(self, model: Model, target: Obj) -> None:
+        """Change one of our objects behind the tool's back, the ways users do: a view replaced (same columns),
+        a function altered, a trigger disabled."""
+        if target.kind == "view":
+            with self.engine.begin() as conn:
+                definition = conn.execute(
+                    sa.text("SELECT pg_get_viewdef(CAST(:v AS regclass))"), {"v": qq(target.schema, target.name)}
+                ).scalar()
+                body = str(definition).strip().rstrip(";")
+                conn.exec_driver_sql(
+                    f"CREATE OR REPLACE VIEW {qq(target.schema, target.name)} AS SELECT * FROM ({body}) AS hand",
+                    execution_options={"no_parameters": True},
+                )
+        elif target.kind in ("function", "trigfunc"):
+            statement = f"ALTER FUNCTION {qq(target.schema, target.name)}({target.args}) COST 7"
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql(statement, execution_options={"no_parameters": True})
+        else:
+            schema, table = model.trigger_table(target)
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {qq(schema, table)} DISABLE TRIGGER {q(target.name)}",
+                    execution_options={"no_parameters": True},
+                )
+        self.hand_edited.add(model.ident(target))
 
     def add_user_view(self, model: Model, target: Obj, schema: str) -> None:
         self.counter += 1
@@ -752,7 +781,7 @@ class World:
                     reads.append(model.objs[o.target])
                 for d in reads:
                     dependents.setdefault(model.ident(d), set()).add(model.ident(o))
-        doomed = {i for i, fp in old_fp.items() if new_fp.get(i) != fp}
+        doomed = {i for i, fp in old_fp.items() if new_fp.get(i) != fp} | (self.hand_edited & set(old_fp))
         todo = list(doomed)
         while todo:
             for nxt in dependents.get(todo.pop(), ()):
@@ -783,6 +812,11 @@ class World:
                 self.drop_user_view(name)
         result = sync(self.engine, registry, discipline=discipline)
         assert result.committed and result.applied == result.plan.actions, result.summary()
+        # Every hand-edited object still declared was recreated (drift is reported, and sync puts it back).
+        recreated = {tuple(a.key) for a in result.applied if a.verb.value == "create"}
+        kept = {new.ident(o) for o in new.objs.values()}
+        assert self.hand_edited & kept <= recreated, f"not put back: {sorted((self.hand_edited & kept) - recreated)}"
+        self.hand_edited = set()
         self.verify(new, registry)
 
     def verify(self, model: Model, registry: SamizdatRegistry) -> None:
@@ -933,6 +967,12 @@ def test_random_registries_and_edits_converge(world: World, data: st.DataObject)
             world.add_user_view(model, target, data.draw(st.sampled_from(SCHEMAS)))
     edits = data.draw(st.integers(0, 5), label="edits")
     for _ in range(edits):
+        editable = [o for o in model.objs.values() if o.kind != "matview"]
+        if editable and data.draw(st.integers(0, 3), label="hand edit") == 0:
+            target = data.draw(st.sampled_from(editable), label="hand-edited")
+            event("an object was changed by hand")
+            note(f"hand edit of {model.ident(target)}")
+            world.hand_edit(model, target)
         new = model.copy()
         what = draw_edit(data.draw, new, world)
         note(f"edit: {what}\n{new.describe()}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import shutil
 import sys
 import uuid
 from collections.abc import Iterator
@@ -12,12 +10,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from alembic import command
-from alembic.config import Config
+from helpers import alembic_project
 
 from alembic_samizdat import SamizdatRegistry, sync
 from alembic_samizdat.cli import main
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "example_project"
 
 MODULE = '''
 from sqlalchemy import Column, Integer, MetaData, Table
@@ -185,18 +181,6 @@ def test_migration_file_does_the_same_capture(
     assert done.returncode == 0, done.stderr
     assert "mid_b" in done.stderr  # the lost index is reported by the server as a WARNING
     assert_kept(engine, reader, owner)
-
-
-def alembic_project(root: Path, module: str) -> Config:
-    """example_project's Alembic environment in ``root``, its env.py taking the metadata from ``module``."""
-    shutil.copy(EXAMPLE / "alembic.ini", root / "alembic.ini")
-    (root / "migrations" / "versions").mkdir(parents=True)
-    shutil.copy(EXAMPLE / "migrations" / "script.py.mako", root / "migrations" / "script.py.mako")
-    env = (EXAMPLE / "migrations" / "env.py").read_text().replace("from shop import", f"from {module} import")
-    (root / "migrations" / "env.py").write_text(env)
-    cfg = Config(str(root / "alembic.ini"), stdout=io.StringIO())
-    cfg.set_main_option("script_location", str(root / "migrations"))
-    return cfg
 
 
 def test_alembic_upgrade_and_downgrade_keep_them(

@@ -14,7 +14,7 @@ from typing import Any
 from alembic.operations import MigrateOperation, Operations
 from sqlalchemy.exc import DBAPIError
 
-from ..errors import InsufficientPrivilegeError, first_line
+from ..errors import ExecutionError, InsufficientPrivilegeError, first_line
 from ..execute import collect_notices, sqlstate
 from ..keys import Key
 from ..preserve import capture_statement, restore_statement
@@ -27,8 +27,8 @@ log = logging.getLogger("alembic.samizdat")
 def run_sql(operations: Operations, sql: str, *, what: PrivilegeContext | None = None) -> None:
     """Run a batch verbatim online; print it in offline (``--sql``) mode.
 
-    ``what`` describes the operation, so that a statement refused for lack of a privilege raises
-    :class:`InsufficientPrivilegeError` naming the privilege (other errors propagate as they are).
+    ``what`` describes the operation: a database error then raises :class:`ExecutionError` naming it (and
+    :class:`InsufficientPrivilegeError`, naming the privilege too, for a statement refused for lack of one).
     """
     context = operations.migration_context
     if context.as_sql:
@@ -39,11 +39,15 @@ def run_sql(operations: Operations, sql: str, *, what: PrivilegeContext | None =
         # no_parameters: psycopg must not parse '%' or ':' in the user's SQL, and may send several statements.
         bind.exec_driver_sql(sql, execution_options={"no_parameters": True})
     except DBAPIError as exc:
-        if what is None or sqlstate(exc) != INSUFFICIENT_PRIVILEGE:
+        if what is None:
             raise
+        label = f"{what.verb} {what.kind} {what.key.display() if what.key else ''}".rstrip()
+        if sqlstate(exc) != INSUFFICIENT_PRIVILEGE:
+            raise ExecutionError(
+                f"{label} failed: {first_line(exc)}. The migration's transaction is rolled back", sql=sql, action=label
+            ) from exc
         # Inside the migration's (now failed) transaction the server cannot be asked: the context tells.
         missing = missing_privilege(exc, what, bind)
-        label = f"{what.verb} {what.kind} {what.key.display() if what.key else ''}".rstrip()
         raise InsufficientPrivilegeError(
             f"{label} failed: {first_line(exc)}. {missing.sentence()}. The migration's transaction is rolled back",
             sql=sql,
