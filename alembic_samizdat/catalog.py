@@ -59,9 +59,10 @@ objs AS (
     LEFT JOIN pg_description d
         ON d.objoid = c.oid AND d.classoid = 'pg_class'::regclass AND d.objsubid = 0
     LEFT JOIN pg_rewrite rw ON rw.ev_class = c.oid AND rw.rulename = '_RETURN'
-    WHERE (c.relkind IN ('v', 'm') AND (left(d.description, :plen) = :prefix
-                                        OR (:adopt AND left(d.description, :dlen) = :dprefix)))
-       OR (n.nspname, c.relname) IN (SELECT s, n FROM wanted_rel)
+    WHERE c.relnamespace NOT IN ({system})
+      AND ((c.relkind IN ('v', 'm') AND (left(d.description, :plen) = :prefix
+                                         OR (:adopt AND left(d.description, :dlen) = :dprefix)))
+           OR (n.nspname, c.relname) IN (SELECT s, n FROM wanted_rel))
     UNION ALL
     SELECT 'pg_proc'::regclass, p.oid, 0::oid, 'function', n.nspname, p.proname,
            pg_get_function_identity_arguments(p.oid), d.description, true,
@@ -77,8 +78,9 @@ objs AS (
     JOIN pg_namespace n ON n.oid = p.pronamespace
     LEFT JOIN pg_description d
         ON d.objoid = p.oid AND d.classoid = 'pg_proc'::regclass AND d.objsubid = 0
-    WHERE left(d.description, :plen) = :prefix OR (:adopt AND left(d.description, :dlen) = :dprefix)
-       OR (n.nspname, p.proname) IN (SELECT s, n FROM wanted_fn)
+    WHERE p.pronamespace NOT IN ({system})
+      AND (left(d.description, :plen) = :prefix OR (:adopt AND left(d.description, :dlen) = :dprefix)
+           OR (n.nspname, p.proname) IN (SELECT s, n FROM wanted_fn))
     UNION ALL
     SELECT 'pg_trigger'::regclass, t.oid, 0::oid, 'trigger', n.nspname, t.tgname, c.relname,
            d.description, true, NULL::text, false, NULL::text, {moved_trigger}
@@ -87,7 +89,7 @@ objs AS (
     JOIN pg_namespace n ON n.oid = c.relnamespace
     LEFT JOIN pg_description d
         ON d.objoid = t.oid AND d.classoid = 'pg_trigger'::regclass AND d.objsubid = 0
-    WHERE NOT t.tgisinternal
+    WHERE NOT t.tgisinternal AND c.relnamespace NOT IN ({system})
       AND (left(d.description, :plen) = :prefix OR (:adopt AND left(d.description, :dlen) = :dprefix)
            OR (n.nspname, c.relname, t.tgname) IN (SELECT s, t, n FROM wanted_tg))
 ),
@@ -155,8 +157,13 @@ def _moved_column(xmin: str) -> str:
     return f"(left(d.description, :plen) = :prefix AND {xmin} <> d.xmin AND age({xmin}) < age(d.xmin))"
 
 
+# Nothing of ours lives in the system schemas, which hold most rows of pg_class, pg_proc and pg_description:
+# skipping them up front lets the planner look descriptions up by index instead of hashing them all.
+_SYSTEM_SCHEMAS = "'pg_catalog'::regnamespace, 'information_schema'::regnamespace, 'pg_toast'::regnamespace"
+
 CATALOG_SQL = (
-    _CATALOG_SQL.replace("{moved_relation}", _moved_column("rw.xmin"))
+    _CATALOG_SQL.replace("{system}", _SYSTEM_SCHEMAS)
+    .replace("{moved_relation}", _moved_column("rw.xmin"))
     .replace("{fp_function}", _fingerprint_column("p.oid", "d.description", "p.xmin"))
     .replace("{moved_function}", _moved_column("p.xmin"))
     .replace("{moved_trigger}", _moved_column("t.xmin"))
