@@ -10,10 +10,8 @@ stops with an error that mentions the flag.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -149,6 +147,10 @@ def adopt_unsigned(connection: Connection, graph: Graph, scope: str) -> AdoptRes
         for key in declared_hits(graph, other):
             if key not in state.managed:
                 candidates.append((key, other))
+    # Only adoption needs these: imported here so that every command importing the catalog does not pay for them.
+    import difflib
+    import uuid
+
     differences: dict[str, str] = {}
     for key, obj in candidates:
         item = graph.nodes[key]
@@ -168,7 +170,7 @@ def adopt_unsigned(connection: Connection, graph: Graph, scope: str) -> AdoptRes
     if differences:
         raise AdoptionRefusedError(differences)
     for key, _ in candidates:
-        send(connection, sign_statement(graph.nodes[key], scope))
+        send(connection, sign_statement(graph.nodes[key], scope, graph.deps.get(key, ())))
     found = {key for key, _ in candidates}
     missing = tuple(k for k in graph.order if k not in found and k not in state.managed)
     return AdoptResult(tuple(k for k in graph.order if k in found), missing)

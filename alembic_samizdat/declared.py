@@ -6,13 +6,23 @@ works on it and never on the class again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import threading
+import weakref
+from collections.abc import Iterable, Mapping, MutableMapping, MutableSequence, MutableSet
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from .errors import DeclarationError
 from .identifiers import check_identifier, qualified, quote_ident
 from .keys import Key, Kind
-from .model import Reference, Samizdat, SamizdatFunction, SamizdatMaterializedView, SamizdatTrigger
+from .model import (
+    Reference,
+    Samizdat,
+    SamizdatFunction,
+    SamizdatMaterializedView,
+    SamizdatTrigger,
+    class_generation,
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,90 @@ class Declared:
         if self.kind is Kind.FUNCTION:
             return f"FUNCTION {qualified(self.key.schema, self.key.name)}({self.key.extra})"
         return f"{self.kind.sql_name} {qualified(self.key.schema, self.key.name)}"
+
+
+_CONTAINERS = (MutableSet, MutableMapping, MutableSequence)
+#: Types whose values never change in place; tested first because isinstance() against ABCs is slow.
+_PLAIN = frozenset({str, bytes, int, float, bool, type(None), frozenset, tuple, classmethod, staticmethod, property})
+
+
+def _is_container(value: object) -> bool:
+    kind = type(value)
+    if kind is set or kind is dict or kind is list:
+        return True
+    return kind not in _PLAIN and not isinstance(value, type) and isinstance(value, _CONTAINERS)
+
+
+def _snapshot(value: object) -> object:
+    """A copy of ``value`` that compares equal to it (``==``) for as long as its contents do not change."""
+    if isinstance(value, type) or (type(value) in _PLAIN and not isinstance(value, tuple | frozenset)):
+        return value
+    if isinstance(value, AbstractSet):
+        # Members of a set are hashable, hence (for anything declare() reads) immutable.
+        return frozenset(value)
+    if isinstance(value, Mapping):
+        return {key: _snapshot(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_snapshot(item) for item in value)
+    if isinstance(value, MutableSequence):
+        return [_snapshot(item) for item in value]
+    return value
+
+
+def _own_containers(klass: type) -> tuple[object, ...]:
+    """The set, list and dict values in ``klass``'s own namespace (dunder names aside)."""
+    return tuple(value for name, value in klass.__dict__.items() if _is_container(value) and not name.startswith("__"))
+
+
+# The containers of base classes, shared by all their subclasses: found once per class generation (a
+# container is replaced only by an assignment, which the generation counts).
+_BASE_CONTAINERS: weakref.WeakKeyDictionary[type, tuple[int, tuple[object, ...]]] = weakref.WeakKeyDictionary()
+
+
+def _containers(cls: type[Samizdat], generation: int) -> tuple[tuple[object, object], ...]:
+    """The mutable containers among ``cls``'s attributes (its own and inherited), each with a snapshot.
+
+    Assignments are counted by the metaclass; in-place changes (``V.deps_on.add(W)``, ``V.grants["r"] = …``)
+    are not, so these are compared by content on every use of a memoized declaration.
+    """
+    found = list(_own_containers(cls))
+    for klass in cls.__mro__[1:-1]:  # not ``object``
+        cached = _BASE_CONTAINERS.get(klass)
+        if cached is None or cached[0] != generation:
+            cached = (generation, _own_containers(klass))
+            _BASE_CONTAINERS[klass] = cached
+        found.extend(cached[1])
+    return tuple((value, _snapshot(value)) for value in found)
+
+
+# Per class: (class generation, snapshots of its mutable attributes, its Declared). Weak keys: classes made in a
+# function (tests, generated modules) are forgotten with them.
+_MEMO: weakref.WeakKeyDictionary[type[Samizdat], tuple[int, tuple[tuple[object, object], ...], Declared]] = (
+    weakref.WeakKeyDictionary()
+)
+_MEMO_LOCK = threading.Lock()
+
+
+def declared_of(cls: type[Samizdat]) -> Declared:
+    """:func:`declare`, memoized per class for as long as the class stays the same.
+
+    A class counts as changed when any samizdat class had an attribute assigned or deleted since (see
+    :func:`~alembic_samizdat.model.class_generation`), or when the contents of one of its set, list or dict
+    attributes changed. The rendered SQL and the definition hash are then computed again. Not tracked: state
+    outside the class that an overridden classmethod reads (a module global, a file).
+    """
+    generation = class_generation()
+    with _MEMO_LOCK:
+        entry = _MEMO.get(cls)
+    if entry is not None and entry[0] == generation and all(value == snap for value, snap in entry[1]):
+        return entry[2]
+    # Snapshot first: a change made while declaring then shows on the next use instead of hiding in the memo.
+    with _MEMO_LOCK:
+        containers = _containers(cls, generation)
+    item = declare(cls)
+    with _MEMO_LOCK:
+        _MEMO[cls] = (generation, containers, item)
+    return item
 
 
 def _table_refs(entries: object, owner: type[Samizdat], attribute: str) -> tuple[tuple[str, str], ...]:

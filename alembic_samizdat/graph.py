@@ -7,12 +7,13 @@ and every query is O(V+E) (plus a log factor for the ordering heap).
 from __future__ import annotations
 
 import heapq
-from collections import defaultdict, deque
+import threading
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from . import autorefresh
-from .declared import Declared, declare
+from .declared import Declared, declared_of
 from .errors import (
     CycleError,
     DanglingReferenceError,
@@ -175,9 +176,44 @@ class _Resolver:
         )
 
 
+#: Graphs of the last few sets of classes (one per registry and scope in a typical process).
+_GRAPHS: OrderedDict[tuple[type[Samizdat], ...], tuple[tuple[Declared, ...], Graph]] = OrderedDict()
+_GRAPHS_KEPT = 8
+_GRAPHS_LOCK = threading.Lock()
+
+
+def graph_of(classes: Iterable[type[Samizdat]]) -> Graph:
+    """:func:`build_graph`, memoized: the same classes, in the same order, declaring the same objects (see
+    :func:`~alembic_samizdat.declared.declared_of`) give the same graph without building it again.
+
+    Any other set of classes (one added, one replaced by a new class of the same name) or a class that changed
+    builds a new graph; the last few graphs are kept.
+    """
+    key = tuple(classes)
+    declared = tuple(declared_of(cls) for cls in key)
+    with _GRAPHS_LOCK:
+        hit = _GRAPHS.get(key)
+        if hit is not None:
+            _GRAPHS.move_to_end(key)
+    # Declarations are compared by identity: declared_of returns the very same object while a class is unchanged.
+    if hit is not None and len(hit[0]) == len(declared) and all(a is b for a, b in zip(hit[0], declared, strict=True)):
+        return hit[1]
+    graph = _build(declared)
+    with _GRAPHS_LOCK:
+        _GRAPHS[key] = (declared, graph)
+        _GRAPHS.move_to_end(key)
+        while len(_GRAPHS) > _GRAPHS_KEPT:
+            _GRAPHS.popitem(last=False)
+    return graph
+
+
 def build_graph(classes: Iterable[type[Samizdat]]) -> Graph:
     """Declare, resolve and check ``classes``; generate their sidekicks; return the ordered graph."""
-    declared = [declare(cls) for cls in classes]
+    return _build([declared_of(cls) for cls in classes])
+
+
+def _build(declared: Iterable[Declared]) -> Graph:
+    declared = list(declared)
     _check_duplicates(declared)
     resolver = _Resolver(declared)
     deps: dict[Key, tuple[Key, ...]] = {}

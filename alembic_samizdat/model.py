@@ -40,8 +40,33 @@ class _Identity(str):
         return str(self)
 
 
+_generation = 0
+
+
+def class_generation() -> int:
+    """A counter bumped whenever an attribute of any samizdat class is set or deleted after its creation.
+
+    Memoized declarations (:func:`alembic_samizdat.declared.declared_of`) compare it to know that no class was
+    reassigned since they were made.
+    """
+    return _generation
+
+
 class SamizdatMeta(type):
-    """Metaclass giving samizdat classes their read-only class properties ``fq`` and ``db_object_identity``."""
+    """Metaclass giving samizdat classes their read-only class properties ``fq`` and ``db_object_identity``,
+    and counting changes to their attributes (see :func:`class_generation`)."""
+
+    def __setattr__(cls, name: str, value: object) -> None:
+        # Any assignment may change what the class declares (a template, a dependency, an overridden
+        # classmethod, its name…): every memoized declaration is re-checked against the class on next use.
+        global _generation
+        super().__setattr__(name, value)
+        _generation += 1
+
+    def __delattr__(cls, name: str) -> None:
+        global _generation
+        super().__delattr__(name)
+        _generation += 1
 
     @property
     def fq(cls) -> FQTuple:

@@ -59,7 +59,6 @@ class SamizdatRegistry:
                 "register the concrete classes derived from it"
             )
         self._classes[cls] = None
-        self._graph = None
         return cls
 
     def with_scope(self, scope: str) -> SamizdatRegistry:
@@ -109,15 +108,16 @@ class SamizdatRegistry:
         """Registered classes by database identity."""
         return {cls.key(): cls for cls in self._classes}
 
-    _graph: Graph | None = None
-
     def graph(self) -> Graph:
-        """The checked dependency graph (cached until the next registration)."""
-        if self._graph is None:
-            from .graph import build_graph
+        """The checked dependency graph of the registered classes.
 
-            self._graph = build_graph(self._classes)
-        return self._graph
+        Memoized (see :func:`~alembic_samizdat.graph.graph_of`): while the classes stay the same, every call
+        after the first costs a check of the classes, not a new graph; registering a class, or changing one,
+        builds it again. The graph does not depend on the scope, so copies made by :meth:`with_scope` share it.
+        """
+        from .graph import graph_of
+
+        return graph_of(self._classes)
 
 
 _FILE_MODULES: dict[str, object] = {}
