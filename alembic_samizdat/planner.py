@@ -261,6 +261,12 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
         for dep in graph.deps.get(key, ()):
             if dep in to_drop:
                 drop_deps[key].add(dep)
+        # What it depended on when signed: PostgreSQL records no dependency for calls in a SQL function's body,
+        # and an object no longer declared has no deps_on left; a downgrade recreates in the reverse order.
+        signed = managed[key].signature
+        for dep in signed.deps if signed is not None else ():
+            if dep in to_drop:
+                drop_deps[key].add(dep)
     order = topological_order(to_drop, drop_deps)
     if order is None:
         # Declarations contradict the catalog; the catalog is what DROP obeys.
@@ -272,7 +278,14 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
         order = topological_order(to_drop, catalog_only) or sorted(to_drop)
     actions: list[Action] = [
         # Unchanged since DBSamizdat created it: only our signature replaces DBSamizdat's, nothing is dropped.
-        Action(Verb.ADOPT, d.key, d.kind, d.label, (sign_statement(graph.nodes[d.key], state.scope),), d.what.value)
+        Action(
+            Verb.ADOPT,
+            d.key,
+            d.kind,
+            d.label,
+            (sign_statement(graph.nodes[d.key], state.scope, graph.deps.get(d.key, ())),),
+            d.what.value,
+        )
         for d in differences
         if d.what is DiffKind.ADOPTABLE and d.key not in to_drop
     ]
@@ -302,7 +315,7 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
     scope = state.scope
     for key in to_create:
         item = graph.nodes[key]
-        statements: tuple[str, ...] = (item.sql, sign_statement(item, scope))
+        statements: tuple[str, ...] = (item.sql, sign_statement(item, scope, graph.deps.get(key, ())))
         if key in recreated and capture_statement(managed[key].kind, managed[key].comment_target()):
             statements = (*statements, restore_statement(managed[key].comment_target()))
         if item.grants or key in managed:
@@ -364,7 +377,10 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
             continue
         to_grant, to_revoke, resign = grant_changes(item, managed[key])
         if to_grant or to_revoke or resign:
-            statements = (*grant_statements(item, to_grant, to_revoke), sign_statement(item, scope))
+            statements = (
+                *grant_statements(item, to_grant, to_revoke),
+                sign_statement(item, scope, graph.deps.get(key, ())),
+            )
             actions.append(Action(Verb.GRANT, key, item.kind.value, item.label, statements, "grants differ", item))
     return Plan(tuple(differences), tuple(actions), tuple(undeclared_dependency_warnings(graph, state)))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .declared import Declared
@@ -32,6 +33,9 @@ class Signature:
     sql: str | None = None
     #: The grants declared when it was signed.
     grants: tuple[tuple[str, str], ...] = ()
+    #: The managed objects it depended on when it was signed (as declared), so that objects no longer
+    #: declared are still dropped dependents first, and a downgrade recreates them in their old order.
+    deps: tuple[Key, ...] = ()
     #: The transaction id of the catalog row holding the definition when it was signed (see :mod:`.drift`).
     dx: str | None = None
     #: The fingerprint of the catalog's own definition when it was signed; ``None`` for objects signed
@@ -54,8 +58,8 @@ def definition_hash(declared: Declared) -> str:
     return str(cached)
 
 
-def signature_text(declared: Declared, scope: str, *, include_sql: bool = True) -> str:
-    """The JSON text of the comment signing ``declared`` for ``scope``.
+def signature_text(declared: Declared, scope: str, *, include_sql: bool = True, deps: Iterable[Key] = ()) -> str:
+    """The JSON text of the comment signing ``declared`` for ``scope``; ``deps`` are its resolved dependencies.
 
     Without ``include_sql`` the text is what a revision script stores; :func:`with_sql` completes it.
     """
@@ -70,6 +74,10 @@ def signature_text(declared: Declared, scope: str, *, include_sql: bool = True) 
     if declared.grants:
         # What we granted, so that grants dropped from the declaration are revoked (and only those).
         body["grants"] = [list(g) for g in declared.grants]
+    recorded = sorted({tuple(k) for k in deps})
+    if recorded:
+        # Not part of the hash: only the order of drops (and of a downgrade's creates) reads it.
+        body["deps"] = [list(k) for k in recorded]
     if include_sql:
         # The rendered template, so that an Alembic downgrade can restore exactly what was replaced.
         body["sql"] = declared.sql
@@ -97,9 +105,9 @@ def without_sql(signature: str) -> tuple[str, str | None]:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=True), sql
 
 
-def sign_statement(declared: Declared, scope: str) -> str:
+def sign_statement(declared: Declared, scope: str, deps: Iterable[Key] = ()) -> str:
     """The statement that signs ``declared`` for ``scope`` (see :func:`stamp_statement`)."""
-    return stamp_statement(declared.comment_target(), declared.key, signature_text(declared, scope))
+    return stamp_statement(declared.comment_target(), declared.key, signature_text(declared, scope, deps=deps))
 
 
 #: The fingerprint of a function's definition as the catalog holds it; ``{oid}`` is the function's oid.
@@ -201,10 +209,18 @@ def parse(comment: str) -> Signature:
     ):
         raise MalformedSignature("grants must be a list of [role, privilege] pairs")
     grants = tuple(sorted((str(g[0]), str(g[1])) for g in raw_grants))
+    raw_deps = body.get("deps", [])
+    if not (
+        isinstance(raw_deps, list)
+        and all(isinstance(d, list) and len(d) == 4 and all(isinstance(x, str) for x in d) for d in raw_deps)
+    ):
+        raise MalformedSignature("deps must be a list of keys")
     dx, fp = body.get("dx"), body.get("fp")
     if not (isinstance(dx, str | None) and isinstance(fp, str | None)):
         raise MalformedSignature("dx and fp must be strings")
-    return Signature(scope, parsed_kind, Key(*key), digest, stale, sql, grants, dx, fp)
+    return Signature(
+        scope, parsed_kind, Key(*key), digest, stale, sql, grants, tuple(Key(*d) for d in raw_deps), dx, fp
+    )
 
 
 #: What :func:`mark_stale_statement` appends to a signature.

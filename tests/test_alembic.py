@@ -302,3 +302,47 @@ def test_with_data_false_leaves_the_view_empty_until_refresh(project: Project, e
         assert conn.exec_driver_sql(populated, ("CustomerTotals",)).scalar() is True
     # An empty with_data=False view is not a difference.
     assert ops_in(project.revision("noop")) == []
+
+
+RENAMED_CALLEE = """
+from sqlalchemy import MetaData
+
+from alembic_samizdat import SamizdatFunction, SamizdatRegistry
+
+metadata = MetaData()
+registry = SamizdatRegistry(metadata)
+
+
+class {callee}(SamizdatFunction):
+    function_arguments_signature = "a integer, b integer"
+    sql_template = "${{preamble}} RETURNS integer LANGUAGE sql AS $$ SELECT a + b $$"
+
+
+class outer(SamizdatFunction):
+    deps_on = {{{callee}}}
+    sql_template = "${{preamble}} RETURNS integer LANGUAGE sql AS $$ SELECT public.{callee}(1, 2) $$"
+
+
+registry.register_all({callee}, outer)
+"""
+
+
+def test_downgrade_recreates_in_the_old_dependency_order(project: Project, engine: sa.Engine) -> None:
+    """A SQL function's calls leave no trace in pg_depend: the order in which a downgrade recreates a callee that
+    the upgrade removed, and its old caller, comes from the dependencies the signatures recorded (the callee's
+    name sorts after the caller's, so that no accidental order saves the test)."""
+    project.write(textwrap.dedent(RENAMED_CALLEE.format(callee="zz_add")))
+    project.revision("v1")
+    project.upgrade()
+    project.write(textwrap.dedent(RENAMED_CALLEE.format(callee="zz_sum")))
+    script = project.revision("v2")
+    # The old caller is dropped before the callee it called (which is no longer declared).
+    upgrade = script.split("def upgrade()")[1].split("def downgrade()")[0]
+    assert upgrade.index('"public"."outer"()') < upgrade.index('"public"."zz_add"(a integer, b integer)')
+    project.upgrade()
+    project.downgrade("-1")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT public.outer()").scalar() == 3
+        assert conn.exec_driver_sql("SELECT to_regproc('public.zz_sum') IS NULL").scalar() is True
+    project.upgrade()
+    project.check()

@@ -122,7 +122,7 @@ def plan_to_ops(plan: Plan, graph: Graph, state: DatabaseState) -> tuple[list[An
                     item.kind.value,
                     name,
                     item.sql,
-                    signature=signature_text(item, state.scope, include_sql=False),
+                    signature=signature_text(item, state.scope, include_sql=False, deps=graph.deps.get(item.key, ())),
                     drop=item.drop_statement(),
                     with_data=item.kind is Kind.MATVIEW and item.with_data,
                     grants="\n;\n".join(st for st in action.statements if st.startswith(("GRANT ", "REVOKE "))) or None,
