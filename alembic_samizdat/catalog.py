@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from . import signature as sig
 from .adopt import DBSAMIZDAT_PREFIX, HASH_PREFIX, dbsamizdat_hash_of_comment, is_dbsamizdat
 from .errors import CatalogReadError
-from .identifiers import qualified, quote_ident
+from .identifiers import qualified, quote_ident, quote_literal
 from .keys import Key, Kind, normalize_signature
 
 _KINDS = {"view": Kind.VIEW, "matview": Kind.MATVIEW, "function": Kind.FUNCTION, "trigger": Kind.TRIGGER}
@@ -330,12 +332,36 @@ def read_state(
         "fp_key": sig.FP_KEY,
     }
     try:
-        rows = connection.execute(text(CATALOG_SQL), params).all()
+        # Sent with its values written in as literals: psycopg caches the parsing of placeholders only for
+        # queries under 4 kB, and this one is longer (re-parsing it cost a few ms per read).
+        sql = _inline(CATALOG_SQL, params)
+        rows = connection.exec_driver_sql(sql, execution_options={"no_parameters": True}).all()
     except DBAPIError as exc:
         orig = getattr(exc, "orig", exc)
         reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
         raise CatalogReadError(f"reading the catalog failed: {reason}. Nothing was changed by this run") from exc
     return build_state(scope, rows, adopt_keys=wanted_list if adopt else None)
+
+
+#: A ``:name`` placeholder (not the second colon of a ``::`` cast).
+_PLACEHOLDER = re.compile(r"(?<![:\w]):([a-z_]+)\b")
+
+
+def _literal(value: object) -> str:
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return quote_literal(value)
+    if isinstance(value, list):
+        return f"ARRAY[{', '.join(quote_literal(str(v)) for v in value)}]::text[]"
+    raise TypeError(f"no SQL literal for {value!r}")
+
+
+def _inline(sql: str, params: Mapping[str, object]) -> str:
+    """``sql`` with every ``:name`` replaced by the literal of ``params[name]`` (quoted by the library)."""
+    return _PLACEHOLDER.sub(lambda m: _literal(params[m.group(1)]), sql)
 
 
 def _adopted(
@@ -355,6 +381,32 @@ def _adopted(
         chosen = exact or (same if len(same) == 1 else [])
         key = chosen[0] if chosen else Key(namespace, schema, name, extra)
     return sig.Signature(scope, _KINDS[kind], key, HASH_PREFIX + digest)
+
+
+#: Parsed signatures by comment text: a signature is an immutable value of its text, and most runs read the
+#: same comments again (a JSON parse per object is most of the Python cost of a no-op read).
+_PARSED: dict[str, sig.Signature | str] = {}
+_PARSED_KEPT = 100_000
+
+
+def _parse(comment: str) -> sig.Signature | str:
+    """The signature in ``comment``, or why it cannot be trusted."""
+    hit = _PARSED.get(comment)
+    if hit is None:
+        try:
+            hit = sig.parse(comment)
+        except sig.MalformedSignature as exc:
+            hit = str(exc)
+        if len(_PARSED) >= _PARSED_KEPT:
+            _PARSED.clear()
+        _PARSED[comment] = hit
+    return hit
+
+
+@lru_cache(maxsize=4096)
+def _grants(acl: str) -> frozenset[tuple[str, str]]:
+    # Most objects carry the same few ACLs ('[]', PUBLIC EXECUTE): parsed once each.
+    return frozenset((str(g[0]), str(g[1])) for g in json.loads(acl))
 
 
 def build_state(
@@ -383,10 +435,11 @@ def build_state(
         key_extra = extra
         if sig.is_ours(comment):
             assert comment is not None
-            try:
-                signature = sig.parse(comment)
-            except sig.MalformedSignature as exc:
-                malformed = str(exc)
+            parsed = _parse(comment)
+            if isinstance(parsed, sig.Signature):
+                signature = parsed
+            else:
+                malformed = parsed
         elif adopt_keys is not None and is_dbsamizdat(comment):
             assert comment is not None
             signature = _adopted(comment, namespace, kind, schema, name, extra, scope, adopt_keys)
@@ -399,7 +452,7 @@ def build_state(
                 # Renamed behind our back: still ours, but under its real name, so it reads as excess.
                 key_extra = extra if namespace != "function" else signature.key.extra + "\x00renamed"
         acl = row[13] if len(row) > 13 else None
-        grants = frozenset((str(g[0]), str(g[1])) for g in json.loads(str(acl))) if acl is not None else None
+        grants = _grants(str(acl)) if acl is not None else None
         obj = DbObject(
             Key(namespace, schema, name, key_extra),
             kind,

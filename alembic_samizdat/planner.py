@@ -168,6 +168,8 @@ def grant_changes(
     Only grants this registry declared (now, or when it signed the object) are ever revoked; any other grant
     is left alone.
     """
+    if not item.grants and (obj is None or obj.signature is None or not obj.signature.grants):
+        return (), (), False  # nothing declared, now or when signed: the common case, answered at once
     desired = set(item.grants)
     previous = set(obj.signature.grants) if obj is not None and obj.signature is not None else set()
     if obj is None or obj.grants is None:

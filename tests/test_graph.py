@@ -688,3 +688,19 @@ def test_checkpoint_units_join_a_captured_drop_to_its_create() -> None:
     assert [len(u) for u in checkpoint_units(plain)] == [1, 1, 1]
     # A captured drop that is not recreated (no longer declared) stays alone.
     assert [len(u) for u in checkpoint_units([_act(drop, "gone", captures=True), _act(create, "b")])] == [1, 1]
+
+
+def test_reading_the_same_comments_twice_gives_the_same_verdicts() -> None:
+    # Parsed signatures are kept by comment text: the second read must trust and distrust exactly as the first.
+    good = obj_row(None, oid=1, kind="view", schema="public", name="v", comment=None)
+    declared = make_registry(*P_CLASSES).graph().nodes
+    base = next(k for k in declared if k.name == "PBase")
+    signed = obj_row(declared[base], oid=2)
+    broken = obj_row(None, oid=3, kind="view", schema="public", name="b", comment='{"alembic_samizdat": [')
+    for _ in range(2):
+        state = state_of([good, signed, broken])
+        assert list(state.managed) == [base]
+        assert state.managed[base].signature is not None
+        by_name = {o.key.name: o for o in state.others}
+        assert by_name["b"].malformed is not None and by_name["b"].signature is None
+        assert by_name["v"].signature is None and by_name["v"].malformed is None
