@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 
 from .adopt import ADOPTABLE, AdoptResult, adopt_unsigned
 from .catalog import DatabaseState, read_state
-from .errors import DatabaseStateError, ExecutionError, SamizdatError, first_line
+from .errors import ExecutionError, SamizdatError, first_line
 from .execute import (
     LOCK_KEY,
     Discipline,
@@ -39,6 +39,7 @@ from .planner import (
     Plan,
     checkpoint_units,
     diff,
+    in_sync,
     plan_nuke,
     plan_sync,
     undeclared_dependency_warnings,
@@ -213,15 +214,12 @@ def _run_inner(
     def nothing_to_do(connection: Connection) -> Plan | None:
         # Most runs change nothing: one catalog read, no lock. Anything to do (or any doubt) is planned again
         # under the advisory lock, so concurrent runs never act on each other's half-finished state.
-        try:
-            state = (
-                read_state(connection, registry.scope, graph.nodes, dependents=False, adopt=adopt) if graph else None
-            )
-            quick = plan_sync(graph, state) if graph is not None and state is not None else None
-        except DatabaseStateError:
+        if graph is None:
             return None
-        if quick is None or quick.actions:
-            return None
+        state = read_state(connection, registry.scope, graph.nodes, dependents=False, adopt=adopt)
+        if not in_sync(graph, state):
+            return None  # planned (or refused) under the lock, from a full read
+        quick = Plan((), ())
         if on_plan is not None:
             on_plan(quick)
         return quick

@@ -221,6 +221,15 @@ def diff(graph: Graph, state: DatabaseState) -> list[Difference]:
     return out
 
 
+def in_sync(graph: Graph, state: DatabaseState) -> bool:
+    """Whether :func:`plan_sync` would have nothing to do (and nothing to refuse), without building the plan.
+
+    Every action of a plan answers a difference (a refresh too: an unpopulated or stale view is one), so no
+    differences and no clashes mean an empty plan; working that out costs a fraction of planning a big change.
+    """
+    return not _clashes(graph, state) and not diff(graph, state)
+
+
 def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) -> Plan:
     """The plan that makes the database match ``graph``; raises before anything when it cannot be done safely.
 
