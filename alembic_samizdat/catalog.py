@@ -390,24 +390,15 @@ def _adopted(
     return sig.Signature(scope, _KINDS[kind], key, HASH_PREFIX + digest)
 
 
-#: Parsed signatures by comment text: a signature is an immutable value of its text, and most runs read the
-#: same comments again (a JSON parse per object is most of the Python cost of a no-op read).
-_PARSED: dict[str, sig.Signature | str] = {}
-_PARSED_KEPT = 100_000
-
-
+# Kept by comment text: a signature is an immutable value of its text, and most runs read the same comments
+# again (a JSON parse per object is most of the Python cost of a no-op read).
+@lru_cache(maxsize=65536)
 def _parse(comment: str) -> sig.Signature | str:
     """The signature in ``comment``, or why it cannot be trusted."""
-    hit = _PARSED.get(comment)
-    if hit is None:
-        try:
-            hit = sig.parse(comment)
-        except sig.MalformedSignature as exc:
-            hit = str(exc)
-        if len(_PARSED) >= _PARSED_KEPT:
-            _PARSED.clear()
-        _PARSED[comment] = hit
-    return hit
+    try:
+        return sig.parse(comment)
+    except sig.MalformedSignature as exc:
+        return str(exc)
 
 
 @lru_cache(maxsize=4096)

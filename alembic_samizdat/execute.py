@@ -18,7 +18,6 @@ from sqlalchemy.exc import DBAPIError
 from .errors import (
     ExecutionError,
     FunctionSignatureMismatchError,
-    InsufficientPrivilegeError,
     LockTimeoutError,
     SamizdatError,
     first_line,
@@ -75,13 +74,10 @@ def _describe_failure(
     if sqlstate(exc) == INSUFFICIENT_PRIVILEGE:
         context = PrivilegeContext.of(action) if action is not None else PrivilegeContext()
         missing = missing_privilege(exc, context, connection)
-        return InsufficientPrivilegeError(
+        return missing.error(
             f"{message}. {missing.sentence()}. Nothing of this action was kept",
             sql=sql,
             action=action.describe() if action else "",
-            privilege=missing.privilege,
-            role=missing.role,
-            fix=missing.fix,
         )
     if sqlstate(exc) == "55P03":
         return LockTimeoutError(

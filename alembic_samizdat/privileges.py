@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 
-from .errors import first_line
+from .errors import InsufficientPrivilegeError, first_line
 from .identifiers import qualified, quote_ident
 from .keys import Key
 
@@ -91,6 +91,12 @@ class MissingPrivilege:
         """``Role "m" lacks CREATE on schema "s"; fix: GRANT …`` (first letter capitalised)."""
         text = f"{self.who} lacks {self.privilege}{self.why}; fix: {self.fix}"
         return text[:1].upper() + text[1:]
+
+    def error(self, message: str, *, sql: str, action: str) -> InsufficientPrivilegeError:
+        """The error to raise: ``message`` (which should include :meth:`sentence`) with this privilege's parts."""
+        return InsufficientPrivilegeError(
+            message, sql=sql, action=action, privilege=self.privilege, role=self.role, fix=self.fix
+        )
 
 
 def _asker(connection: Connection | None) -> tuple[Ask | None, str | None, int]:

@@ -185,14 +185,7 @@ class _Run:
         item = self.graph.nodes[key]
         context = PrivilegeContext("refresh", key, item.kind.value, (*item.unmanaged, *item.refresh_triggers))
         missing = missing_privilege(exc, context, connection, role=role, server_version=server_version)
-        return InsufficientPrivilegeError(
-            missing.sentence(),
-            sql=self.actions[key].sql,
-            action=self.actions[key].describe(),
-            privilege=missing.privilege,
-            role=missing.role,
-            fix=missing.fix,
-        )
+        return missing.error(missing.sentence(), sql=self.actions[key].sql, action=self.actions[key].describe())
 
     def premark_error(
         self,
@@ -209,13 +202,10 @@ class _Run:
         views = tuple((k.schema, k.name) for k in self.schedule.order)
         context = PrivilegeContext("mark", None, "matview", views)
         missing = missing_privilege(exc, context, connection, role=role, server_version=server_version)
-        return InsufficientPrivilegeError(
+        return missing.error(
             f"{message}. {missing.sentence()}. Nothing was refreshed",
             sql=self.premark,
             action="mark the views to refresh",
-            privilege=missing.privilege,
-            role=missing.role,
-            fix=missing.fix,
         )
 
     @property

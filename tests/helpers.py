@@ -66,10 +66,10 @@ def trigger(name: str, template: str = "${preamble} FOR EACH ROW EXECUTE FUNCTIO
 
 
 def run_sql(engine: sa.Engine, *statements: str) -> None:
-    """Run statements in one committed transaction."""
+    """Run statements verbatim in one committed transaction (``%`` is PostgreSQL's, not psycopg's)."""
     with engine.begin() as conn:
         for statement in statements:
-            conn.exec_driver_sql(statement)
+            conn.exec_driver_sql(statement, execution_options={"no_parameters": True})
 
 
 def scalar(engine: sa.Engine, query: str, params: dict[str, Any] | None = None) -> Any:

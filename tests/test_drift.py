@@ -23,15 +23,9 @@ from alembic_samizdat.keys import Key
 from alembic_samizdat.pgserver import ThrowawayServerError, find_binaries
 from alembic_samizdat.planner import DiffKind
 from alembic_samizdat.signature import mark_stale_statement
-from tests.helpers import function, make_registry, matview, rows, scalar, trigger, view
+from tests.helpers import function, make_registry, matview, rows, run_sql, scalar, trigger, view
 
 BASE = "CREATE TABLE items (id int PRIMARY KEY, price numeric NOT NULL); INSERT INTO items VALUES (1, 10), (2, 20)"
-
-
-def run_sql(engine: sa.Engine, sql: str) -> None:
-    """Run ``sql`` verbatim (``%`` in format() calls is PostgreSQL's, not psycopg's)."""
-    with engine.begin() as conn:
-        conn.exec_driver_sql(sql, execution_options={"no_parameters": True})
 
 
 def registry() -> SamizdatRegistry:

@@ -14,7 +14,7 @@ from typing import Any
 from alembic.operations import MigrateOperation, Operations
 from sqlalchemy.exc import DBAPIError
 
-from ..errors import ExecutionError, InsufficientPrivilegeError, first_line
+from ..errors import ExecutionError, first_line
 from ..execute import collect_notices, sqlstate
 from ..keys import Key
 from ..preserve import capture_statement, restore_statement
@@ -48,13 +48,10 @@ def run_sql(operations: Operations, sql: str, *, what: PrivilegeContext | None =
             ) from exc
         # Inside the migration's (now failed) transaction the server cannot be asked: the context tells.
         missing = missing_privilege(exc, what, bind)
-        raise InsufficientPrivilegeError(
+        raise missing.error(
             f"{label} failed: {first_line(exc)}. {missing.sentence()}. The migration's transaction is rolled back",
             sql=sql,
             action=label,
-            privilege=missing.privilege,
-            role=missing.role,
-            fix=missing.fix,
         ) from exc
 
 
