@@ -320,17 +320,20 @@ class Workload:
 
     def write(self, directory: Path, flavours: Iterable[Flavour] = ("samizdat", "dbsamizdat")) -> WorkloadFiles:
         """Write setup SQL and the modules (base and every variant) into ``directory``."""
-        directory.mkdir(parents=True, exist_ok=True)
-        setup = directory / "setup.sql"
-        setup.write_text(self.setup_sql(), encoding="utf-8")
-        modules: dict[tuple[Flavour, str], Path] = {}
-        for flavour in flavours:
-            short = {"samizdat": "sz", "dbsamizdat": "dbsz", "compat": "compat"}[flavour]
-            for variant in (None, *VARIANTS):
-                path = directory / f"{short}_n{self.n}_{variant or 'base'}.py"
-                path.write_text(self.module(flavour, variant), encoding="utf-8")
-                modules[(flavour, variant or "base")] = path
-        return WorkloadFiles(directory, setup, modules)
+        return _write_files(
+            directory,
+            self.setup_sql(),
+            (
+                (
+                    flavour,
+                    variant or "base",
+                    f"{_SHORT[flavour]}_n{self.n}_{variant or 'base'}.py",
+                    self.module(flavour, variant),
+                )
+                for flavour in flavours
+                for variant in (None, *VARIANTS)
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -430,16 +433,31 @@ class HeavyWorkload:
 
     def write(self, directory: Path, flavours: Iterable[Flavour] = ("samizdat", "dbsamizdat")) -> WorkloadFiles:
         """Write the (empty) setup SQL and one module per flavour."""
-        directory.mkdir(parents=True, exist_ok=True)
-        setup = directory / "setup.sql"
-        setup.write_text(self.setup_sql(), encoding="utf-8")
-        modules: dict[tuple[Flavour, str], Path] = {}
-        for flavour in flavours:
-            short = {"samizdat": "sz", "dbsamizdat": "dbsz", "compat": "compat"}[flavour]
-            path = directory / f"{short}_heavy_w{self.width}.py"
-            path.write_text(self.module(flavour), encoding="utf-8")
-            modules[(flavour, "base")] = path
-        return WorkloadFiles(directory, setup, modules)
+        return _write_files(
+            directory,
+            self.setup_sql(),
+            (
+                (flavour, "base", f"{_SHORT[flavour]}_heavy_w{self.width}.py", self.module(flavour))
+                for flavour in flavours
+            ),
+        )
+
+
+#: File name prefixes of the flavours.
+_SHORT: dict[str, str] = {"samizdat": "sz", "dbsamizdat": "dbsz", "compat": "compat"}
+
+
+def _write_files(directory: Path, setup_sql: str, modules: Iterable[tuple[Flavour, str, str, str]]) -> WorkloadFiles:
+    """Write ``setup.sql`` and each (flavour, variant, file name, text) module into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    setup = directory / "setup.sql"
+    setup.write_text(setup_sql, encoding="utf-8")
+    written: dict[tuple[Flavour, str], Path] = {}
+    for flavour, variant, name, text in modules:
+        path = directory / name
+        path.write_text(text, encoding="utf-8")
+        written[(flavour, variant)] = path
+    return WorkloadFiles(directory, setup, written)
 
 
 def _kinds(n: int, rng: random.Random) -> list[Kind]:

@@ -629,20 +629,49 @@ def expected_differences(before: SamizdatRegistry | None, after: SamizdatRegistr
     return out
 
 
+def run_together(db_url: str, count: int, call: Callable[[int, sa.Engine], Any]) -> dict[int, Any]:
+    """Run ``call(i, engine_i)`` in ``count`` threads, each on an engine (and connection) of its own, started
+    together once every one is connected; return the results by ``i``. Fails if any raised or hung."""
+    engines = [sa.create_engine(db_url) for _ in range(count)]
+    barrier = threading.Barrier(count)
+    results: dict[int, Any] = {}
+    errors: dict[int, BaseException] = {}
+
+    def worker(i: int) -> None:
+        try:
+            with engines[i].connect() as conn:  # connect first, so the runs start together
+                conn.exec_driver_sql("SELECT 1")
+                conn.rollback()
+            barrier.wait(timeout=30)
+            results[i] = call(i, engines[i])
+        except BaseException as exc:
+            errors[i] = exc
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(count)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in threads), "a sync hung (deadlock?)"
+    finally:
+        for e in engines:
+            with suppress(Exception):
+                e.dispose()
+    assert errors == {}, {i: repr(e) for i, e in errors.items()}
+    return results
+
+
 @pytest.mark.parametrize("round_", range(3))
 def test_eight_concurrent_syncs_serialize_and_the_last_one_wins(engine: sa.Engine, db_url: str, round_: int) -> None:
     reset(engine)
     versions = [family(10 * round_ + i) for i in range(8)]
     disciplines = [Discipline.CHECKPOINT, Discipline.JUMBO] * 4
-    engines = [sa.create_engine(db_url) for _ in versions]
-    barrier = threading.Barrier(len(versions))
     order_lock = threading.Lock()
     planned: list[int] = []  # order in which runs planned (under the advisory lock)
     completed: list[int] = []  # order in which runs completed their last action (still under the lock)
-    results: dict[int, Any] = {}
-    errors: dict[int, BaseException] = {}
 
-    def worker(i: int) -> None:
+    def worker(i: int, engine_i: sa.Engine) -> Any:
         plan_of: list[Plan] = []
         done: list[Action] = []
 
@@ -657,27 +686,9 @@ def test_eight_concurrent_syncs_serialize_and_the_last_one_wins(engine: sa.Engin
                 with order_lock:
                     completed.append(i)
 
-        try:
-            with engines[i].connect() as conn:  # connect first, so the runs start together
-                conn.exec_driver_sql("SELECT 1")
-                conn.rollback()
-            barrier.wait(timeout=30)
-            results[i] = sync(engines[i], versions[i], discipline=disciplines[i], on_plan=on_plan, on_action=on_action)
-        except BaseException as exc:
-            errors[i] = exc
+        return sync(engine_i, versions[i], discipline=disciplines[i], on_plan=on_plan, on_action=on_action)
 
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(len(versions))]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        assert not any(t.is_alive() for t in threads), "a sync hung (deadlock?)"
-    finally:
-        for e in engines:
-            with suppress(Exception):
-                e.dispose()
-    assert errors == {}, {i: repr(e) for i, e in errors.items()}
+    results = run_together(db_url, len(versions), worker)
     assert sorted(planned) == list(range(len(versions))) and planned == completed
     last = completed[-1]
     assert converged(engine, versions[last]) == []
@@ -699,33 +710,11 @@ def test_eight_concurrent_syncs_of_the_same_version_do_the_work_once(engine: sa.
     reset(engine)
     sync(engine, family(1))
     registry = family(2)
-    engines = [sa.create_engine(db_url) for _ in range(8)]
-    barrier = threading.Barrier(len(engines))
-    results: dict[int, Any] = {}
-    errors: dict[int, BaseException] = {}
-
-    def worker(i: int) -> None:
-        try:
-            with engines[i].connect() as conn:
-                conn.exec_driver_sql("SELECT 1")
-                conn.rollback()
-            barrier.wait(timeout=30)
-            results[i] = sync(engines[i], registry, discipline=[Discipline.CHECKPOINT, Discipline.JUMBO][i % 2])
-        except BaseException as exc:
-            errors[i] = exc
-
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(len(engines))]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        assert not any(t.is_alive() for t in threads), "a sync hung (deadlock?)"
-    finally:
-        for e in engines:
-            with suppress(Exception):
-                e.dispose()
-    assert errors == {}, {i: repr(e) for i, e in errors.items()}
+    results = run_together(
+        db_url,
+        8,
+        lambda i, engine_i: sync(engine_i, registry, discipline=[Discipline.CHECKPOINT, Discipline.JUMBO][i % 2]),
+    )
     workers = [i for i, r in results.items() if r.applied]
     assert len(workers) == 1, {i: r.summary() for i, r in results.items()}
     creates = [a.key for a in results[workers[0]].applied if a.verb is Verb.CREATE]
