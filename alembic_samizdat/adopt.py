@@ -15,8 +15,9 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
+from . import pinned
 from .errors import SamizdatError
 from .identifiers import qualified, quote_ident
 from .keys import Key
@@ -44,7 +45,7 @@ def dbsamizdat_hash_of_comment(comment: str) -> str | None:
     try:
         body = json.loads(comment)
         value = body["dbsamizdat"]["definition_hash"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None
     return value if isinstance(value, str) else None
 
@@ -74,13 +75,15 @@ def dbsamizdat_hash(cls: type[Samizdat] | None) -> str | None:
 class AdoptionRefusedError(SamizdatError):
     """``samizdat adopt`` found existing objects whose definition differs from the declaration."""
 
-    def __init__(self, differences: dict[str, str]) -> None:
+    def __init__(self, differences: dict[str, str], reason: str | None = None) -> None:
         self.differences = differences
         names = ", ".join(differences)
         super().__init__(
             f"not adopting anything: {len(differences)} object(s) differ from their declaration ({names}); make the "
             "classes produce the same definition (see the diff), or let `samizdat sync` replace them after dropping "
             "them yourself"
+            if reason is None
+            else f"not adopting anything: {reason} ({names})"
         )
 
 
@@ -113,7 +116,8 @@ def _definition(connection: Connection, obj: DbObject) -> str | None:
         "args": obj.identity_args,
         "table": qualified(key.schema, key.extra) if key.namespace == "trigger" else "",
     }
-    value = connection.execute(text(_DEFINITION[key.namespace]), params).scalar()
+    rows = pinned.query(connection, _DEFINITION[key.namespace], params)
+    value = rows[0][0] if rows else None
     return None if value is None else str(value)
 
 
@@ -147,6 +151,18 @@ def adopt_unsigned(connection: Connection, graph: Graph, scope: str) -> AdoptRes
         for key in declared_hits(graph, other):
             if key not in state.managed:
                 candidates.append((key, other))
+    untrusted = {
+        f"{graph.nodes[key].label} {key.display()}": (
+            f"{obj.describe()} is owned by role {obj.owner!r}, whose privileges the running role does not have: "
+            "signing it would make it ours although we could not have created it. Run adopt as a member of that role"
+        )
+        for key, obj in candidates
+        if not obj.trusted
+    }
+    if untrusted:
+        raise AdoptionRefusedError(
+            untrusted, f"{len(untrusted)} object(s) belong to roles whose privileges the running role does not have"
+        )
     # Only adoption needs these: imported here so that every command importing the catalog does not pay for them.
     import difflib
     import uuid

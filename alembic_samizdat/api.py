@@ -164,11 +164,27 @@ class DiffResult:
 
 
 def _lock_and_read(
-    connection: Connection, graph: Graph | None, scope: str, *, session_lock: bool, adopt: str | None = None
+    connection: Connection,
+    graph: Graph | None,
+    registry: SamizdatRegistry,
+    *,
+    session_lock: bool,
+    adopt: str | None = None,
 ) -> DatabaseState:
-    lock = f"SELECT pg_advisory_lock({LOCK_KEY})" if session_lock else f"SELECT pg_advisory_xact_lock({LOCK_KEY})"
+    # Qualified: this runs under the session's search_path (see pinned.py).
+    lock = (
+        f"SELECT pg_catalog.pg_advisory_lock({LOCK_KEY})"
+        if session_lock
+        else f"SELECT pg_catalog.pg_advisory_xact_lock({LOCK_KEY})"
+    )
     run_batch(connection, None, lock)
-    return read_state(connection, scope, graph.nodes if graph is not None else (), adopt=adopt)
+    return read_state(
+        connection,
+        registry.scope,
+        graph.nodes if graph is not None else (),
+        adopt=adopt,
+        trusted_owners=registry.trusted_owners,
+    )
 
 
 def _run(
@@ -216,7 +232,14 @@ def _run_inner(
         # under the advisory lock, so concurrent runs never act on each other's half-finished state.
         if graph is None:
             return None
-        state = read_state(connection, registry.scope, graph.nodes, dependents=False, adopt=adopt)
+        state = read_state(
+            connection,
+            registry.scope,
+            graph.nodes,
+            dependents=False,
+            adopt=adopt,
+            trusted_owners=registry.trusted_owners,
+        )
         if not in_sync(graph, state):
             return None  # planned (or refused) under the lock, from a full read
         quick = Plan((), ())
@@ -235,7 +258,7 @@ def _run_inner(
                     run_batch(conn, None, setting)
                 applied: list[Action] = []
                 try:
-                    state = _lock_and_read(conn, graph, registry.scope, session_lock=True, adopt=adopt)
+                    state = _lock_and_read(conn, graph, registry, session_lock=True, adopt=adopt)
                     plan = make_plan(state)
                     for unit in checkpoint_units(plan.actions):
                         try:
@@ -250,7 +273,7 @@ def _run_inner(
                             raise exc from exc.__cause__
                 finally:
                     try:
-                        conn.exec_driver_sql(f"SELECT pg_advisory_unlock({LOCK_KEY})")
+                        conn.exec_driver_sql(f"SELECT pg_catalog.pg_advisory_unlock({LOCK_KEY})")
                         if setting:
                             conn.exec_driver_sql("RESET lock_timeout")
                     except Exception:
@@ -267,7 +290,7 @@ def _run_inner(
             setting = lock_timeout_statement(lock_timeout, local=True)
             if setting:
                 run_batch(connection, None, setting)
-            state = _lock_and_read(connection, graph, registry.scope, session_lock=False, adopt=adopt)
+            state = _lock_and_read(connection, graph, registry, session_lock=False, adopt=adopt)
             plan = make_plan(state)
             applied = []
             for action in plan.actions:
@@ -388,7 +411,7 @@ def plan(bind: Bind, declarations: Declarations, *, scope: str | None = None) ->
     registry = as_registry(declarations, scope=scope)
     graph = registry.graph()
     with _connected(bind) as connection, _read_only(connection):
-        state = read_state(connection, registry.scope, graph.nodes)
+        state = read_state(connection, registry.scope, graph.nodes, trusted_owners=registry.trusted_owners)
     return plan_sync(graph, state)
 
 
@@ -397,7 +420,7 @@ def diff_database(bind: Bind, declarations: Declarations, *, scope: str | None =
     registry = as_registry(declarations, scope=scope)
     graph = registry.graph()
     with _connected(bind) as connection, _read_only(connection):
-        state = read_state(connection, registry.scope, graph.nodes)
+        state = read_state(connection, registry.scope, graph.nodes, trusted_owners=registry.trusted_owners)
     return DiffResult(tuple(diff(graph, state)), tuple(undeclared_dependency_warnings(graph, state)))
 
 
@@ -411,7 +434,7 @@ def _prepare_refresh(
 ) -> tuple[_Run, RefreshResult]:
     graph = registry.graph()
     keys = select_below(graph, belownodes) if belownodes is not None else all_matviews(graph)
-    states = read_view_states(connection, keys) if keys else {}
+    states = read_view_states(connection, keys, registry.trusted_owners) if keys else {}
     chosen, notes = choose_concurrently(graph, keys, states, Concurrently(concurrently))
     run = _Run(graph, Schedule(graph, keys), chosen, states, on_action, progress)
     return run, RefreshResult(notes=notes, concurrently=chosen)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -12,10 +11,11 @@ from functools import lru_cache
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
+from . import pinned
 from . import signature as sig
 from .adopt import DBSAMIZDAT_PREFIX, HASH_PREFIX, dbsamizdat_hash_of_comment, is_dbsamizdat
 from .errors import CatalogReadError
-from .identifiers import qualified, quote_ident, quote_literal
+from .identifiers import qualified, quote_ident
 from .keys import Key, Kind, normalize_signature
 
 _KINDS = {"view": Kind.VIEW, "matview": Kind.MATVIEW, "function": Kind.FUNCTION, "trigger": Kind.TRIGGER}
@@ -41,12 +41,13 @@ objs AS (
                 WHEN 'i' THEN 'index' ELSE 'relation' END AS kind,
            n.nspname AS schema, c.relname AS name, ''::text AS extra, d.description,
            c.relispopulated AS populated,
-           CASE WHEN left(d.description, :plen) = :prefix THEN (
+           CASE WHEN (left(d.description, :plen) = :prefix OR (:adopt AND left(d.description, :dlen) = :dprefix)) THEN (
                SELECT coalesce(json_agg(json_build_array(coalesce(r.rolname, 'PUBLIC'), a.privilege_type)), '[]')
                FROM aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee
                WHERE a.grantee <> c.relowner)::text END AS acl,
-           -- Something a recreate would lose that preserve.py carries over (read only when planning removals).
-           :dependents AND left(d.description, :plen) = :prefix AND (
+           -- Something a recreate would lose that preserve.py carries over (read only when planning removals);
+           -- DBSamizdat's objects being adopted keep theirs like ours.
+           :dependents AND (left(d.description, :plen) = :prefix OR (:adopt AND left(d.description, :dlen) = :dprefix)) AND (
                c.relacl IS NOT NULL OR c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
                OR EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND NOT i.xmin = (
                    SELECT r.xmin FROM pg_rewrite r WHERE r.ev_class = c.oid LIMIT 1))
@@ -55,7 +56,8 @@ objs AS (
                OR EXISTS (SELECT 1 FROM pg_description cd
                           WHERE cd.objoid = c.oid AND cd.classoid = 'pg_class'::regclass AND cd.objsubid > 0)
            ) AS keeps,
-           NULL::text AS fp, {moved_relation} AS moved
+           NULL::text AS fp, {moved_relation} AS moved,
+           {trusted_relation} AS trusted, pg_get_userbyid(c.relowner) AS owner
     FROM pg_class c
     JOIN pg_namespace n ON n.oid = c.relnamespace
     LEFT JOIN pg_description d
@@ -68,14 +70,15 @@ objs AS (
     UNION ALL
     SELECT 'pg_proc'::regclass, p.oid, 0::oid, 'function', n.nspname, p.proname,
            pg_get_function_identity_arguments(p.oid), d.description, true,
-           CASE WHEN left(d.description, :plen) <> :prefix THEN NULL
+           CASE WHEN NOT (left(d.description, :plen) = :prefix OR (:adopt AND left(d.description, :dlen) = :dprefix)) THEN NULL
                 WHEN p.proacl IS NULL THEN '[["PUBLIC", "EXECUTE"]]'  -- the default of a new function
                 ELSE (SELECT coalesce(json_agg(json_build_array(coalesce(r.rolname, 'PUBLIC'), a.privilege_type)), '[]')
                       FROM aclexplode(p.proacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee
                       WHERE a.grantee <> p.proowner)::text END,
-           :dependents AND left(d.description, :plen) = :prefix
+           :dependents AND (left(d.description, :plen) = :prefix OR (:adopt AND left(d.description, :dlen) = :dprefix))
                AND (p.proacl IS NOT NULL OR p.proowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)),
-           {fp_function}, {moved_function}
+           {fp_function}, {moved_function},
+           {trusted_function}, pg_get_userbyid(p.proowner)
     FROM pg_proc p
     JOIN pg_namespace n ON n.oid = p.pronamespace
     LEFT JOIN pg_description d
@@ -85,7 +88,9 @@ objs AS (
            OR (n.nspname, p.proname) IN (SELECT s, n FROM wanted_fn))
     UNION ALL
     SELECT 'pg_trigger'::regclass, t.oid, 0::oid, 'trigger', n.nspname, t.tgname, c.relname,
-           d.description, true, NULL::text, false, NULL::text, {moved_trigger}
+           d.description, true, NULL::text, false, NULL::text, {moved_trigger},
+           -- A trigger has no owner: its table's owner is who may comment on it.
+           {trusted_relation}, pg_get_userbyid(c.relowner)
     FROM pg_trigger t
     JOIN pg_class c ON c.oid = t.tgrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -117,13 +122,16 @@ deps AS (
 SELECT 'obj' AS row, classid::text AS classid, oid::bigint AS oid, kind, schema, name, extra,
        -- Without :full, our signatures come without their "sql" (only downgrades need it): less to send and
        -- to parse. JSON escapes quotes inside strings, so the first ',"sql":' is the key itself.
+       -- Cut only when what follows is exactly that one string member and the closing brace: a comment with
+       -- anything after our object (trailing text) must reach the parser whole, to be refused there.
        CASE WHEN :full OR left(description, :plen) <> :prefix OR strpos(description, :sql_key) = 0
+                 OR substr(description, strpos(description, :sql_key)) !~ :sql_tail
             THEN description
             ELSE left(description, strpos(description, :sql_key) - 1)
                  || CASE WHEN right(description, :slen) = :stale THEN :stale ELSE '}' END
        END AS description,
        populated, NULL AS dep_classid, NULL::bigint AS dep_oid, NULL AS dep_desc, NULL::bool AS dep_auto, acl, keeps,
-       fp, moved
+       fp, moved, trusted, owner
 FROM objs
 UNION ALL
 SELECT 'dep', d.ref_classid::text, d.ref_oid::bigint, NULL, NULL, NULL, NULL, NULL, NULL,
@@ -137,13 +145,14 @@ SELECT 'dep', d.ref_classid::text, d.ref_oid::bigint, NULL, NULL, NULL, NULL, NU
                      OR EXISTS (SELECT 1 FROM pg_class k WHERE k.oid = d.dep_oid AND k.relkind IN ('v', 'm'))))
                 OR dd.description IS NULL
             THEN pg_describe_object(d.dep_classid, d.dep_oid, d.dep_subid) END,
-       d.dep_auto, NULL, NULL, NULL, NULL
+       d.dep_auto, NULL, NULL, NULL, NULL, NULL, NULL
 FROM deps d
 LEFT JOIN pg_description dd ON dd.objoid = d.dep_oid AND dd.classoid = d.dep_classid AND dd.objsubid = 0
 WHERE :dependents
 UNION ALL
 -- Runs last (Append runs its branches in order, and set_config keeps the query serial): restores search_path.
-SELECT 'pin', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+SELECT 'pin', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, NULL
 FROM pin WHERE set_config('search_path', pin.old, true) IS NULL
 """
 
@@ -170,8 +179,19 @@ def _moved_column(xmin: str) -> str:
 # skipping them up front lets the planner look descriptions up by index instead of hashing them all.
 _SYSTEM_SCHEMAS = "'pg_catalog'::regnamespace, 'information_schema'::regnamespace, 'pg_toast'::regnamespace"
 
+
+def _trusted_column(owner: str) -> str:
+    # The running role's own objects are the common case: answered without looking roles up.
+    return (
+        f"({owner} = (SELECT oid FROM pg_roles WHERE rolname = current_user) "
+        f"OR pg_has_role({owner}, 'MEMBER') OR pg_get_userbyid({owner}) = ANY (:trusted_owners))"
+    )
+
+
 CATALOG_SQL = (
     _CATALOG_SQL.replace("{system}", _SYSTEM_SCHEMAS)
+    .replace("{trusted_relation}", _trusted_column("c.relowner"))
+    .replace("{trusted_function}", _trusted_column("p.proowner"))
     .replace("{moved_relation}", _moved_column("rw.xmin"))
     .replace("{fp_function}", _fingerprint_column("p.oid", "d.description", "p.xmin"))
     .replace("{moved_function}", _moved_column("p.xmin"))
@@ -207,6 +227,11 @@ class DbObject:
     fingerprint: str | None = None
     #: The definition's catalog row was written after the signature (see :func:`signature.stamp_statement`).
     moved: bool = False
+    #: The running role has the privileges of the object's owner (a trigger's: its table's owner). Only then can
+    #: a signature on it be ours, and only then may adopt sign it.
+    trusted: bool = True
+    #: The owner's role name (a trigger's: its table's owner), when read.
+    owner: str | None = None
 
     @property
     def drifted(self) -> bool:
@@ -296,11 +321,13 @@ def read_state(
     dependents: bool = True,
     full_comments: bool = False,
     adopt: str | None = None,
+    trusted_owners: Iterable[str] = (),
 ) -> DatabaseState:
     """Read the database state in one round trip; ``wanted`` are declared identities checked for clashes.
 
     ``dependents=False`` skips the pg_depend walk (enough to learn that nothing needs doing);
-    ``full_comments`` keeps the SQL recorded in signatures (for restores).
+    ``full_comments`` keeps the SQL recorded in signatures (for restores). A signature counts only on an
+    object whose owner the running role has the privileges of, or whose owner is one of ``trusted_owners``.
     """
     wanted_list = list(wanted)
     rel: tuple[list[str], list[str]] = ([], [])
@@ -332,43 +359,24 @@ def read_state(
         "dprefix": DBSAMIZDAT_PREFIX,
         "dlen": len(DBSAMIZDAT_PREFIX),
         "sql_key": ',"sql":',
+        # One JSON string (escapes included), then the stale mark or nothing, then the end of the object.
+        "sql_tail": '^,"sql":"(?:[^"\\\\]|\\\\.)*"(?:,"stale":true)?}$',
         "stale": sig.STALE_SUFFIX,
         "slen": len(sig.STALE_SUFFIX),
         "dependents": dependents,
+        "trusted_owners": sorted(trusted_owners),
         "dx_key": sig.DX_KEY,
         "fp_key": sig.FP_KEY,
     }
     try:
-        # Sent with its values written in as literals: psycopg caches the parsing of placeholders only for
-        # queries under 4 kB, and this one is longer (re-parsing it cost a few ms per read).
-        sql = _inline(CATALOG_SQL, params)
-        rows = connection.exec_driver_sql(sql, execution_options={"no_parameters": True}).all()
+        # Sent with its values written in as literals (psycopg caches the parsing of placeholders only for
+        # queries under 4 kB, and this one is longer), behind a pinned search_path (see pinned.py).
+        rows = pinned.query(connection, CATALOG_SQL, params)
     except DBAPIError as exc:
         orig = getattr(exc, "orig", exc)
         reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
         raise CatalogReadError(f"reading the catalog failed: {reason}. Nothing was changed by this run") from exc
     return build_state(scope, rows, adopt_keys=wanted_list if adopt else None)
-
-
-#: A ``:name`` placeholder (not the second colon of a ``::`` cast).
-_PLACEHOLDER = re.compile(r"(?<![:\w]):([a-z_]+)\b")
-
-
-def _literal(value: object) -> str:
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return quote_literal(value)
-    if isinstance(value, list):
-        return f"ARRAY[{', '.join(quote_literal(str(v)) for v in value)}]::text[]"
-    raise TypeError(f"no SQL literal for {value!r}")
-
-
-def _inline(sql: str, params: Mapping[str, object]) -> str:
-    """``sql`` with every ``:name`` replaced by the literal of ``params[name]`` (quoted by the library)."""
-    return _PLACEHOLDER.sub(lambda m: _literal(params[m.group(1)]), sql)
 
 
 def _adopted(
@@ -399,6 +407,9 @@ def _parse(comment: str) -> sig.Signature | str:
         return sig.parse(comment)
     except sig.MalformedSignature as exc:
         return str(exc)
+    except RecursionError:
+        # One hostile comment (JSON nested thousands deep) must not stop the run: the object is unreadable.
+        return "nested too deeply to read"
 
 
 @lru_cache(maxsize=4096)
@@ -441,6 +452,14 @@ def build_state(
         elif adopt_keys is not None and is_dbsamizdat(comment):
             assert comment is not None
             signature = _adopted(comment, namespace, kind, schema, name, extra, scope, adopt_keys)
+        if signature is not None and len(row) > 17 and row[17] is not None and not row[17]:
+            # Anyone may sign an object of their own with a text copied from our source: a signature counts
+            # only on an object whose owner's privileges the running role has (it could have made it).
+            malformed = (
+                f"signed, but owned by role {quote_ident(str(row[18]))}, whose privileges the running role does not "
+                "have: not trusted as ours (a copied signature?)"
+            )
+            signature = None
         if signature is not None:
             real = (namespace, schema, name)
             claimed = (signature.key.namespace, signature.key.schema, signature.key.name)
@@ -465,6 +484,8 @@ def build_state(
             (None if row[14] is None else bool(row[14])) if len(row) > 14 else None,
             None if len(row) <= 15 or row[15] is None else str(row[15]),
             len(row) > 16 and bool(row[16]),
+            len(row) <= 17 or row[17] is None or bool(row[17]),
+            None if len(row) <= 18 or row[18] is None else str(row[18]),
         )
         if signature is not None and signature.scope == scope and kind in _KINDS:
             managed[obj.key] = obj

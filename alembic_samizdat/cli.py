@@ -25,6 +25,7 @@ from .adopt import AdoptionRefusedError
 from .dot import to_dot
 from .errors import ConnectionFailedError, SamizdatError, first_line
 from .execute import Discipline
+from .identifiers import check_identifier
 from .orm import real_tables
 from .planner import Action, Plan
 from .refresh_plan import Concurrently, select_below
@@ -86,6 +87,14 @@ def _common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors and results", **kw)  # type: ignore[arg-type]
     parser.add_argument("-v", "--verbose", action="count", help="more output; tracebacks on errors", **kw)  # type: ignore[arg-type]
     parser.add_argument("--scope", help='signature scope of this registry (default: the registry\'s, "default")', **kw)  # type: ignore[arg-type]
+    parser.add_argument(
+        "--trust-owner",
+        action="append",
+        metavar="ROLE",
+        help="also count signatures on objects owned by ROLE (e.g. the deployer, when a read-only role runs diff); "
+        "by default only objects of roles whose privileges the running role has count",
+        **kw,  # type: ignore[arg-type]
+    )
     parser.add_argument(
         "-c",
         "--config",
@@ -320,6 +329,14 @@ def _load(modules: list[str], args: argparse.Namespace, *, require: bool = True)
             f"no samizdat classes in {', '.join(modules)}: define subclasses of SamizdatView, "
             "SamizdatMaterializedView, SamizdatFunction or SamizdatTrigger there (`samizdat init` writes a starter)"
         )
+    return _trusting(registry, args)
+
+
+def _trusting(registry: SamizdatRegistry, args: argparse.Namespace) -> SamizdatRegistry:
+    """``registry`` with the roles of ``--trust-owner`` added to its trusted owners."""
+    extra = getattr(args, "trust_owner", None) or ()
+    if extra:
+        registry.trusted_owners = registry.trusted_owners | {check_identifier(r, "--trust-owner") for r in extra}
     return registry
 
 
@@ -393,7 +410,7 @@ def _target(args: argparse.Namespace) -> tuple[str | None, SamizdatRegistry]:
 
         alembic_url, registry = from_alembic_config(config)
         scope = getattr(args, "scope", None)
-        return alembic_url, registry.with_scope(scope) if scope else registry
+        return alembic_url, _trusting(registry.with_scope(scope) if scope else registry, args)
     url, modules = _split_target(args.target, need_modules=True)
     return url, _load(modules, args)
 
@@ -417,7 +434,7 @@ def cmd_nuke(args: argparse.Namespace, out: Output) -> int:
     registry = (
         _load(modules, args, require=False)
         if modules
-        else SamizdatRegistry(scope=getattr(args, "scope", None) or "default")
+        else _trusting(SamizdatRegistry(scope=getattr(args, "scope", None) or "default"), args)
     )
     with _engine_for(url, args, out, allow_embedded=False) as engine:
         result = api.nuke(

@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from enum import StrEnum
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
+from . import pinned
 from .errors import (
     ExecutionError,
     FunctionSignatureMismatchError,
@@ -165,7 +166,7 @@ def diagnose_function(connection: Connection, action: Action, *, in_autocommit: 
     declared = action.declared
     if declared is None or declared.kind is not Kind.FUNCTION:
         return None
-    lookup = text(
+    lookup = (
         "SELECT pg_get_function_identity_arguments(p.oid) FROM pg_proc p "
         "JOIN pg_namespace n ON n.oid = p.pronamespace "
         "WHERE n.nspname = :schema AND p.proname = :name AND p.xmin = pg_current_xact_id()::xid"
@@ -179,13 +180,13 @@ def diagnose_function(connection: Connection, action: Action, *, in_autocommit: 
             connection.exec_driver_sql("BEGIN")
             try:
                 send(connection, declared.sql)
-                created = [str(r[0]) for r in connection.execute(lookup, where)]
+                created = [str(r[0]) for r in pinned.query(connection, lookup, where)]
             finally:
                 connection.exec_driver_sql("ROLLBACK")
         else:
             with connection.begin_nested() if connection.in_transaction() else connection.begin() as tx:
                 send(connection, declared.sql)
-                created = [str(r[0]) for r in connection.execute(lookup, where)]
+                created = [str(r[0]) for r in pinned.query(connection, lookup, where)]
                 tx.rollback()
     except Exception:
         return None

@@ -51,3 +51,12 @@ def quote_literal(value: str) -> str:
     if "\x00" in value:
         raise ValueError("PostgreSQL text cannot contain NUL characters")
     return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def dollar_quote(body: str, tag: str = "samizdat") -> str:
+    """``body`` between dollar quotes whose tag occurs nowhere in it (names and user SQL may hold any tag)."""
+    candidate, serial = f"${tag}$", 0
+    while candidate in body:
+        serial += 1
+        candidate = f"${tag}{serial}$"
+    return f"{candidate}{body}{candidate}"

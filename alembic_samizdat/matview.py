@@ -22,10 +22,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 
+from . import pinned
 from .errors import InvalidIdentifierError, SamizdatError
-from .identifiers import MAX_IDENTIFIER_BYTES, check_identifier, qualified, quote_ident
+from .identifiers import MAX_IDENTIFIER_BYTES, check_identifier, qualified, quote_ident, quote_literal
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -131,7 +132,7 @@ EXISTS (SELECT 1 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN 
 _ONE_SQL = f"""
 SELECT n.nspname, c.relname, c.relkind::text, c.relispopulated, {_USABLE_UNIQUE_INDEX}
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.oid = to_regclass(:name)
+WHERE c.oid = CAST(:oid AS oid)
 """
 
 _LIST_SQL = f"""
@@ -180,7 +181,14 @@ def create_matview(
 
 
 def _check_concurrently(conn: Connection, target: str) -> None:
-    row = conn.execute(text(_ONE_SQL), {"name": target}).first()
+    # The name is the caller's: it is looked up on the session's search_path (a qualified call, so nothing on
+    # that path can stand in for the function); the query itself runs pinned (see pinned.py).
+    oid = conn.exec_driver_sql(
+        f"SELECT CAST(pg_catalog.to_regclass({quote_literal(target)}) AS pg_catalog.oid)",
+        execution_options={"no_parameters": True},
+    ).scalar()
+    found = pinned.query(conn, _ONE_SQL, {"oid": str(oid)}) if oid is not None else []
+    row = found[0] if found else None
     if row is None:
         raise MatviewError(f"cannot refresh {target}: no such relation (check the name, schema and search_path)")
     schema, relname, relkind, populated, usable = row
@@ -230,7 +238,7 @@ def list_matviews(conn: Connection, *, schema: str | None = "public") -> list[Ma
     """The materialized views of ``schema`` (``None``: every schema), ordered by schema and name (one query)."""
     if schema is not None:
         check_identifier(schema, "list_matviews schema")
-    rows = conn.execute(text(_LIST_SQL), {"schema": schema}).all()
+    rows = pinned.query(conn, _LIST_SQL, {"schema": schema})
     return [MatviewInfo(str(r[0]), str(r[1]), bool(r[2]), bool(r[3])) for r in rows]
 
 

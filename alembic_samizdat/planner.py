@@ -127,7 +127,13 @@ def _clashes(graph: Graph, state: DatabaseState) -> list[str]:
             if key in state.managed:
                 continue
             item = graph.nodes[key]
-            if other.signature is not None:
+            if not other.trusted and other.comment is not None and other.malformed is not None:
+                owner = (
+                    f"it carries a signature but is owned by role {other.owner!r}, whose privileges the running role "
+                    "does not have, so it is not trusted as ours (anyone can copy a signature onto their own object)"
+                )
+                fix = "if it is yours, run as a member of its owner's role; otherwise drop it or use another name"
+            elif other.signature is not None:
                 owner = f"it is signed by scope {other.signature.scope!r}"
                 fix = "use another name, or sync it from that scope's registry"
             elif is_dbsamizdat(other.comment):

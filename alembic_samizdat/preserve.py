@@ -22,6 +22,7 @@ import re
 
 from .identifiers import quote_literal
 from .keys import Kind
+from .pinned import do_block
 
 #: The temporary table that carries captured statements from the drop to the create (same session).
 KEEP_TABLE = "pg_temp.samizdat_keep"
@@ -45,7 +46,6 @@ def capture_statement(kind: str, target: str) -> str | None:
     ``DROP``: ``VIEW "s"."v"``, ``FUNCTION "s"."f"(integer)``); ``None`` for kinds with nothing to keep."""
     label = quote_literal(target)
     head = (
-        "DO $samizdat$\nDECLARE\n    obj oid;\nBEGIN\n"
         f"    CREATE TEMP TABLE IF NOT EXISTS samizdat_keep (target text, what text, stmt text, ord int);\n"
         f"    DELETE FROM {KEEP_TABLE} WHERE target = {label};\n"
     )
@@ -53,7 +53,7 @@ def capture_statement(kind: str, target: str) -> str | None:
         name = target.split(" ", 1)[1] if kind == Kind.VIEW.value else target.split(" ", 2)[2]
         kind_sql = "VIEW" if kind == Kind.VIEW.value else "MATERIALIZED VIEW"
         body = f"""    obj := to_regclass({quote_literal(name)});
-    IF obj IS NULL THEN RETURN; END IF;
+    IF obj IS NULL THEN EXIT samizdat; END IF;
     INSERT INTO {KEEP_TABLE}
     SELECT {label}, 'owner ' || quote_ident(r.rolname),
            format('ALTER {kind_sql} %s OWNER TO %I', {quote_literal(name)}, r.rolname), 1
@@ -105,7 +105,7 @@ def capture_statement(kind: str, target: str) -> str | None:
         body = f"""    SELECT p.oid INTO obj FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
     WHERE n.nspname = {quote_literal(schema)} AND p.proname = {quote_literal(name)}
       AND pg_get_function_identity_arguments(p.oid) = {quote_literal(args)};
-    IF obj IS NULL THEN RETURN; END IF;
+    IF obj IS NULL THEN EXIT samizdat; END IF;
     INSERT INTO {KEEP_TABLE}
     SELECT {label}, 'owner ' || quote_ident(r.rolname),
            format('ALTER FUNCTION %s OWNER TO %I', obj::regprocedure, r.rolname), 1
@@ -125,7 +125,7 @@ def capture_statement(kind: str, target: str) -> str | None:
 """
     else:
         return None
-    return head + body + "END\n$samizdat$"
+    return do_block(head + body, "obj pg_catalog.oid;\n")
 
 
 def restore_statement(target: str) -> str:
@@ -135,11 +135,8 @@ def restore_statement(target: str) -> str:
     Indexes whose name exists again (the template created them) are skipped.
     """
     label = quote_literal(target)
-    return f"""DO $samizdat$
-DECLARE
-    k record;
-BEGIN
-    IF to_regclass('{KEEP_TABLE}') IS NULL THEN RETURN; END IF;
+    return do_block(
+        f"""    IF to_regclass('{KEEP_TABLE}') IS NULL THEN EXIT samizdat; END IF;
     FOR k IN SELECT what, stmt FROM {KEEP_TABLE} WHERE target = {label} ORDER BY ord, what LOOP
         IF k.what LIKE 'index %' AND to_regclass(substr(k.what, 7)) IS NOT NULL THEN
             CONTINUE;
@@ -151,6 +148,6 @@ BEGIN
             RAISE WARNING '{MESSAGE_PREFIX} lost % of %: % (it was: %)', k.what, {label}, SQLERRM, k.stmt;
         END;
     END LOOP;
-    DELETE FROM {KEEP_TABLE} WHERE target = {label};
-END
-$samizdat$"""
+    DELETE FROM {KEEP_TABLE} WHERE target = {label};""",
+        "k record;\n",
+    )

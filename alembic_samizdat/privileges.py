@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 
+from . import pinned
 from .errors import InsufficientPrivilegeError, first_line
 from .identifiers import qualified, quote_ident
 from .keys import Key
@@ -102,9 +103,10 @@ class MissingPrivilege:
 def _asker(connection: Connection | None) -> tuple[Ask | None, str | None, int]:
     """A way to ask the server more about a failure, the session user, and the server version.
 
-    Only a psycopg connection in autocommit mode and outside a transaction can answer after an error (the
-    checkpoint discipline and refresh run so); in an aborted transaction every query would fail, so nothing
-    is asked there and the messages rely on what the failed statement was doing.
+    A psycopg connection in autocommit mode and outside a transaction answers itself (the checkpoint
+    discipline and refresh run so). In an aborted transaction every query would fail, so a second connection of
+    the same engine (same URL and options, so the same role) answers instead; without one, the messages rely on
+    what the failed statement was doing.
     """
     try:
         raw: Any = connection.connection.driver_connection if connection is not None else None
@@ -115,10 +117,20 @@ def _asker(connection: Connection | None) -> tuple[Ask | None, str | None, int]:
         return None, None, 0
 
     def ask(query: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        # Behind a pinned search_path (see pinned.py), values written in as literals.
+        sql = query.replace("%s", "{}").format(*(pinned.literal(p) for p in params))
         try:
-            if not raw.autocommit or raw.info.transaction_status != 0:  # 0: psycopg.pq.TransactionStatus.IDLE
-                return None
-            row = raw.execute(query, params).fetchone()
+            if raw.autocommit and raw.info.transaction_status == 0:  # 0: psycopg.pq.TransactionStatus.IDLE
+                cursor = raw.execute(pinned.wrap(sql))
+                for _ in range(pinned.PIN_RESULTS):
+                    cursor.nextset()
+                row = cursor.fetchone()
+            else:
+                assert connection is not None
+                with connection.engine.connect() as other:
+                    found = pinned.query(other, sql)
+                    other.rollback()
+                row = found[0] if found else None
         except Exception:
             return None
         return tuple(row) if row is not None else None

@@ -19,9 +19,10 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from . import pinned
 from .errors import CatalogReadError, ExecutionError, InsufficientPrivilegeError, SamizdatError, first_line
 from .execute import autocommit, send, sqlstate
 from .graph import Graph
@@ -30,7 +31,7 @@ from .keys import Key
 from .planner import Action
 from .privileges import INSUFFICIENT_PRIVILEGE, PrivilegeContext, missing_privilege
 from .refresh_plan import Schedule, ViewState, refresh_action
-from .signature import mark_stale_statement
+from .signature import PREFIX, mark_stale_statement
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -69,6 +70,10 @@ class MissingViewError(SamizdatError):
     """A view to refresh does not exist in the database yet."""
 
 
+class ForeignViewError(SamizdatError):
+    """A view to refresh exists, but we did not create it (no signature, or an owner we do not trust)."""
+
+
 @dataclass
 class RefreshResult:
     """What a refresh run did."""
@@ -84,21 +89,36 @@ STATES_SQL = """
 SELECT n.nspname, c.relname, c.relispopulated,
        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid
                AND i.indpred IS NULL AND i.indexprs IS NULL),
-       coalesce(obj_description(c.oid, 'pg_class') LIKE :stale, false)
+       coalesce(obj_description(c.oid, 'pg_class') LIKE :stale, false),
+       coalesce(left(obj_description(c.oid, 'pg_class'), :plen) = :prefix, false),
+       c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user) OR pg_has_role(c.relowner, 'MEMBER')
+           OR pg_get_userbyid(c.relowner) = ANY (:trusted_owners),
+       pg_get_userbyid(c.relowner)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'm'
   AND (n.nspname, c.relname) IN (SELECT * FROM unnest(CAST(:schemas AS text[]), CAST(:names AS text[])))
 """
 
 
-def read_view_states(connection: Connection, keys: Iterable[Key]) -> dict[Key, ViewState]:
-    """Populated / unique index / stale for each view, in one query; missing views are an error."""
+def read_view_states(
+    connection: Connection, keys: Iterable[Key], trusted_owners: Iterable[str] = ()
+) -> dict[Key, ViewState]:
+    """Populated / unique index / stale for each view, in one query; missing views, and views that are not ours
+    (no signature, or owned by a role we do not trust: see :mod:`.catalog`), are an error."""
     wanted = list(keys)
     try:
-        rows = connection.execute(
-            text(STATES_SQL),
-            {"stale": '%,"stale":true}', "schemas": [k.schema for k in wanted], "names": [k.name for k in wanted]},
-        ).all()
+        rows = pinned.query(
+            connection,
+            STATES_SQL,
+            {
+                "stale": '%,"stale":true}',
+                "schemas": [k.schema for k in wanted],
+                "names": [k.name for k in wanted],
+                "plen": len(PREFIX),
+                "prefix": PREFIX,
+                "trusted_owners": sorted(trusted_owners),
+            },
+        )
     except DBAPIError as exc:
         raise CatalogReadError(
             f"reading the materialized views failed: {first_line(exc)}; nothing was refreshed"
@@ -108,6 +128,18 @@ def read_view_states(connection: Connection, keys: Iterable[Key]) -> dict[Key, V
     if missing:
         raise MissingViewError(
             f"materialized view(s) not in the database: {', '.join(missing)}; run `samizdat sync` first"
+        )
+    foreign = [
+        f"{qualified(str(r[0]), str(r[1]))} ("
+        + ("no signature of ours" if not r[5] else f"owned by role {r[7]!r}, whose privileges the running role lacks")
+        + ")"
+        for r in rows
+        if not (r[5] and r[6])
+    ]
+    if foreign:
+        raise ForeignViewError(
+            f"not refreshing materialized view(s) we did not create: {', '.join(foreign)}. Nothing was refreshed; "
+            "`samizdat sync` reports the clash (or pass trusted_owners / --trust-owner for a deployer role)"
         )
     return states
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -32,12 +32,21 @@ class SamizdatRegistry:
     ``scope`` separates registries sharing a database: sync and nuke only ever touch objects signed with
     their own scope. Given ``metadata``, the registry attaches itself to it so that Alembic's env.py finds it
     through ``target_metadata``.
+
+    A signature counts only on an object whose owner the running role has the privileges of (anyone can copy a
+    signature onto an object of their own); ``trusted_owners`` names further roles whose objects count, e.g. the
+    deployer's role for a read-only role that runs ``diff`` (docs/security.md).
     """
 
-    def __init__(self, metadata: MetaData | None = None, *, scope: str = DEFAULT_SCOPE) -> None:
+    def __init__(
+        self, metadata: MetaData | None = None, *, scope: str = DEFAULT_SCOPE, trusted_owners: Iterable[str] = ()
+    ) -> None:
         if not isinstance(scope, str) or not scope:
             raise DeclarationError(f"registry scope must be a non-empty string, not {scope!r}")
         self.scope = scope
+        self.trusted_owners: frozenset[str] = frozenset(
+            check_identifier(role, "trusted_owners role") for role in trusted_owners
+        )
         self._classes: dict[type[Samizdat], None] = {}
         self.metadata = metadata
         if metadata is not None:
@@ -65,7 +74,7 @@ class SamizdatRegistry:
         """This registry, or a copy of it signing with another ``scope`` (the MetaData is not re-attached)."""
         if scope == self.scope:
             return self
-        copy = SamizdatRegistry(scope=scope)
+        copy = SamizdatRegistry(scope=scope, trusted_owners=self.trusted_owners)
         copy.metadata = self.metadata
         copy.register_all(*self)
         return copy

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from .declared import Declared
 from .identifiers import qualified, quote_ident, quote_literal
 from .keys import Key, Kind
+from .pinned import PINNED_PATH, do_block
 
 #: The first key of every signature; also what the catalog query filters on.
 MARK = "alembic_samizdat"
@@ -120,15 +121,6 @@ DX_KEY = ',"dx":"'
 FP_KEY = ',"fp":"'
 
 
-def _dollar_tag(body: str) -> str:
-    # The comment carries user SQL, which may contain any dollar-quote tag: pick one it does not contain.
-    tag, serial = "$samizdat$", 0
-    while tag in body:
-        serial += 1
-        tag = f"$samizdat{serial}$"
-    return tag
-
-
 def stamp_statement(target: str, key: Key, comment: str) -> str:
     """The statement that signs the object ``COMMENT ON {target}`` names with ``comment``.
 
@@ -150,11 +142,13 @@ def stamp_statement(target: str, key: Key, comment: str) -> str:
     tail = ("," + json.dumps({"sql": sql}, separators=(",", ":"), ensure_ascii=True)[1:]) if sql is not None else "}"
     # The target is spelt out in the format string (its '%' doubled) so that a script reader sees what is signed.
     comment_on = quote_literal(f"COMMENT ON {target.replace('%', '%%')} IS %L")
-    block = (
-        "DECLARE o oid; x xid; f text; p text := current_setting('search_path'); s text; BEGIN "
+    # COMMENT names the function by its declared argument types, which are the user's and resolve on the
+    # session's search_path: the command is built while the path is pinned and run under the session's.
+    as_session = f"PERFORM pg_catalog.set_config('search_path', samizdat_path, true); EXECUTE cmd; {_REPIN} "
+    body_sql = (
         # Overloads share the name: COMMENT resolves the declared arguments (and fails as PostgreSQL fails when
         # they name no function); the overload is then found by the comment it carries.
-        f"EXECUTE format({comment_on}, {quote_literal(head)}); "
+        f"cmd := format({comment_on}, {quote_literal(head)}); {as_session}"
         "SELECT p.oid, p.xmin INTO o, x FROM pg_proc p "
         "JOIN pg_description d ON d.objoid = p.oid AND d.classoid = 'pg_proc'::regclass AND d.objsubid = 0 "
         f"WHERE p.pronamespace = {quote_literal(quote_ident(key.schema))}::regnamespace "
@@ -163,13 +157,18 @@ def stamp_statement(target: str, key: Key, comment: str) -> str:
         "IF o IS NOT NULL THEN "
         "PERFORM set_config('search_path', '', true); "
         f"f := {FUNCTION_FINGERPRINT_SQL.format(oid='o')}; "
-        "PERFORM set_config('search_path', p, true); "
+        f"{_REPIN} "
         f"s := s || {quote_literal(DX_KEY)} || x::text || '\"' || {quote_literal(FP_KEY)} || f || '\"'; "
         "END IF; "
-        f"EXECUTE format({comment_on}, s || {quote_literal(tail)}); END "
+        f"cmd := format({comment_on}, s || {quote_literal(tail)}); {as_session}"
     )
-    tag = _dollar_tag(block)
-    return f"DO {tag} {block}{tag}"
+    return do_block(
+        body_sql, "o pg_catalog.oid; x pg_catalog.xid; f pg_catalog.text; s pg_catalog.text; cmd pg_catalog.text;\n"
+    )
+
+
+#: Pins search_path again inside a block of :func:`pinned.do_block`.
+_REPIN = f"PERFORM pg_catalog.set_config('search_path', {quote_literal(PINNED_PATH)}, true);"
 
 
 def is_ours(comment: str | None) -> bool:
@@ -245,9 +244,10 @@ def _edit_comment(key: Key, new_value: str, condition: str) -> str:
     # COMMENT takes only a literal, so the signature is edited in place in a DO block. The hash is kept as it
     # is in the database, so marking never makes a changed view look up to date.
     name = quote_literal(qualified(key.schema, key.name))
-    return (
-        f"DO $samizdat$ DECLARE c text := obj_description({name}::regclass, 'pg_class'); BEGIN "
+    return do_block(
+        f"c := obj_description({name}::regclass, 'pg_class'); "
         f"IF left(c, {len(PREFIX)}) = {quote_literal(PREFIX)} AND {condition} THEN "
         f"EXECUTE format('COMMENT ON MATERIALIZED VIEW %s IS %L', {name}, {new_value}); "
-        "END IF; END $samizdat$"
+        "END IF;",
+        "c pg_catalog.text;\n",
     )

@@ -159,10 +159,12 @@ def compare_samizdats(autogen_context: AutogenContext, upgrade_ops: alembic_ops.
     # Signatures without their SQL first: that is all a revision needs unless it drops, recreates or re-grants
     # an object that exists (the downgrade restores it from the SQL its signature recorded). Then, and only
     # then, read again in full and plan from that, so the ops come from one consistent read.
-    state = read_state(connection, registry.scope, graph.nodes)
+    state = read_state(connection, registry.scope, graph.nodes, trusted_owners=registry.trusted_owners)
     plan = plan_sync(graph, state, force=force)
     if any(action.key in state.managed for action in plan.actions):
-        state = read_state(connection, registry.scope, graph.nodes, full_comments=True)
+        state = read_state(
+            connection, registry.scope, graph.nodes, full_comments=True, trusted_owners=registry.trusted_owners
+        )
         plan = plan_sync(graph, state, force=force)
     for warning in plan.warnings:
         log.warning("samizdat: %s", warning)

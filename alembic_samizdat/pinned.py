@@ -1,0 +1,110 @@
+"""Running our own SQL where no other role can reach it through ``search_path``.
+
+PostgreSQL resolves function and operator names when it parses a statement, over every schema on the session's
+``search_path``, and picks the *closest* match: a role that may create objects in ``public`` can add
+``public.json_build_array(name, text)`` or ``public.=(oid, regclass)``, which beat ``pg_catalog``'s own (which
+take ``"any"`` or need a cast), and have it run with the privileges of whoever parses the statement. Setting
+``search_path`` inside the statement is too late.
+
+So every statement the library writes itself (catalog reads, ``DO`` blocks, helpers) runs with ``search_path``
+pinned to ``pg_catalog, pg_temp`` by a statement of its own, sent before it in the same batch, and the session's
+own path is put back after it. The user's template SQL is the user's: it runs under the session's path, as
+written. Batches go over the simple query protocol, where PostgreSQL parses each statement only when the one
+before it has run, and which runs the whole batch in one (implicit) transaction when none is open, so
+``set_config(…, true)`` never outlives it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection
+
+from .identifiers import dollar_quote, quote_literal
+
+#: The only schemas in which our statements look names up. ``pg_temp`` last: never a function or operator.
+PINNED_PATH = "pg_catalog, pg_temp"
+
+#: A custom setting holding the session's path while ours is pinned (transaction-local, like the pin itself).
+_SAVED = "alembic_samizdat.search_path"
+
+#: Saves the session's path, then pins ours. Every name is qualified: this runs under the session's path.
+PIN = (
+    f"SELECT pg_catalog.set_config('{_SAVED}', pg_catalog.current_setting('search_path'), true); "
+    f"SELECT pg_catalog.set_config('search_path', '{PINNED_PATH}', true)"
+)
+#: Puts the session's path back (a no-op path stays as it was pinned only until the transaction ends).
+UNPIN = f"SELECT pg_catalog.set_config('search_path', pg_catalog.current_setting('{_SAVED}'), true)"
+
+#: Result sets that :data:`PIN` produces before the statement it protects.
+PIN_RESULTS = 2
+
+
+def wrap(sql: str) -> str:
+    """``sql`` (our own statements, no rows wanted) between :data:`PIN` and :data:`UNPIN`, as one batch."""
+    return f"{PIN};\n{sql};\n{UNPIN}"
+
+
+#: A ``:name`` placeholder (not the second colon of a ``::`` cast).
+_PLACEHOLDER = re.compile(r"(?<![:\w]):([a-z_]+)\b")
+
+
+def literal(value: object) -> str:
+    """The SQL literal of a Python value (quoted by the library; casts qualified)."""
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        return quote_literal(value)
+    if isinstance(value, list | tuple):
+        return f"CAST(ARRAY[{', '.join(quote_literal(str(v)) for v in value)}] AS pg_catalog.text[])"
+    raise TypeError(f"no SQL literal for {value!r}")
+
+
+def inline(sql: str, params: Mapping[str, object]) -> str:
+    """``sql`` with every ``:name`` replaced by the literal of ``params[name]``."""
+    return _PLACEHOLDER.sub(lambda m: literal(params[m.group(1)]), sql)
+
+
+def query(connection: Connection, sql: str, params: Mapping[str, object] | None = None) -> Sequence[Any]:
+    """The rows of one query of ours, run with ``search_path`` pinned (one round trip).
+
+    Values are written in as literals: a batch of several statements has no bound parameters.
+    """
+    batch = wrap(inline(sql, params or {}))
+    result = connection.exec_driver_sql(batch, execution_options={"no_parameters": True})
+    cursor = result.cursor
+    try:
+        assert cursor is not None
+        for _ in range(PIN_RESULTS):
+            cursor.nextset()
+        return list(cursor.fetchall())
+    finally:
+        result.close()
+
+
+def do_block(body: str, declare: str = "") -> str:
+    """A ``DO`` block of ours: it pins ``search_path`` first and puts the session's back at the end.
+
+    ``body`` runs inside a block labelled ``samizdat``: leave it early with ``EXIT samizdat;`` (never
+    ``RETURN``, which would skip putting the path back). Variables in ``declare`` are compiled before the pin:
+    qualify their types (``pg_catalog.oid``). An error ends the transaction (or subtransaction), which undoes
+    the pin with everything else.
+    """
+    text = (
+        "DECLARE samizdat_path pg_catalog.text := pg_catalog.current_setting('search_path');\n"
+        f"{declare}"
+        "BEGIN\n"
+        f"PERFORM pg_catalog.set_config('search_path', '{PINNED_PATH}', true);\n"
+        "<<samizdat>>\nBEGIN\n"
+        f"{body}\n"
+        "END;\n"
+        "PERFORM pg_catalog.set_config('search_path', samizdat_path, true);\n"
+        "END"
+    )
+    return f"DO {dollar_quote(text)}"
