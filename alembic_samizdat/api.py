@@ -434,7 +434,7 @@ def _prepare_refresh(
 ) -> tuple[_Run, RefreshResult]:
     graph = registry.graph()
     keys = select_below(graph, belownodes) if belownodes is not None else all_matviews(graph)
-    states = read_view_states(connection, keys, registry.trusted_owners) if keys else {}
+    states = read_view_states(connection, keys, registry.scope, registry.trusted_owners) if keys else {}
     chosen, notes = choose_concurrently(graph, keys, states, Concurrently(concurrently))
     run = _Run(graph, Schedule(graph, keys), chosen, states, on_action, progress)
     return run, RefreshResult(notes=notes, concurrently=chosen)

@@ -120,16 +120,7 @@ deps AS (
       AND NOT (dep.classid = 'pg_type'::regclass)
 )
 SELECT 'obj' AS row, classid::text AS classid, oid::bigint AS oid, kind, schema, name, extra,
-       -- Without :full, our signatures come without their "sql" (only downgrades need it): less to send and
-       -- to parse. JSON escapes quotes inside strings, so the first ',"sql":' is the key itself.
-       -- Cut only when what follows is exactly that one string member and the closing brace: a comment with
-       -- anything after our object (trailing text) must reach the parser whole, to be refused there.
-       CASE WHEN :full OR left(description, :plen) <> :prefix OR strpos(description, :sql_key) = 0
-                 OR substr(description, strpos(description, :sql_key)) !~ :sql_tail
-            THEN description
-            ELSE left(description, strpos(description, :sql_key) - 1)
-                 || CASE WHEN right(description, :slen) = :stale THEN :stale ELSE '}' END
-       END AS description,
+       {short_description} AS description,
        populated, NULL AS dep_classid, NULL::bigint AS dep_oid, NULL AS dep_desc, NULL::bool AS dep_auto, acl, keeps,
        fp, moved, trusted, owner
 FROM objs
@@ -155,6 +146,34 @@ SELECT 'pin', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 
        NULL, NULL
 FROM pin WHERE set_config('search_path', pin.old, true) IS NULL
 """
+
+
+def short_signature_sql(column: str) -> str:
+    """SQL of ``column`` (a comment) with the ``"sql"`` member of our signature cut off, unless ``:full``.
+
+    Only downgrades need the SQL: without it there is less to send and to parse. JSON escapes quotes inside
+    strings, so the first ``,"sql":`` is the key itself. The cut happens only when exactly that one string
+    member and the closing brace follow: a comment with anything after our object (trailing text) reaches the
+    parser whole, to be refused there. Placeholders: :data:`SHORT_SIGNATURE_PARAMS` and ``:full``.
+    """
+    return (
+        f"CASE WHEN :full OR left({column}, :plen) <> :prefix OR strpos({column}, :sql_key) = 0 "
+        f"OR substr({column}, strpos({column}, :sql_key)) !~ :sql_tail THEN {column} "
+        f"ELSE left({column}, strpos({column}, :sql_key) - 1) "
+        f"|| CASE WHEN right({column}, :slen) = :stale THEN :stale ELSE '}}' END END"
+    )
+
+
+#: The values of :func:`short_signature_sql`'s placeholders.
+SHORT_SIGNATURE_PARAMS: dict[str, object] = {
+    "prefix": sig.PREFIX,
+    "plen": len(sig.PREFIX),
+    "sql_key": ',"sql":',
+    # One JSON string (escapes included), then the stale mark or nothing, then the end of the object.
+    "sql_tail": '^,"sql":"(?:[^"\\\\]|\\\\.)*"(?:,"stale":true)?}$',
+    "stale": sig.STALE_SUFFIX,
+    "slen": len(sig.STALE_SUFFIX),
+}
 
 
 def _fingerprint_column(oid: str, description: str, xmin: str) -> str:
@@ -191,6 +210,7 @@ def _trusted_column(owner: str) -> str:
 CATALOG_SQL = (
     _CATALOG_SQL.replace("{system}", _SYSTEM_SCHEMAS)
     .replace("{trusted_relation}", _trusted_column("c.relowner"))
+    .replace("{short_description}", short_signature_sql("description"))
     .replace("{trusted_function}", _trusted_column("p.proowner"))
     .replace("{moved_relation}", _moved_column("rw.xmin"))
     .replace("{fp_function}", _fingerprint_column("p.oid", "d.description", "p.xmin"))
@@ -345,8 +365,7 @@ def read_state(
             tg[1].append(key.extra)
             tg[2].append(key.name)
     params = {
-        "prefix": sig.PREFIX,
-        "plen": len(sig.PREFIX),
+        **SHORT_SIGNATURE_PARAMS,
         "rel_schemas": rel[0],
         "rel_names": rel[1],
         "fn_schemas": fn[0],
@@ -358,11 +377,6 @@ def read_state(
         "adopt": adopt == "dbsamizdat",
         "dprefix": DBSAMIZDAT_PREFIX,
         "dlen": len(DBSAMIZDAT_PREFIX),
-        "sql_key": ',"sql":',
-        # One JSON string (escapes included), then the stale mark or nothing, then the end of the object.
-        "sql_tail": '^,"sql":"(?:[^"\\\\]|\\\\.)*"(?:,"stale":true)?}$',
-        "stale": sig.STALE_SUFFIX,
-        "slen": len(sig.STALE_SUFFIX),
         "dependents": dependents,
         "trusted_owners": sorted(trusted_owners),
         "dx_key": sig.DX_KEY,
@@ -401,7 +415,7 @@ def _adopted(
 # Kept by comment text: a signature is an immutable value of its text, and most runs read the same comments
 # again (a JSON parse per object is most of the Python cost of a no-op read).
 @lru_cache(maxsize=65536)
-def _parse(comment: str) -> sig.Signature | str:
+def parse_comment(comment: str) -> sig.Signature | str:
     """The signature in ``comment``, or why it cannot be trusted."""
     try:
         return sig.parse(comment)
@@ -444,7 +458,7 @@ def build_state(
         key_extra = extra
         if sig.is_ours(comment):
             assert comment is not None
-            parsed = _parse(comment)
+            parsed = parse_comment(comment)
             if isinstance(parsed, sig.Signature):
                 signature = parsed
             else:

@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from . import pinned
+from .catalog import SHORT_SIGNATURE_PARAMS, parse_comment, short_signature_sql
 from .errors import CatalogReadError, ExecutionError, InsufficientPrivilegeError, SamizdatError, first_line
 from .execute import autocommit, send, sqlstate
 from .graph import Graph
@@ -31,7 +32,7 @@ from .keys import Key
 from .planner import Action
 from .privileges import INSUFFICIENT_PRIVILEGE, PrivilegeContext, missing_privilege
 from .refresh_plan import Schedule, ViewState, refresh_action
-from .signature import PREFIX, mark_stale_statement
+from .signature import PREFIX, Signature, mark_stale_statement
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -85,37 +86,37 @@ class RefreshResult:
     seconds: float = 0.0
 
 
-STATES_SQL = """
+STATES_SQL = f"""
 SELECT n.nspname, c.relname, c.relispopulated,
        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid
                AND i.indpred IS NULL AND i.indexprs IS NULL),
-       coalesce(obj_description(c.oid, 'pg_class') LIKE :stale, false),
-       coalesce(left(obj_description(c.oid, 'pg_class'), :plen) = :prefix, false),
+       {short_signature_sql("d.description")},
        c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user) OR pg_has_role(c.relowner, 'MEMBER')
            OR pg_get_userbyid(c.relowner) = ANY (:trusted_owners),
        pg_get_userbyid(c.relowner)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_description d ON d.objoid = c.oid AND d.classoid = 'pg_class'::regclass AND d.objsubid = 0
 WHERE c.relkind = 'm'
   AND (n.nspname, c.relname) IN (SELECT * FROM unnest(CAST(:schemas AS text[]), CAST(:names AS text[])))
 """
 
 
 def read_view_states(
-    connection: Connection, keys: Iterable[Key], trusted_owners: Iterable[str] = ()
+    connection: Connection, keys: Iterable[Key], scope: str, trusted_owners: Iterable[str] = ()
 ) -> dict[Key, ViewState]:
     """Populated / unique index / stale for each view, in one query; missing views, and views that are not ours
-    (no signature, or owned by a role we do not trust: see :mod:`.catalog`), are an error."""
+    (no signature of ``scope`` that reads as one, or an owner we do not trust: see :mod:`.catalog`), are an error.
+    """
     wanted = list(keys)
     try:
         rows = pinned.query(
             connection,
             STATES_SQL,
             {
-                "stale": '%,"stale":true}',
+                **SHORT_SIGNATURE_PARAMS,
+                "full": False,
                 "schemas": [k.schema for k in wanted],
                 "names": [k.name for k in wanted],
-                "plen": len(PREFIX),
-                "prefix": PREFIX,
                 "trusted_owners": sorted(trusted_owners),
             },
         )
@@ -123,19 +124,23 @@ def read_view_states(
         raise CatalogReadError(
             f"reading the materialized views failed: {first_line(exc)}; nothing was refreshed"
         ) from exc
-    states = {Key("relation", str(r[0]), str(r[1])): ViewState(bool(r[2]), bool(r[3]), bool(r[4])) for r in rows}
+    states: dict[Key, ViewState] = {}
+    foreign: list[str] = []
+    for r in rows:
+        name = qualified(str(r[0]), str(r[1]))
+        parsed = parse_comment(str(r[4])) if r[4] is not None and str(r[4]).startswith(PREFIX) else None
+        if not isinstance(parsed, Signature) or parsed.scope != scope:
+            reason = parsed if isinstance(parsed, str) else "no signature of this scope"
+            foreign.append(f"{name} ({reason})")
+        elif not r[5]:
+            foreign.append(f"{name} (owned by role {r[6]!r}, whose privileges the running role does not have)")
+        stale = isinstance(parsed, Signature) and parsed.stale
+        states[Key("relation", str(r[0]), str(r[1]))] = ViewState(bool(r[2]), bool(r[3]), stale)
     missing = [k.display() for k in wanted if k not in states]
     if missing:
         raise MissingViewError(
             f"materialized view(s) not in the database: {', '.join(missing)}; run `samizdat sync` first"
         )
-    foreign = [
-        f"{qualified(str(r[0]), str(r[1]))} ("
-        + ("no signature of ours" if not r[5] else f"owned by role {r[7]!r}, whose privileges the running role lacks")
-        + ")"
-        for r in rows
-        if not (r[5] and r[6])
-    ]
     if foreign:
         raise ForeignViewError(
             f"not refreshing materialized view(s) we did not create: {', '.join(foreign)}. Nothing was refreshed; "

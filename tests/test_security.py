@@ -781,7 +781,7 @@ def test_refresh_touches_only_our_views(world: World) -> None:
     run_sql(world.admin, 'CREATE MATERIALIZED VIEW public."Mine" AS SELECT 1 AS one WITH NO DATA')
     run_sql(world.admin, f'ALTER MATERIALIZED VIEW public."Mine" OWNER TO "{world.deployer}"')
     deployer = world.engine(world.deployer)
-    for cls, why in ((Mine, "no signature of ours"), (Theirs, "whose privileges the running role lacks")):
+    for cls, why in ((Mine, "no signature of this scope"), (Theirs, "whose privileges the running role does not have")):
         with pytest.raises(ForeignViewError, match=why):
             refresh(deployer, make_registry(cls))
         populated = scalar(world.admin, f"SELECT relispopulated FROM pg_class WHERE relname = '{cls.__name__}'")
