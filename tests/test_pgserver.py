@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -467,3 +468,32 @@ def test_sweep_ignores_directories_without_our_owner_record(sweep_base: Path) ->
     _sweep_stale(sweep_base)
     assert legacy.exists()
     assert target.exists()
+
+
+def test_serve_prints_the_url_with_its_password_and_stops_on_sigterm() -> None:
+    # --serve is how a user gets a server for a terminal session: the URL it prints must be enough to connect.
+    major = _major()
+    command = [sys.executable, "-m", "alembic_samizdat.pgserver", "--serve"]
+    serve = subprocess.Popen(
+        command + (["--major", str(major)] if major else []), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert serve.stdout is not None
+        line = serve.stdout.readline()
+        assert line.startswith("PostgreSQL "), line
+        url = make_url(line.split("running: ", 1)[1].strip())
+        assert url.password
+        engine = sqlalchemy.create_engine(url)
+        try:
+            with engine.connect() as conn:
+                assert conn.execute(sqlalchemy.text("SELECT 1")).scalar_one() == 1
+        finally:
+            engine.dispose()
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(f"host=127.0.0.1 port={url.port} user=postgres dbname=postgres", connect_timeout=5)
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(60) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
