@@ -375,7 +375,7 @@ def _create_run_user(name: str) -> bool:
         name,
     ]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
+        result = _run_user_tool(command)
     except (OSError, subprocess.TimeoutExpired) as exc:
         _log.warning("cannot create user %s for the throwaway PostgreSQL: %s", name, exc)
         return False
@@ -383,6 +383,17 @@ def _create_run_user(name: str) -> bool:
         _log.warning("cannot create user %s for the throwaway PostgreSQL: %s", name, _last_line(result.stderr))
         return False
     return True
+
+
+def _run_user_tool(command: list[str]) -> subprocess.CompletedProcess[str]:
+    # useradd and userdel give up at once when another one holds the lock on /etc/passwd, as happens when
+    # several test processes start their servers together.
+    for _attempt in range(20):
+        result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
+        if result.returncode == 0 or "lock" not in result.stderr:
+            return result
+        time.sleep(0.05 + secrets.randbelow(100) / 1000)
+    return result
 
 
 def _delete_run_user(name: str) -> None:
@@ -398,7 +409,7 @@ def _delete_run_user(name: str) -> None:
         return
     # userdel refuses while a process of the user still runs, which is the safe answer.
     with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        result = subprocess.run([userdel, name], capture_output=True, text=True, check=False, timeout=60)
+        result = _run_user_tool([userdel, name])
         if result.returncode != 0:
             _log.warning("cannot delete user %s: %s", name, _last_line(result.stderr))
 
@@ -509,15 +520,8 @@ def _is_our_postmaster(pid: int, data: Path) -> bool:
         return False
     if _process_uids(pid) != {data_uid}:
         return False
-    return (
-        len(argv) >= 3
-        and Path(os.fsdecode(argv[0])).name == "postgres"
-        and argv[1:3]
-        == [
-            b"-D",
-            os.fsencode(str(data)),
-        ]
-    )
+    expected_options = [b"-D", os.fsencode(str(data))]
+    return len(argv) >= 3 and Path(os.fsdecode(argv[0])).name == "postgres" and argv[1:3] == expected_options
 
 
 def _stop_stale_postmaster(data: Path) -> None:
