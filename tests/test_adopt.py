@@ -107,7 +107,7 @@ def created_by_dbsamizdat(engine: sa.Engine, dsn: str, tmp_path: Path) -> Path:
         conn.exec_driver_sql("CREATE TABLE people (name text); INSERT INTO people VALUES ('ada')")
     module = tmp_path / "legacy.py"
     module.write_text(textwrap.dedent(MODULE.format(package="dbsamizdat", bang="!")))
-    url = sa.make_url(sa.make_url(str(engine.url)).render_as_string(hide_password=False)).set(drivername="postgresql")
+    url = engine.url.set(drivername="postgresql")
     done = subprocess.run(
         [str(CLI), "sync", url.render_as_string(hide_password=False), str(module)],
         capture_output=True,

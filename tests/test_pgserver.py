@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -15,8 +19,13 @@ import sqlalchemy
 from sqlalchemy.engine import make_url
 
 from alembic_samizdat.pgserver import (
+    _DIR_PREFIX,
+    _OWNER_MARKER,
     ThrowawayServer,
     ThrowawayServerError,
+    _is_our_postmaster,
+    _pid_alive,
+    _sweep_stale,
     find_binaries,
     start_throwaway_server,
 )
@@ -126,8 +135,9 @@ def test_databases_of_earlier_tests_are_dropped(db_url: str, pg_url: str) -> Non
 
 def test_server_attributes(server: ThrowawayServer) -> None:
     assert server.running
-    assert server.url == f"postgresql+psycopg://postgres@127.0.0.1:{server.port}/postgres"
-    assert server.dsn == f"host=127.0.0.1 port={server.port} user=postgres dbname=postgres"
+    assert len(server.password) >= 32
+    assert server.url == f"postgresql+psycopg://postgres:{server.password}@127.0.0.1:{server.port}/postgres"
+    assert server.dsn == f"host=127.0.0.1 port={server.port} user=postgres password={server.password} dbname=postgres"
     assert (server.bin_dir / "postgres").is_file()
     assert server.major == (_major() or 18)
     with psycopg.connect(server.dsn) as conn:
@@ -255,3 +265,235 @@ def test_binaries_unreadable_by_the_server_user_are_copied() -> None:
                 assert conn.execute("SELECT 1").fetchone() == (1,)
     finally:
         shutil.rmtree(private)
+
+
+# -- who can reach the server -----------------------------------------------------------------------------
+
+
+def _socket_dsn(srv: ThrowawayServer) -> str:
+    return f"host={srv.data_dir} port={srv.port} user=postgres dbname=postgres"
+
+
+@pytest.mark.parametrize("transport", ["tcp", "socket"])
+def test_a_connection_without_the_password_is_refused(server: ThrowawayServer, transport: str) -> None:
+    base = f"host=127.0.0.1 port={server.port} user=postgres dbname=postgres" if transport == "tcp" else ""
+    base = base or _socket_dsn(server)
+    for attempt in (base, f"{base} password=wrong", f"{base.replace('user=postgres', 'user=nobody')}"):
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(attempt, connect_timeout=5)
+    with psycopg.connect(f"{base} password={server.password}") as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+
+
+def test_the_url_connects_and_no_other_role_can_log_in(server: ThrowawayServer) -> None:
+    engine = sqlalchemy.create_engine(server.url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sqlalchemy.text("SELECT current_user")).scalar_one() == "postgres"
+            methods = conn.execute(sqlalchemy.text("SELECT DISTINCT auth_method FROM pg_hba_file_rules")).scalars()
+            assert set(methods) == {"scram-sha-256"}
+    finally:
+        engine.dispose()
+
+
+def test_the_password_is_not_written_anywhere(server: ThrowawayServer) -> None:
+    secret = server.password.encode()
+    assert server.password not in repr(server)
+    for path in server.base_path.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert secret not in path.read_bytes(), path
+    # Command lines are readable by every local user.
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                assert secret not in (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+
+
+def test_only_the_server_user_reaches_the_data_dir_and_the_socket(server: ThrowawayServer) -> None:
+    data = server.data_dir.stat()
+    assert data.st_mode & 0o077 == 0
+    base = server.base_path.stat()
+    assert base.st_uid == os.geteuid()  # ours, so that nobody can plant files in it
+    assert base.st_mode & 0o066 == 0  # nobody else may list or change it
+    if (server.data_dir / f".s.PGSQL.{server.port}").exists():
+        assert (server.data_dir / f".s.PGSQL.{server.port}").is_socket()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root switches to another user")
+def test_as_root_each_run_has_a_user_of_its_own_deleted_on_stop(server: ThrowawayServer) -> None:
+    import pwd
+
+    with ThrowawayServer(_major()) as other:
+        users = {server.run_user, other.run_user}
+        assert len(users) == 2 and "nobody" not in users and "root" not in users
+        uid = other.data_dir.stat().st_uid
+        assert uid not in (0, server.data_dir.stat().st_uid)
+        name = other.run_user
+    with pytest.raises(KeyError):
+        pwd.getpwnam(name)
+    assert server.running
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root switches to another user")
+def test_as_root_an_explicit_user_is_used_and_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pwd
+
+    monkeypatch.setenv("SAMIZDAT_PG_USER", "nobody")
+    with ThrowawayServer(_major()) as srv:
+        assert srv.run_user == "nobody"
+    assert pwd.getpwnam("nobody")
+
+
+# -- the sweep of servers left behind by killed runs ------------------------------------------------------
+
+
+@pytest.fixture
+def sweep_base() -> Iterator[Path]:
+    """A private base directory (traversable, since as root the servers run as another user)."""
+    base = Path(tempfile.mkdtemp())
+    base.chmod(0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def _plant(base: Path, name: str, postmaster_pid: int | None = None) -> Path:
+    """A directory that looks like the leftover of a killed run, its postmaster.pid naming ``postmaster_pid``."""
+    entry = base / f"{_DIR_PREFIX}{name}"
+    (entry / "data").mkdir(parents=True)
+    record = {"marker": _OWNER_MARKER, "pid": _dead_pid(), "pid_ns": os.readlink("/proc/self/ns/pid"), "run_user": None}
+    (entry / "owner").write_text(json.dumps(record))
+    if postmaster_pid is not None:
+        (entry / "data" / "postmaster.pid").write_text(f"{postmaster_pid}\n{entry / 'data'}\n0\n5432\n")
+    return entry
+
+
+def test_sweep_stops_and_removes_a_server_whose_owner_was_killed(sweep_base: Path) -> None:
+    import pwd
+
+    code = (
+        "import sys, time\n"
+        "from alembic_samizdat.pgserver import start_throwaway_server\n"
+        "major = int(sys.argv[2]) if sys.argv[2] else None\n"
+        "srv = start_throwaway_server(major, base_dir=sys.argv[1])\n"
+        "print(srv.base_path, srv.run_user, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    owner = subprocess.Popen(
+        [sys.executable, "-c", code, str(sweep_base), str(_major() or "")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert owner.stdout is not None
+        base_path, run_user = owner.stdout.readline().split()
+        postmaster = int((Path(base_path) / "data" / "postmaster.pid").read_text().split()[0])
+    finally:
+        owner.kill()
+        owner.wait()
+    assert _pid_alive(postmaster)  # orphaned, still running
+    _sweep_stale(sweep_base)
+    for _ in range(250):
+        if not _pid_alive(postmaster):
+            break
+        time.sleep(0.02)
+    assert not _pid_alive(postmaster)
+    assert not Path(base_path).exists()
+    if os.geteuid() == 0:
+        with pytest.raises(KeyError):
+            pwd.getpwnam(run_user)
+
+
+def test_sweep_does_not_signal_an_unrelated_process_named_by_a_planted_directory(sweep_base: Path) -> None:
+    entry = sweep_base / f"{_DIR_PREFIX}planted"
+    # Its command line even names the planted data directory, as a postmaster's would.
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "-D", str(entry / "data")])
+    try:
+        _plant(sweep_base, "planted", victim.pid)
+        _sweep_stale(sweep_base)
+        assert victim.poll() is None
+        assert not entry.exists()  # a leftover of ours all the same: removed, only its "postmaster" spared
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_sweep_does_not_signal_the_postmaster_of_another_data_dir(sweep_base: Path, server: ThrowawayServer) -> None:
+    postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+    _plant(sweep_base, "points-at-a-live-server", postmaster)
+    _sweep_stale(sweep_base)
+    assert server.running
+    with psycopg.connect(server.dsn) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creating a directory owned by another user needs root")
+def test_sweep_leaves_directories_of_other_users_alone(sweep_base: Path) -> None:
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    theirs, ours = _plant(sweep_base, "theirs"), _plant(sweep_base, "ours")
+    for path in (theirs, theirs / "data", theirs / "owner"):
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    _sweep_stale(sweep_base)
+    assert theirs.exists()
+    assert not ours.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a data dir's owner needs root")
+def test_a_postmaster_is_ours_only_when_it_runs_as_its_data_dirs_owner(server: ThrowawayServer) -> None:
+    postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+    assert _is_our_postmaster(postmaster, server.data_dir)
+    stat = server.data_dir.stat()
+    os.chown(server.data_dir, 0, 0)
+    try:
+        assert not _is_our_postmaster(postmaster, server.data_dir)
+    finally:
+        os.chown(server.data_dir, stat.st_uid, stat.st_gid)
+
+
+def test_sweep_ignores_directories_without_our_owner_record(sweep_base: Path) -> None:
+    legacy = sweep_base / f"{_DIR_PREFIX}old-format"
+    (legacy / "data").mkdir(parents=True)
+    (legacy / "owner").write_text(f"{_dead_pid()} {os.readlink('/proc/self/ns/pid')}\n")
+    elsewhere = sweep_base / "elsewhere"
+    elsewhere.mkdir()
+    target = _plant(elsewhere, "target")  # stale and ours, but reached only through a symbolic link
+    (sweep_base / f"{_DIR_PREFIX}symlink").symlink_to(target)
+    _sweep_stale(sweep_base)
+    assert legacy.exists()
+    assert target.exists()
+
+
+def test_serve_prints_the_url_with_its_password_and_stops_on_sigterm() -> None:
+    # --serve is how a user gets a server for a terminal session: the URL it prints must be enough to connect.
+    major = _major()
+    command = [sys.executable, "-m", "alembic_samizdat.pgserver", "--serve"]
+    serve = subprocess.Popen(
+        command + (["--major", str(major)] if major else []), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert serve.stdout is not None
+        line = serve.stdout.readline()
+        assert line.startswith("PostgreSQL "), line
+        url = make_url(line.split("running: ", 1)[1].strip())
+        assert url.password
+        engine = sqlalchemy.create_engine(url)
+        try:
+            with engine.connect() as conn:
+                assert conn.execute(sqlalchemy.text("SELECT 1")).scalar_one() == 1
+        finally:
+            engine.dispose()
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(f"host=127.0.0.1 port={url.port} user=postgres dbname=postgres", connect_timeout=5)
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(60) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()

@@ -346,13 +346,13 @@ def test_owner_the_running_role_may_not_set_is_reported(engine: sa.Engine, db_ur
     runner, boss = f"run_{suffix}", f"boss_{suffix}"
     with engine.begin() as conn:
         conn.exec_driver_sql(
-            f'CREATE ROLE "{runner}" LOGIN; CREATE ROLE "{boss}";'
+            f'CREATE ROLE "{runner}" LOGIN PASSWORD \'samizdat-test\'; CREATE ROLE "{boss}";'
             f'GRANT ALL ON SCHEMA public TO "{runner}"; GRANT ALL ON SCHEMA public TO "{boss}";'
             f'GRANT "{boss}" TO "{runner}" WITH INHERIT TRUE, SET FALSE;'
             "CREATE TABLE t (id int PRIMARY KEY, a int, b int);"
             f'GRANT SELECT ON t TO "{runner}"'
         )
-    as_runner = sa.create_engine(sa.make_url(db_url).set(username=runner))
+    as_runner = sa.create_engine(sa.make_url(db_url).set(username=runner, password="samizdat-test"))
     try:
         sync(as_runner, load(tmp_path, 1))
         with engine.begin() as conn:

@@ -33,8 +33,8 @@ from alembic_samizdat.model import Samizdat
 from alembic_samizdat.refresher import RefreshError
 from alembic_samizdat.signature import mark_stale_statement
 
-#: Every role a test makes gets this password, so that servers that ask for one (SAMIZDAT_TEST_DATABASE_URL)
-#: work as well as the throwaway one, which trusts local connections.
+#: Every role a test makes gets this password: servers ask for one (the throwaway server too, SCRAM over
+#: TCP and over its socket).
 PASSWORD = "samizdat-test"
 
 

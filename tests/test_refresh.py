@@ -240,7 +240,7 @@ def test_next_sync_refreshes_the_views_above_a_failed_one(engine: sa.Engine) -> 
 def test_autorefresh_works_for_a_role_that_may_only_write_the_table(engine: sa.Engine, db_url: str) -> None:
     with engine.begin() as conn:
         conn.exec_driver_sql(
-            "CREATE TABLE src (x int); DROP ROLE IF EXISTS samizdat_writer; CREATE ROLE samizdat_writer LOGIN;"
+            "CREATE TABLE src (x int); DROP ROLE IF EXISTS samizdat_writer; CREATE ROLE samizdat_writer LOGIN PASSWORD 'samizdat-test';"
             "GRANT USAGE ON SCHEMA public TO samizdat_writer; GRANT INSERT ON src TO samizdat_writer"
         )
     registry = SamizdatRegistry()
@@ -252,7 +252,7 @@ def test_autorefresh_works_for_a_role_that_may_only_write_the_table(engine: sa.E
         sql_template = "${preamble} SELECT count(*) AS n FROM src ${postamble}"
 
     sync(engine, registry)
-    writer = sa.create_engine(sa.make_url(db_url).set(username="samizdat_writer"))
+    writer = sa.create_engine(sa.make_url(db_url).set(username="samizdat_writer", password="samizdat-test"))
     try:
         with writer.begin() as conn:
             conn.exec_driver_sql("INSERT INTO src VALUES (1)")
