@@ -142,7 +142,7 @@ def adopt_unsigned(connection: Connection, graph: Graph, scope: str) -> AdoptRes
     for other in state.others:
         if other.signature is not None or other.malformed is not None or is_dbsamizdat(other.comment):
             continue
-        if other.kind not in ("view", "matview", "function", "trigger"):
+        if other.kind not in ("view", "matview", "function", "procedure", "trigger"):
             continue
         for key in declared_hits(graph, other):
             if key not in state.managed:

@@ -18,7 +18,13 @@ from .errors import CatalogReadError
 from .identifiers import qualified, quote_ident, quote_literal
 from .keys import Key, Kind, normalize_signature
 
-_KINDS = {"view": Kind.VIEW, "matview": Kind.MATVIEW, "function": Kind.FUNCTION, "trigger": Kind.TRIGGER}
+_KINDS = {
+    "view": Kind.VIEW,
+    "matview": Kind.MATVIEW,
+    "function": Kind.FUNCTION,
+    "procedure": Kind.PROCEDURE,
+    "trigger": Kind.TRIGGER,
+}
 
 #: One round trip: signed views, materialized views, functions and triggers; objects whose names a
 #: declaration wants (to refuse clashes); and every object that depends on a signed one.
@@ -66,7 +72,8 @@ objs AS (
                                          OR (:adopt AND left(d.description, :dlen) = :dprefix)))
            OR (n.nspname, c.relname) IN (SELECT s, n FROM wanted_rel))
     UNION ALL
-    SELECT 'pg_proc'::regclass, p.oid, 0::oid, 'function', n.nspname, p.proname,
+    SELECT 'pg_proc'::regclass, p.oid, 0::oid, CASE p.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END,
+           n.nspname, p.proname,
            pg_get_function_identity_arguments(p.oid), d.description, true,
            CASE WHEN left(d.description, :plen) <> :prefix THEN NULL
                 WHEN p.proacl IS NULL THEN '[["PUBLIC", "EXECUTE"]]'  -- the default of a new function
@@ -224,8 +231,8 @@ class DbObject:
 
     def describe(self) -> str:
         """The object for messages."""
-        if self.kind == "function":
-            return f"function {qualified(self.key.schema, self.key.name)}({self.identity_args})"
+        if self.kind in ("function", "procedure"):
+            return f"{self.kind} {qualified(self.key.schema, self.key.name)}({self.identity_args})"
         return f"{self.kind} {self.key.display()}"
 
     def drop_statement(self) -> str:
@@ -234,9 +241,9 @@ class DbObject:
             return f"DROP VIEW {qualified(self.key.schema, self.key.name)}"
         if self.kind == "matview":
             return f"DROP MATERIALIZED VIEW {qualified(self.key.schema, self.key.name)}"
-        if self.kind == "function":
+        if self.kind in ("function", "procedure"):
             # identity_args is PostgreSQL's own rendering of the argument types, so it is valid SQL.
-            return f"DROP FUNCTION {qualified(self.key.schema, self.key.name)}({self.identity_args})"
+            return f"DROP {self.kind.upper()} {qualified(self.key.schema, self.key.name)}({self.identity_args})"
         if self.kind == "trigger":
             return f"DROP TRIGGER {quote_ident(self.key.name)} ON {qualified(self.key.schema, self.key.extra)}"
         raise ValueError(f"we never drop a {self.kind}")
@@ -427,7 +434,7 @@ def build_state(
         kind, schema, name, extra = str(row[3]), str(row[4]), str(row[5]), str(row[6])
         comment = None if row[7] is None else str(row[7])
         populated = bool(row[8])
-        namespace = "relation" if classid == "pg_class" else kind
+        namespace = "relation" if classid == "pg_class" else "function" if classid == "pg_proc" else kind
         signature: sig.Signature | None = None
         malformed: str | None = None
         key_extra = extra

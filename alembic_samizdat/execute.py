@@ -163,7 +163,7 @@ def diagnose_function(connection: Connection, action: Action, *, in_autocommit: 
     signature (``COMMENT ON FUNCTION`` found no function with the declared signature).
     """
     declared = action.declared
-    if declared is None or declared.kind is not Kind.FUNCTION:
+    if declared is None or declared.kind not in (Kind.FUNCTION, Kind.PROCEDURE):
         return None
     lookup = text(
         "SELECT pg_get_function_identity_arguments(p.oid) FROM pg_proc p "
@@ -192,7 +192,7 @@ def diagnose_function(connection: Connection, action: Action, *, in_autocommit: 
     if not created:
         return None
     return FunctionSignatureMismatchError(
-        f"{declared.label}: PostgreSQL created function {qualified(declared.key.schema, declared.key.name)}"
+        f"{declared.label}: PostgreSQL created {declared.kind.value} {qualified(declared.key.schema, declared.key.name)}"
         f"({', '.join(created)}), but function_arguments_signature says ({declared.key.extra}). Make "
         "function_arguments_signature list the input argument types exactly as the function identifies them "
         "(OUT arguments and defaults excluded). Nothing was kept",
@@ -203,7 +203,11 @@ def diagnose_function(connection: Connection, action: Action, *, in_autocommit: 
 
 def create_failed(action: Action) -> bool:
     """Whether a failure of ``action`` could be a function signature mismatch."""
-    return action.verb is Verb.CREATE and action.declared is not None and action.declared.kind is Kind.FUNCTION
+    return (
+        action.verb is Verb.CREATE
+        and action.declared is not None
+        and action.declared.kind in (Kind.FUNCTION, Kind.PROCEDURE)
+    )
 
 
 @contextmanager

@@ -9,6 +9,7 @@ dependency order.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -145,6 +146,9 @@ def _clashes(graph: Graph, state: DatabaseState) -> list[str]:
     return problems
 
 
+_IN_MODE = re.compile(r"(?:^|(?<=, ))in ")
+
+
 def declared_hits(graph: Graph, other: DbObject) -> list[Key]:
     key = other.key
     if key.namespace == "relation":
@@ -153,6 +157,9 @@ def declared_hits(graph: Graph, other: DbObject) -> list[Key]:
     if key.namespace == "trigger":
         return [key] if key in graph.nodes else []
     printed = normalize_signature(other.identity_args).lower()
+    if other.kind == "procedure":
+        # PostgreSQL prints a procedure's argument modes, IN included ("IN a integer"); a declared signature omits IN.
+        printed = _IN_MODE.sub("", printed)
     return [
         k
         for k in graph.nodes
@@ -183,8 +190,8 @@ def grant_statements(
 ) -> list[str]:
     """GRANT / REVOKE statements for ``item``."""
     target = (
-        f"FUNCTION {qualified(item.key.schema, item.key.name)}({item.key.extra})"
-        if item.kind is Kind.FUNCTION
+        f"{item.kind.sql_name} {qualified(item.key.schema, item.key.name)}({item.key.extra})"
+        if item.kind in (Kind.FUNCTION, Kind.PROCEDURE)
         else f"TABLE {qualified(item.key.schema, item.key.name)}"
     )
 
