@@ -118,6 +118,10 @@ def _definition(connection: Connection, obj: DbObject) -> str | None:
 
 
 def _rename(obj: DbObject, temporary: str) -> str:
+    if obj.kind == "trigger":
+        # Renaming a constraint trigger keeps its pg_constraint row's name, which the declared one needs; nothing
+        # depends on a trigger, so it is dropped instead (in the savepoint that is rolled back).
+        return obj.drop_statement()
     target = obj.comment_target()
     return f"ALTER {target} RENAME TO {quote_ident(temporary)}"
 

@@ -86,6 +86,15 @@ def _describe_failure(
             sql=sql,
             action=action.describe() if action else "",
         )
+    if _constraint_name_taken(action, exc):
+        assert action is not None and action.declared is not None and action.declared.trigger_table is not None
+        return ExecutionError(
+            f"{message}: table {qualified(*action.declared.trigger_table)} already has a constraint named "
+            f"{action.key.name!r}, and a constraint trigger's name is also a constraint name of its table. Set "
+            "another trigger_name. Nothing of this action was kept",
+            sql=sql,
+            action=action.describe(),
+        )
     if sqlstate(exc) in _ALREADY_EXISTS and action is not None and action.verb is Verb.CREATE:
         return ExecutionError(
             message + ": an object with this identity exists and is not signed by this registry's scope (the "
@@ -97,6 +106,18 @@ def _describe_failure(
         )
     return ExecutionError(
         message + ". Nothing of this action was kept", sql=sql, action=action.describe() if action else ""
+    )
+
+
+def _constraint_name_taken(action: Action | None, exc: DBAPIError) -> bool:
+    """A constraint trigger's create failed on pg_constraint's unique (table, type, name) index."""
+    return (
+        action is not None
+        and action.verb is Verb.CREATE
+        and action.kind == Kind.TRIGGER.value
+        and action.declared is not None
+        and sqlstate(exc) == "23505"
+        and "pg_constraint" in str(getattr(exc, "orig", exc))
     )
 
 

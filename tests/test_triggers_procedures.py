@@ -17,6 +17,7 @@ from helpers import alembic_project, make_registry, rows, run_sql, scalar, trigg
 from alembic_samizdat import (
     DeclarationError,
     DuplicateIdentityError,
+    ExecutionError,
     FunctionSignatureMismatchError,
     InvalidIdentifierError,
     SamizdatFunction,
@@ -255,6 +256,29 @@ def test_constraint_trigger_from_the_compat_import(engine: sa.Engine) -> None:
         conn.exec_driver_sql("INSERT INTO fruit VALUES ('Durian!')")
         with pytest.raises(sa.exc.DBAPIError, match="Too delicious"):
             conn.commit()
+
+
+def test_adopt_an_unsigned_constraint_trigger(engine: sa.Engine) -> None:
+    from alembic_samizdat.api import adopt
+
+    make_fruit(engine)
+    run_sql(engine, NoDurian.create())
+    assert [d.what for d in diff_database(engine, make_registry(NoDurian)).differences] == [DiffKind.EXCESS_CODE]
+    result = adopt(engine, make_registry(NoDurian))
+    assert [k.name for k in result.adopted] == ["no durian"]
+    assert diff_database(engine, make_registry(NoDurian)).differences == ()
+    assert constraint_rows(engine) == [("no durian", False, True, True, True)]
+
+
+def test_constraint_trigger_named_like_a_constraint_of_its_table(engine: sa.Engine) -> None:
+    make_fruit(engine)
+    run_sql(engine, 'ALTER TABLE fruit ADD CONSTRAINT "no durian" CHECK (true)')
+    with pytest.raises(ExecutionError) as caught:
+        sync(engine, make_registry(NoDurian))
+    message = str(caught.value)
+    assert "NoDurian" in message and "already has a constraint named 'no durian'" in message
+    assert "trigger_name" in message
+    assert trigger_names(engine) == set()
 
 
 @pytest.mark.parametrize(
@@ -523,3 +547,53 @@ def test_alembic_autogenerate_upgrade_downgrade(
         assert trigger_names(engine) == set()
     finally:
         sys.modules.pop(module, None)
+
+
+CLI_MODULE = """
+from alembic_samizdat import SamizdatProcedure, SamizdatTrigger
+
+
+class add_fruit(SamizdatProcedure):
+    function_arguments_signature = "name text"
+    sql_template = "${preamble} LANGUAGE sql AS $$ INSERT INTO public.fruit VALUES ($1) $$ ${postamble}"
+
+
+class Stamp(SamizdatTrigger):
+    trigger_name = "stamp"
+    on_table = "fruit"
+    condition = "BEFORE INSERT"
+    sql_template = "${preamble} FOR EACH ROW EXECUTE FUNCTION public.touch() ${postamble}"
+
+
+class CheckFruit(SamizdatTrigger):
+    is_constraint = True
+    trigger_name = "check"
+    on_table = "fruit"
+    condition = "AFTER INSERT"
+    sql_template = "${preamble} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.touch() ${postamble}"
+"""
+
+
+def test_cli_diff_sync_and_printdot(
+    engine: sa.Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from alembic_samizdat.cli import main
+
+    run_sql(
+        engine,
+        "CREATE TABLE fruit (name text)",
+        "CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$",
+    )
+    module = tmp_path / "cli_triggers_procedures.py"
+    module.write_text(CLI_MODULE)
+    assert main(["diff", db_url, str(module)]) == 102
+    out = capsys.readouterr().out
+    assert 'procedure "public"."add_fruit"(name text)' in out
+    assert 'trigger "stamp" ON "public"."fruit"' in out and 'trigger "check" ON "public"."fruit"' in out
+    assert main(["sync", "-q", db_url, str(module)]) == 0
+    assert main(["diff", db_url, str(module)]) == 0
+    capsys.readouterr()
+    assert main(["printdot", str(module)]) == 0
+    dot = capsys.readouterr().out
+    assert 'label="public.add_fruit(name text)", shape=hexagon' in dot
+    assert 'label="stamp\\\\non public.fruit"' in dot and 'label="check\\\\non public.fruit"' in dot
