@@ -13,6 +13,8 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 from helpers import alembic_project, make_registry, rows, run_sql, scalar, trigger_names
+from test_adopt import CLI as DBSAMIZDAT_CLI
+from test_adopt import needs_dbsamizdat
 
 from alembic_samizdat import (
     DeclarationError,
@@ -279,6 +281,85 @@ def test_constraint_trigger_named_like_a_constraint_of_its_table(engine: sa.Engi
     assert "NoDurian" in message and "already has a constraint named 'no durian'" in message
     assert "trigger_name" in message
     assert trigger_names(engine) == set()
+
+
+DBSAMIZDAT_MODULE = '''
+from {package} import SamizdatFunction, SamizdatTrigger
+
+
+class Raise(SamizdatFunction):
+    sql_template = """
+        ${{preamble}}
+        RETURNS trigger AS $$$$ BEGIN RAISE EXCEPTION '%', TG_ARGV[0]; END; $$$$ LANGUAGE plpgsql
+        ${{postamble}}
+    """
+
+
+class FruitCensorConstraint(SamizdatTrigger):
+    deps_on = {{Raise}}
+    is_constraint = True
+    on_table = "fruit"
+    condition = "AFTER INSERT OR UPDATE"
+    sql_template = f"""
+        ${{{{preamble}}}}
+        DEFERRABLE INITIALLY DEFERRED
+        FOR EACH ROW
+        WHEN (NEW.name ilike '%durian%')
+        EXECUTE PROCEDURE "{{Raise.schema}}"."Raise"('Too delicious.')
+        ${{{{postamble}}}}
+    """
+'''
+
+
+@needs_dbsamizdat
+def test_constraint_trigger_same_as_dbsamizdat_and_adopted_in_place(
+    engine: sa.Engine, make_database: Any, tmp_path: Path
+) -> None:
+    """DBSamizdat 0.11.2 and the compat import create the same constraint trigger; adoption keeps DBSamizdat's."""
+    import subprocess
+
+    from alembic_samizdat import SamizdatRegistry
+
+    def triggerdef(eng: sa.Engine) -> list[tuple[Any, ...]]:
+        return rows(
+            eng,
+            "SELECT t.oid::bigint, pg_get_triggerdef(t.oid), k.condeferred FROM pg_trigger t "
+            "JOIN pg_constraint k ON k.oid = t.tgconstraint WHERE NOT t.tgisinternal",
+        )
+
+    theirs = tmp_path / "theirs.py"
+    theirs.write_text(textwrap.dedent(DBSAMIZDAT_MODULE.format(package="dbsamizdat")))
+    ours = tmp_path / "ours.py"
+    ours.write_text(textwrap.dedent(DBSAMIZDAT_MODULE.format(package="alembic_samizdat.compat.dbsamizdat")))
+    run_sql(engine, "CREATE TABLE fruit (name text)")
+    url = sa.make_url(engine.url.render_as_string(hide_password=False)).set(drivername="postgresql")
+    done = subprocess.run(
+        [str(DBSAMIZDAT_CLI), "sync", url.render_as_string(hide_password=False), str(theirs)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    other = sa.create_engine(make_database())
+    try:
+        run_sql(other, "CREATE TABLE fruit (name text)")
+        registry = SamizdatRegistry()
+        registry.load(str(ours))
+        sync(other, registry)
+        [(_, ours_def, ours_deferred)] = triggerdef(other)
+    finally:
+        other.dispose()
+    [(oid, theirs_def, theirs_deferred)] = triggerdef(engine)
+    assert ours_def == theirs_def and ours_deferred is theirs_deferred is True
+
+    registry = SamizdatRegistry()
+    registry.load(str(ours))
+    result = sync(engine, registry, adopt="dbsamizdat")
+    assert {a.verb for a in result.plan.actions} == {Verb.ADOPT}
+    assert triggerdef(engine)[0][0] == oid
+    assert diff_database(engine, registry).differences == ()
 
 
 @pytest.mark.parametrize(
