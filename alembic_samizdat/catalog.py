@@ -61,7 +61,7 @@ objs AS (
                OR EXISTS (SELECT 1 FROM pg_description cd
                           WHERE cd.objoid = c.oid AND cd.classoid = 'pg_class'::regclass AND cd.objsubid > 0)
            ) AS keeps,
-           NULL::text AS fp, {moved_relation} AS moved
+           NULL::text AS fp, {moved_relation} AS moved, false AS is_constraint
     FROM pg_class c
     JOIN pg_namespace n ON n.oid = c.relnamespace
     LEFT JOIN pg_description d
@@ -82,7 +82,7 @@ objs AS (
                       WHERE a.grantee <> p.proowner)::text END,
            :dependents AND left(d.description, :plen) = :prefix
                AND (p.proacl IS NOT NULL OR p.proowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)),
-           {fp_function}, {moved_function}
+           {fp_function}, {moved_function}, false
     FROM pg_proc p
     JOIN pg_namespace n ON n.oid = p.pronamespace
     LEFT JOIN pg_description d
@@ -92,7 +92,7 @@ objs AS (
            OR (n.nspname, p.proname) IN (SELECT s, n FROM wanted_fn))
     UNION ALL
     SELECT 'pg_trigger'::regclass, t.oid, 0::oid, 'trigger', n.nspname, t.tgname, c.relname,
-           d.description, true, NULL::text, false, NULL::text, {moved_trigger}
+           d.description, true, NULL::text, false, NULL::text, {moved_trigger}, t.tgconstraint <> 0
     FROM pg_trigger t
     JOIN pg_class c ON c.oid = t.tgrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -130,7 +130,7 @@ SELECT 'obj' AS row, classid::text AS classid, oid::bigint AS oid, kind, schema,
                  || CASE WHEN right(description, :slen) = :stale THEN :stale ELSE '}' END
        END AS description,
        populated, NULL AS dep_classid, NULL::bigint AS dep_oid, NULL AS dep_desc, NULL::bool AS dep_auto, acl, keeps,
-       fp, moved
+       fp, moved, is_constraint
 FROM objs
 UNION ALL
 SELECT 'dep', d.ref_classid::text, d.ref_oid::bigint, NULL, NULL, NULL, NULL, NULL, NULL,
@@ -144,13 +144,13 @@ SELECT 'dep', d.ref_classid::text, d.ref_oid::bigint, NULL, NULL, NULL, NULL, NU
                      OR EXISTS (SELECT 1 FROM pg_class k WHERE k.oid = d.dep_oid AND k.relkind IN ('v', 'm'))))
                 OR dd.description IS NULL
             THEN pg_describe_object(d.dep_classid, d.dep_oid, d.dep_subid) END,
-       d.dep_auto, NULL, NULL, NULL, NULL
+       d.dep_auto, NULL, NULL, NULL, NULL, NULL
 FROM deps d
 LEFT JOIN pg_description dd ON dd.objoid = d.dep_oid AND dd.classoid = d.dep_classid AND dd.objsubid = 0
 WHERE :dependents
 UNION ALL
 -- Runs last (Append runs its branches in order, and set_config keeps the query serial): restores search_path.
-SELECT 'pin', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+SELECT 'pin', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 FROM pin WHERE set_config('search_path', pin.old, true) IS NULL
 """
 
@@ -214,6 +214,8 @@ class DbObject:
     fingerprint: str | None = None
     #: The definition's catalog row was written after the signature (see :func:`signature.stamp_statement`).
     moved: bool = False
+    #: A constraint trigger (``CREATE CONSTRAINT TRIGGER``); DBSamizdat's definition hash does not cover it.
+    constraint_trigger: bool = False
 
     @property
     def drifted(self) -> bool:
@@ -472,6 +474,7 @@ def build_state(
             (None if row[14] is None else bool(row[14])) if len(row) > 14 else None,
             None if len(row) <= 15 or row[15] is None else str(row[15]),
             len(row) > 16 and bool(row[16]),
+            len(row) > 17 and bool(row[17]),
         )
         if signature is not None and signature.scope == scope and kind in _KINDS:
             managed[obj.key] = obj

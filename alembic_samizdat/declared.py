@@ -46,6 +46,8 @@ class Declared:
     refresh_triggers: tuple[tuple[str, str], ...] = ()
     condition: str = ""
     trigger_table: tuple[str, str] | None = None
+    #: A constraint trigger; part of ``sql`` (its preamble), so not hashed again.
+    is_constraint: bool = False
     function_arguments: str = ""
     #: Populate on creation (materialized views); not part of the hash, so changing it recreates nothing.
     with_data: bool = True
@@ -216,6 +218,7 @@ def declare(cls: type[Samizdat]) -> Declared:
             unmanaged,
             condition=cls.trigger_condition(),
             trigger_table=table,
+            is_constraint=cls.constraint(),
             source=cls,
         )
     if issubclass(cls, SamizdatFunction):

@@ -262,6 +262,7 @@ class SamizdatProcedure(SamizdatFunction):
     ``function_arguments``; ``grants`` takes ``EXECUTE``.
     """
 
+    __abstract__ = True
     kind = Kind.PROCEDURE
 
     @classmethod

@@ -213,6 +213,8 @@ def diff(graph: Graph, state: DatabaseState) -> list[Difference]:
             out.append(Difference(DiffKind.EXCESS_CODE, key, item.kind.value, item.label))
         elif obj.signature is not None and obj.signature.hash.startswith(HASH_PREFIX):
             same = obj.signature.hash == HASH_PREFIX + (dbsamizdat_hash(item.source) or "")
+            # DBSamizdat's hash leaves is_constraint out (it compares it apart): a flipped one is a change.
+            same = same and obj.constraint_trigger == item.is_constraint
             out.append(Difference(DiffKind.ADOPTABLE if same else DiffKind.CHANGED, key, item.kind.value, item.label))
         elif not _signature_matches(obj, item):
             out.append(Difference(DiffKind.CHANGED, key, item.kind.value, item.label))

@@ -362,6 +362,48 @@ def test_constraint_trigger_same_as_dbsamizdat_and_adopted_in_place(
     assert diff_database(engine, registry).differences == ()
 
 
+@needs_dbsamizdat
+def test_adopting_a_plain_trigger_declared_as_constraint_trigger_recreates_it(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """DBSamizdat's definition hash leaves is_constraint out; flipping it is still a change."""
+    import subprocess
+
+    from alembic_samizdat import SamizdatRegistry
+
+    plain = DBSAMIZDAT_MODULE.replace("is_constraint = True", "is_constraint = False").replace(
+        "DEFERRABLE INITIALLY DEFERRED", ""
+    )
+    theirs = tmp_path / "theirs_plain.py"
+    theirs.write_text(textwrap.dedent(plain.format(package="dbsamizdat")))
+    run_sql(engine, "CREATE TABLE fruit (name text)")
+    url = sa.make_url(engine.url.render_as_string(hide_password=False)).set(drivername="postgresql")
+    done = subprocess.run(
+        [str(DBSAMIZDAT_CLI), "sync", url.render_as_string(hide_password=False), str(theirs)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert scalar(engine, "SELECT tgconstraint FROM pg_trigger WHERE NOT tgisinternal") == 0
+    # Same template text but for the DEFERRABLE line: keep DBSamizdat's hash equal by declaring the same
+    # template, and flip only is_constraint.
+    ours = tmp_path / "ours_flipped.py"
+    ours.write_text(
+        textwrap.dedent(plain.replace("is_constraint = False", "is_constraint = True")).format(
+            package="alembic_samizdat.compat.dbsamizdat"
+        )
+    )
+    registry = SamizdatRegistry()
+    registry.load(str(ours))
+    result = sync(engine, registry, adopt="dbsamizdat")
+    trigger_actions = {a.verb for a in result.plan.actions if a.key.namespace == "trigger"}
+    assert trigger_actions == {Verb.DROP, Verb.CREATE}
+    assert scalar(engine, "SELECT tgconstraint <> 0 FROM pg_trigger WHERE NOT tgisinternal") is True
+    assert diff_database(engine, registry).differences == ()
+
+
 @pytest.mark.parametrize(
     ("condition", "body", "says"),
     [
