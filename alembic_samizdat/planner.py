@@ -9,7 +9,6 @@ dependency order.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -146,7 +145,11 @@ def _clashes(graph: Graph, state: DatabaseState) -> list[str]:
     return problems
 
 
-_IN_MODE = re.compile(r"(?:^|(?<=, ))in ")
+def _as_function_identity(printed: str) -> str:
+    """A procedure's identity arguments as PostgreSQL prints a function's: without ``IN`` and without the OUT
+    arguments (PostgreSQL prints every mode of a procedure's arguments, and its OUT ones, since version 14)."""
+    kept = [arg.removeprefix("in ") for arg in printed.split(", ") if not arg.startswith("out ")]
+    return ", ".join(kept)
 
 
 def declared_hits(graph: Graph, other: DbObject) -> list[Key]:
@@ -158,8 +161,7 @@ def declared_hits(graph: Graph, other: DbObject) -> list[Key]:
         return [key] if key in graph.nodes else []
     printed = normalize_signature(other.identity_args).lower()
     if other.kind == "procedure":
-        # PostgreSQL prints a procedure's argument modes, IN included ("IN a integer"); a declared signature omits IN.
-        printed = _IN_MODE.sub("", printed)
+        printed = _as_function_identity(printed)
     return [
         k
         for k in graph.nodes

@@ -568,6 +568,41 @@ def test_adopt_an_unsigned_procedure(engine: sa.Engine) -> None:
     assert diff_database(engine, registry).differences == ()
 
 
+class count_fruit(SamizdatProcedure):
+    """OUT arguments (PostgreSQL 14+): the signature lists the others, as for a function."""
+
+    function_arguments_signature = "pattern text, INOUT total integer"
+    function_arguments = "pattern text, INOUT total integer, OUT matched integer"
+    sql_template = """
+        ${preamble}
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            SELECT count(*) INTO matched FROM public.fruit WHERE name LIKE pattern;
+            total := total + matched;
+        END $$
+        ${postamble}
+    """
+
+
+def test_procedure_with_out_arguments_synced_and_adopted(engine: sa.Engine, make_database: Any) -> None:
+    from alembic_samizdat.api import adopt
+
+    run_sql(engine, "CREATE TABLE fruit (name text)", "INSERT INTO fruit VALUES ('apple'), ('apricot'), ('fig')")
+    registry = make_registry(count_fruit)
+    sync(engine, registry)
+    assert rows(engine, "CALL count_fruit('ap%', 10, NULL)") == [(12, 2)]
+    assert diff_database(engine, registry).differences == ()
+
+    # The same procedure made by hand is matched by its signature and adopted.
+    other = sa.create_engine(make_database())
+    try:
+        run_sql(other, "CREATE TABLE fruit (name text)", count_fruit.create())
+        assert [k.name for k in adopt(other, registry).adopted] == ["count_fruit"]
+        assert diff_database(other, registry).differences == ()
+    finally:
+        other.dispose()
+
+
 # --- Alembic ---------------------------------------------------------------------------------------------------
 
 ALEMBIC_MODELS = '''
