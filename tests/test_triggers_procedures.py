@@ -476,7 +476,8 @@ def test_procedure_create_call_grants_noop_change_drop(engine: sa.Engine, make_d
     assert procedures(engine) == [("add_fruit(text)", "p"), ("add_fruit(text,integer)", "p")]
     run_sql(engine, "CALL add_fruit('apple')", "CALL add_fruit('pear', 3)")
     assert scalar(engine, "SELECT count(*) FROM fruit") == 4
-    assert scalar(engine, "SELECT has_function_privilege('fruit_writer', 'add_fruit(text)', 'EXECUTE')")
+    acl = scalar(engine, "SELECT proacl::text FROM pg_proc WHERE oid = 'add_fruit(text)'::regprocedure")
+    assert "fruit_writer=X/" in acl
     comment = scalar(engine, "SELECT obj_description('add_fruit(text)'::regprocedure, 'pg_proc')")
     assert '"kind":"procedure"' in comment
     assert diff_database(engine, registry).differences == ()
@@ -496,8 +497,8 @@ def test_procedure_create_call_grants_noop_change_drop(engine: sa.Engine, make_d
     assert (Verb.CREATE, "name text") in {(a.verb, a.key.extra) for a in done.plan.actions}
     run_sql(engine, "CALL add_fruit('fig')")
     assert scalar(engine, "SELECT count(*) FROM fruit WHERE name = 'FIG'") == 1
-    for role in ("fruit_writer", "fruit_reader"):
-        assert scalar(engine, f"SELECT has_function_privilege('{role}', 'add_fruit(text)', 'EXECUTE')")
+    acl = scalar(engine, "SELECT proacl::text FROM pg_proc WHERE oid = 'add_fruit(text)'::regprocedure")
+    assert "fruit_writer=X/" in acl and "fruit_reader=X/" in acl
 
     # Replaced by hand: drift, put back by sync.
     run_sql(engine, "CREATE OR REPLACE PROCEDURE add_fruit(name text) LANGUAGE sql AS $$ SELECT 1 $$")
@@ -506,7 +507,16 @@ def test_procedure_create_call_grants_noop_change_drop(engine: sa.Engine, make_d
     sync(engine, make_registry(changed, add_fruits))
     assert "upper" in str(scalar(engine, "SELECT pg_get_functiondef('add_fruit(text)'::regprocedure)"))
 
-    # No longer declared: dropped with DROP PROCEDURE (dependents first is not needed: none).
+    # Grants alone change: GRANT … ON PROCEDURE, nothing recreated.
+    granted = type("add_fruits", (add_fruits,), {"__module__": __name__, "grants": {"fruit_reader": {"EXECUTE"}}})
+    done = sync(engine, make_registry(changed, granted))
+    assert [(a.verb, a.key.extra) for a in done.plan.actions] == [(Verb.GRANT, "name text, times integer")]
+    assert "GRANT EXECUTE ON PROCEDURE" in done.plan.actions[0].sql
+    acl = scalar(engine, "SELECT proacl::text FROM pg_proc WHERE oid = 'add_fruit(text, integer)'::regprocedure")
+    assert "fruit_reader=X/" in acl
+    assert diff_database(engine, make_registry(changed, granted)).differences == ()
+
+    # No longer declared: dropped with DROP PROCEDURE.
     sync(engine, make_registry(changed))
     assert procedures(engine) == [("add_fruit(text)", "p")]
     sync(engine, make_registry())
