@@ -213,7 +213,8 @@ def diagnose_function(connection: Connection, action: Action, *, in_autocommit: 
     if not created:
         return None
     return FunctionSignatureMismatchError(
-        f"{declared.label}: PostgreSQL created {declared.kind.value} {qualified(declared.key.schema, declared.key.name)}"
+        f"{declared.label}: PostgreSQL created {declared.kind.value} "
+        f"{qualified(declared.key.schema, declared.key.name)}"
         f"({', '.join(created)}), but function_arguments_signature says ({declared.key.extra}). Make "
         "function_arguments_signature list the input argument types exactly as the function identifies them "
         "(OUT arguments and defaults excluded). Nothing was kept",

@@ -43,8 +43,9 @@ _SQL_NAMES = {
 class Key(NamedTuple):
     """The identity of one database object.
 
-    ``extra`` is the argument signature for a function or procedure (whitespace-normalised, as declared) and the table name
-    for a trigger (whose ``schema`` is the table's schema); it is empty for views and materialized views.
+    ``extra`` is the argument signature for a function or procedure (whitespace-normalised, as declared) and the
+    table name for a trigger (whose ``schema`` is the table's schema); it is empty for views and materialized
+    views.
     A tuple, so that hashing and ordering (done a lot by the graph and the planner) run in C.
     """
 

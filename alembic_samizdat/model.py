@@ -110,7 +110,7 @@ class Samizdat(metaclass=SamizdatMeta):
 
     @classmethod
     def object_name(cls) -> str:
-        """The object's name in the database (the class name, or ``function_name`` for functions)."""
+        """The object's name in the database: the class name, or ``function_name`` / ``trigger_name``."""
         return check_identifier(cls.__name__, f"name of class {cls.__qualname__}")
 
     @classmethod

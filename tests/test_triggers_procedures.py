@@ -490,7 +490,9 @@ def test_procedure_create_call_grants_noop_change_drop(engine: sa.Engine, make_d
         (add_fruit,),
         {
             "__module__": __name__,
-            "sql_template": "${preamble} LANGUAGE sql AS $$ INSERT INTO public.fruit VALUES (upper($1)) $$ ${postamble}",
+            "sql_template": (
+                "${preamble} LANGUAGE sql AS $$ INSERT INTO public.fruit VALUES (upper($1)) $$ ${postamble}"
+            ),
         },
     )
     done = sync(engine, make_registry(changed, add_fruits))
