@@ -63,7 +63,7 @@ def dbsamizdat_hash(cls: type[Samizdat] | None) -> str | None:
         creation = f'"{schema}"."{name}"({arguments})'
     elif issubclass(cls, SamizdatTrigger):
         table_schema, table = cls.table()
-        identity = f'"{table_schema}.{table}"."{cls.__name__}"'
+        identity = f'"{table_schema}.{table}"."{cls.object_name()}"'
         creation = ""
     else:
         identity = f'"{schema}"."{cls.__name__}"'

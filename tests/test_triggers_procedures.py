@@ -363,6 +363,42 @@ def test_constraint_trigger_same_as_dbsamizdat_and_adopted_in_place(
 
 
 @needs_dbsamizdat
+def test_native_class_with_trigger_name_adopts_the_dbsamizdat_trigger(engine: sa.Engine, tmp_path: Path) -> None:
+    """A class renamed on the way over keeps DBSamizdat's trigger through trigger_name: adopted, not recreated."""
+    import subprocess
+
+    from alembic_samizdat import SamizdatRegistry
+
+    theirs = tmp_path / "theirs_named.py"
+    theirs.write_text(textwrap.dedent(DBSAMIZDAT_MODULE.format(package="dbsamizdat")))
+    run_sql(engine, "CREATE TABLE fruit (name text)")
+    url = sa.make_url(engine.url.render_as_string(hide_password=False)).set(drivername="postgresql")
+    done = subprocess.run(
+        [str(DBSAMIZDAT_CLI), "sync", url.render_as_string(hide_password=False), str(theirs)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    oid = scalar(engine, "SELECT oid::bigint FROM pg_trigger WHERE NOT tgisinternal")
+    source = textwrap.dedent(DBSAMIZDAT_MODULE.format(package="alembic_samizdat.compat.dbsamizdat"))
+    source = source.replace(
+        "class FruitCensorConstraint(SamizdatTrigger):",
+        "from alembic_samizdat import SamizdatTrigger as Native\n\n\nclass NoDurianCheck(Native):\n"
+        '    trigger_name = "FruitCensorConstraint"',
+    )
+    ours = tmp_path / "ours_named.py"
+    ours.write_text(source)
+    registry = SamizdatRegistry()
+    registry.load(str(ours))
+    result = sync(engine, registry, adopt="dbsamizdat")
+    assert {a.verb for a in result.plan.actions} == {Verb.ADOPT}
+    assert scalar(engine, "SELECT oid::bigint FROM pg_trigger WHERE NOT tgisinternal") == oid
+    assert diff_database(engine, registry).differences == ()
+
+
+@needs_dbsamizdat
 def test_adopting_a_plain_trigger_declared_as_constraint_trigger_recreates_it(
     engine: sa.Engine, tmp_path: Path
 ) -> None:
