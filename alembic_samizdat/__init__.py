@@ -1,8 +1,8 @@
-"""alembic-samizdat: PostgreSQL views, materialized views, functions and triggers as Python classes.
+"""alembic-samizdat: PostgreSQL views, materialized views, functions, procedures and triggers as Python classes.
 
 Declare objects by subclassing :class:`SamizdatView`, :class:`SamizdatMaterializedView`,
-:class:`SamizdatFunction` or :class:`SamizdatTrigger`, collect them in a :class:`SamizdatRegistry`, and make a
-database match with :func:`sync` (or the ``samizdat`` CLI, or Alembic autogenerate).
+:class:`SamizdatFunction`, :class:`SamizdatProcedure` or :class:`SamizdatTrigger`, collect them in a
+:class:`SamizdatRegistry`, and make a database match with :func:`sync` (or the ``samizdat`` CLI, or Alembic autogenerate).
 """
 
 from typing import TYPE_CHECKING, Any
@@ -35,6 +35,7 @@ from .model import (
     Samizdat,
     SamizdatFunction,
     SamizdatMaterializedView,
+    SamizdatProcedure,
     SamizdatTrigger,
     SamizdatView,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "SamizdatError",
     "SamizdatFunction",
     "SamizdatMaterializedView",
+    "SamizdatProcedure",
     "SamizdatRegistry",
     "SamizdatTrigger",
     "SamizdatView",

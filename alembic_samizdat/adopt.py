@@ -64,7 +64,7 @@ def dbsamizdat_hash(cls: type[Samizdat] | None) -> str | None:
         creation = f'"{schema}"."{name}"({arguments})'
     elif issubclass(cls, SamizdatTrigger):
         table_schema, table = cls.table()
-        identity = f'"{table_schema}.{table}"."{cls.__name__}"'
+        identity = f'"{table_schema}.{table}"."{cls.object_name()}"'
         creation = ""
     else:
         identity = f'"{schema}"."{cls.__name__}"'
@@ -122,6 +122,10 @@ def _definition(connection: Connection, obj: DbObject) -> str | None:
 
 
 def _rename(obj: DbObject, temporary: str) -> str:
+    if obj.kind == "trigger":
+        # Renaming a constraint trigger keeps its pg_constraint row's name, which the declared one needs; nothing
+        # depends on a trigger, so it is dropped instead (in the savepoint that is rolled back).
+        return obj.drop_statement()
     target = obj.comment_target()
     return f"ALTER {target} RENAME TO {quote_ident(temporary)}"
 
@@ -146,7 +150,7 @@ def adopt_unsigned(connection: Connection, graph: Graph, scope: str) -> AdoptRes
     for other in state.others:
         if other.signature is not None or other.malformed is not None or is_dbsamizdat(other.comment):
             continue
-        if other.kind not in ("view", "matview", "function", "trigger"):
+        if other.kind not in ("view", "matview", "function", "procedure", "trigger"):
             continue
         for key in declared_hits(graph, other):
             if key not in state.managed:

@@ -18,7 +18,13 @@ from .errors import CatalogReadError
 from .identifiers import qualified, quote_ident
 from .keys import Key, Kind, normalize_signature
 
-_KINDS = {"view": Kind.VIEW, "matview": Kind.MATVIEW, "function": Kind.FUNCTION, "trigger": Kind.TRIGGER}
+_KINDS = {
+    "view": Kind.VIEW,
+    "matview": Kind.MATVIEW,
+    "function": Kind.FUNCTION,
+    "procedure": Kind.PROCEDURE,
+    "trigger": Kind.TRIGGER,
+}
 
 #: One round trip: signed views, materialized views, functions and triggers; objects whose names a
 #: declaration wants (to refuse clashes); and every object that depends on a signed one.
@@ -57,7 +63,7 @@ objs AS (
                           WHERE cd.objoid = c.oid AND cd.classoid = 'pg_class'::regclass AND cd.objsubid > 0)
            ) AS keeps,
            NULL::text AS fp, {moved_relation} AS moved,
-           {trusted_relation} AS trusted, pg_get_userbyid(c.relowner) AS owner
+           {trusted_relation} AS trusted, pg_get_userbyid(c.relowner) AS owner, false AS is_constraint
     FROM pg_class c
     JOIN pg_namespace n ON n.oid = c.relnamespace
     LEFT JOIN pg_description d
@@ -68,7 +74,8 @@ objs AS (
                                          OR (:adopt AND left(d.description, :dlen) = :dprefix)))
            OR (n.nspname, c.relname) IN (SELECT s, n FROM wanted_rel))
     UNION ALL
-    SELECT 'pg_proc'::regclass, p.oid, 0::oid, 'function', n.nspname, p.proname,
+    SELECT 'pg_proc'::regclass, p.oid, 0::oid, CASE p.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END,
+           n.nspname, p.proname,
            pg_get_function_identity_arguments(p.oid), d.description, true,
            CASE WHEN NOT (left(d.description, :plen) = :prefix OR (:adopt AND left(d.description, :dlen) = :dprefix)) THEN NULL
                 WHEN p.proacl IS NULL THEN '[["PUBLIC", "EXECUTE"]]'  -- the default of a new function
@@ -78,7 +85,7 @@ objs AS (
            :dependents AND (left(d.description, :plen) = :prefix OR (:adopt AND left(d.description, :dlen) = :dprefix))
                AND (p.proacl IS NOT NULL OR p.proowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)),
            {fp_function}, {moved_function},
-           {trusted_function}, pg_get_userbyid(p.proowner)
+           {trusted_function}, pg_get_userbyid(p.proowner), false
     FROM pg_proc p
     JOIN pg_namespace n ON n.oid = p.pronamespace
     LEFT JOIN pg_description d
@@ -90,7 +97,7 @@ objs AS (
     SELECT 'pg_trigger'::regclass, t.oid, 0::oid, 'trigger', n.nspname, t.tgname, c.relname,
            d.description, true, NULL::text, false, NULL::text, {moved_trigger},
            -- A trigger has no owner: its table's owner is who may comment on it.
-           {trusted_relation}, pg_get_userbyid(c.relowner)
+           {trusted_relation}, pg_get_userbyid(c.relowner), t.tgconstraint <> 0
     FROM pg_trigger t
     JOIN pg_class c ON c.oid = t.tgrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -122,7 +129,7 @@ deps AS (
 SELECT 'obj' AS row, classid::text AS classid, oid::bigint AS oid, kind, schema, name, extra,
        {short_description} AS description,
        populated, NULL AS dep_classid, NULL::bigint AS dep_oid, NULL AS dep_desc, NULL::bool AS dep_auto, acl, keeps,
-       fp, moved, trusted, owner
+       fp, moved, trusted, owner, is_constraint
 FROM objs
 UNION ALL
 SELECT 'dep', d.ref_classid::text, d.ref_oid::bigint, NULL, NULL, NULL, NULL, NULL, NULL,
@@ -136,14 +143,14 @@ SELECT 'dep', d.ref_classid::text, d.ref_oid::bigint, NULL, NULL, NULL, NULL, NU
                      OR EXISTS (SELECT 1 FROM pg_class k WHERE k.oid = d.dep_oid AND k.relkind IN ('v', 'm'))))
                 OR dd.description IS NULL
             THEN pg_describe_object(d.dep_classid, d.dep_oid, d.dep_subid) END,
-       d.dep_auto, NULL, NULL, NULL, NULL, NULL, NULL
+       d.dep_auto, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 FROM deps d
 LEFT JOIN pg_description dd ON dd.objoid = d.dep_oid AND dd.classoid = d.dep_classid AND dd.objsubid = 0
 WHERE :dependents
 UNION ALL
 -- Runs last (Append runs its branches in order, and set_config keeps the query serial): restores search_path.
 SELECT 'pin', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       NULL, NULL
+       NULL, NULL, NULL
 FROM pin WHERE set_config('search_path', pin.old, true) IS NULL
 """
 
@@ -252,6 +259,8 @@ class DbObject:
     trusted: bool = True
     #: The owner's role name (a trigger's: its table's owner), when read.
     owner: str | None = None
+    #: A constraint trigger (``CREATE CONSTRAINT TRIGGER``); DBSamizdat's definition hash does not cover it.
+    constraint_trigger: bool = False
 
     @property
     def drifted(self) -> bool:
@@ -269,8 +278,8 @@ class DbObject:
 
     def describe(self) -> str:
         """The object for messages."""
-        if self.kind == "function":
-            return f"function {qualified(self.key.schema, self.key.name)}({self.identity_args})"
+        if self.kind in ("function", "procedure"):
+            return f"{self.kind} {qualified(self.key.schema, self.key.name)}({self.identity_args})"
         return f"{self.kind} {self.key.display()}"
 
     def drop_statement(self) -> str:
@@ -279,9 +288,9 @@ class DbObject:
             return f"DROP VIEW {qualified(self.key.schema, self.key.name)}"
         if self.kind == "matview":
             return f"DROP MATERIALIZED VIEW {qualified(self.key.schema, self.key.name)}"
-        if self.kind == "function":
+        if self.kind in ("function", "procedure"):
             # identity_args is PostgreSQL's own rendering of the argument types, so it is valid SQL.
-            return f"DROP FUNCTION {qualified(self.key.schema, self.key.name)}({self.identity_args})"
+            return f"DROP {self.kind.upper()} {qualified(self.key.schema, self.key.name)}({self.identity_args})"
         if self.kind == "trigger":
             return f"DROP TRIGGER {quote_ident(self.key.name)} ON {qualified(self.key.schema, self.key.extra)}"
         raise ValueError(f"we never drop a {self.kind}")
@@ -452,7 +461,7 @@ def build_state(
         kind, schema, name, extra = str(row[3]), str(row[4]), str(row[5]), str(row[6])
         comment = None if row[7] is None else str(row[7])
         populated = bool(row[8])
-        namespace = "relation" if classid == "pg_class" else kind
+        namespace = "relation" if classid == "pg_class" else "function" if classid == "pg_proc" else kind
         signature: sig.Signature | None = None
         malformed: str | None = None
         key_extra = extra
@@ -500,6 +509,7 @@ def build_state(
             len(row) > 16 and bool(row[16]),
             len(row) <= 17 or row[17] is None or bool(row[17]),
             None if len(row) <= 18 or row[18] is None else str(row[18]),
+            len(row) > 19 and bool(row[19]),
         )
         if signature is not None and signature.scope == scope and kind in _KINDS:
             managed[obj.key] = obj

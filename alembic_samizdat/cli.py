@@ -334,7 +334,8 @@ def _load(modules: list[str], args: argparse.Namespace, *, require: bool = True)
     if require and not len(registry):
         raise CliError(
             f"no samizdat classes in {', '.join(modules)}: define subclasses of SamizdatView, "
-            "SamizdatMaterializedView, SamizdatFunction or SamizdatTrigger there (`samizdat init` writes a starter)"
+            "SamizdatMaterializedView, SamizdatFunction, SamizdatProcedure or SamizdatTrigger there "
+            "(`samizdat init` writes a starter)"
         )
     return _trusting(registry, args)
 

@@ -6,6 +6,7 @@ works on it and never on the class again.
 
 from __future__ import annotations
 
+import re
 import threading
 import weakref
 from collections.abc import Iterable, Mapping, MutableMapping, MutableSequence, MutableSet
@@ -45,6 +46,8 @@ class Declared:
     refresh_triggers: tuple[tuple[str, str], ...] = ()
     condition: str = ""
     trigger_table: tuple[str, str] | None = None
+    #: A constraint trigger; part of ``sql`` (its preamble), so not hashed again.
+    is_constraint: bool = False
     function_arguments: str = ""
     #: Populate on creation (materialized views); not part of the hash, so changing it recreates nothing.
     with_data: bool = True
@@ -76,8 +79,8 @@ class Declared:
         if self.kind is Kind.TRIGGER:
             assert self.trigger_table is not None
             return f"TRIGGER {quote_ident(self.key.name)} ON {qualified(*self.trigger_table)}"
-        if self.kind is Kind.FUNCTION:
-            return f"FUNCTION {qualified(self.key.schema, self.key.name)}({self.key.extra})"
+        if self.kind in (Kind.FUNCTION, Kind.PROCEDURE):
+            return f"{self.kind.sql_name} {qualified(self.key.schema, self.key.name)}({self.key.extra})"
         return f"{self.kind.sql_name} {qualified(self.key.schema, self.key.name)}"
 
 
@@ -200,6 +203,8 @@ def declare(cls: type[Samizdat]) -> Declared:
     implicit: tuple[Key, ...] = ()
     if issubclass(cls, SamizdatTrigger):
         table = cls.table()
+        if cls.constraint():
+            _check_constraint_trigger(cls, sql)
         target = cls.on_table
         if isinstance(target, type) and issubclass(target, Samizdat):
             implicit = (target.key(),)
@@ -213,6 +218,7 @@ def declare(cls: type[Samizdat]) -> Declared:
             unmanaged,
             condition=cls.trigger_condition(),
             trigger_table=table,
+            is_constraint=cls.constraint(),
             source=cls,
         )
     if issubclass(cls, SamizdatFunction):
@@ -251,10 +257,30 @@ def declare(cls: type[Samizdat]) -> Declared:
     return Declared(key, cls.kind, cls.label(), sql, refs, implicit, unmanaged, grants=grants, source=cls)
 
 
+_FOR_EACH_ROW = re.compile(r"\bFOR\s+EACH\s+ROW\b", re.IGNORECASE)
+
+
+def _check_constraint_trigger(cls: type[SamizdatTrigger], sql: str) -> None:
+    """PostgreSQL allows constraint triggers only ``AFTER … FOR EACH ROW``: say so before any SQL is sent."""
+    condition = cls.trigger_condition()
+    if condition.split(None, 1)[0].upper() != "AFTER":
+        raise DeclarationError(
+            f"{cls.label()} is a constraint trigger (is_constraint = True), which PostgreSQL allows only AFTER "
+            f"an event; its condition is {condition!r}. Use e.g. 'AFTER INSERT OR UPDATE', or is_constraint = False"
+        )
+    if not _FOR_EACH_ROW.search(sql):
+        raise DeclarationError(
+            f"{cls.label()} is a constraint trigger (is_constraint = True), which PostgreSQL allows only FOR EACH "
+            "ROW; its template does not say FOR EACH ROW. Write it after the preamble (and after DEFERRABLE "
+            "INITIALLY DEFERRED, if any), or set is_constraint = False"
+        )
+
+
 _PRIVILEGES = {
     Kind.VIEW: {"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"},
     Kind.MATVIEW: {"SELECT", "REFERENCES", "MAINTAIN"},
     Kind.FUNCTION: {"EXECUTE"},
+    Kind.PROCEDURE: {"EXECUTE"},
     Kind.TRIGGER: set(),
 }
 

@@ -1,8 +1,8 @@
 """GraphViz rendering of a registry's dependency graph, with DBSamizdat's legend.
 
-Tables are yellow houses, views grey boxes, materialized views red boxes, functions green hexagons, triggers
-purple arrow boxes. Black edges join managed objects; red edges start at an unmanaged object; blue dotted
-edges with a ball head mark autorefresh (the generated trigger and function are left out).
+Tables are yellow houses, views grey boxes, materialized views red boxes, functions green hexagons (procedures
+teal ones), triggers purple arrow boxes. Black edges join managed objects; red edges start at an unmanaged
+object; blue dotted edges with a ball head mark autorefresh (the generated trigger and function are left out).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ _STYLE = {
     Kind.VIEW: 'shape=box, style=filled, fillcolor="#cccccc"',
     Kind.MATVIEW: 'shape=box, style=filled, fillcolor="#ff6666"',
     Kind.FUNCTION: 'shape=hexagon, style=filled, fillcolor="#66cc66"',
+    Kind.PROCEDURE: 'shape=hexagon, style=filled, fillcolor="#66cccc"',
     Kind.TRIGGER: 'shape=cds, style=filled, fillcolor="#cc99ff"',
 }
 _TABLE = 'shape=house, style=filled, fillcolor="#ffee66"'

@@ -87,6 +87,15 @@ def _describe_failure(
             sql=sql,
             action=action.describe() if action else "",
         )
+    if _constraint_name_taken(action, exc):
+        assert action is not None and action.declared is not None and action.declared.trigger_table is not None
+        return ExecutionError(
+            f"{message}: table {qualified(*action.declared.trigger_table)} already has a constraint named "
+            f"{action.key.name!r}, and a constraint trigger's name is also a constraint name of its table. Set "
+            "another trigger_name. Nothing of this action was kept",
+            sql=sql,
+            action=action.describe(),
+        )
     if sqlstate(exc) in _ALREADY_EXISTS and action is not None and action.verb is Verb.CREATE:
         return ExecutionError(
             message + ": an object with this identity exists and is not signed by this registry's scope (the "
@@ -98,6 +107,18 @@ def _describe_failure(
         )
     return ExecutionError(
         message + ". Nothing of this action was kept", sql=sql, action=action.describe() if action else ""
+    )
+
+
+def _constraint_name_taken(action: Action | None, exc: DBAPIError) -> bool:
+    """A constraint trigger's create failed on pg_constraint's unique (table, type, name) index."""
+    return (
+        action is not None
+        and action.verb is Verb.CREATE
+        and action.kind == Kind.TRIGGER.value
+        and action.declared is not None
+        and sqlstate(exc) == "23505"
+        and "pg_constraint" in str(getattr(exc, "orig", exc))
     )
 
 
@@ -164,7 +185,7 @@ def diagnose_function(connection: Connection, action: Action, *, in_autocommit: 
     signature (``COMMENT ON FUNCTION`` found no function with the declared signature).
     """
     declared = action.declared
-    if declared is None or declared.kind is not Kind.FUNCTION:
+    if declared is None or declared.kind not in (Kind.FUNCTION, Kind.PROCEDURE):
         return None
     lookup = (
         "SELECT pg_get_function_identity_arguments(p.oid) FROM pg_proc p "
@@ -193,7 +214,8 @@ def diagnose_function(connection: Connection, action: Action, *, in_autocommit: 
     if not created:
         return None
     return FunctionSignatureMismatchError(
-        f"{declared.label}: PostgreSQL created function {qualified(declared.key.schema, declared.key.name)}"
+        f"{declared.label}: PostgreSQL created {declared.kind.value} "
+        f"{qualified(declared.key.schema, declared.key.name)}"
         f"({', '.join(created)}), but function_arguments_signature says ({declared.key.extra}). Make "
         "function_arguments_signature list the input argument types exactly as the function identifies them "
         "(OUT arguments and defaults excluded). Nothing was kept",
@@ -204,7 +226,11 @@ def diagnose_function(connection: Connection, action: Action, *, in_autocommit: 
 
 def create_failed(action: Action) -> bool:
     """Whether a failure of ``action`` could be a function signature mismatch."""
-    return action.verb is Verb.CREATE and action.declared is not None and action.declared.kind is Kind.FUNCTION
+    return (
+        action.verb is Verb.CREATE
+        and action.declared is not None
+        and action.declared.kind in (Kind.FUNCTION, Kind.PROCEDURE)
+    )
 
 
 @contextmanager

@@ -257,9 +257,13 @@ def _check_duplicates(declared: Iterable[Declared]) -> None:
     for item in declared:
         other = seen.get(item.key)
         if other is not None:
+            hint = (
+                "give one another trigger_name (triggers on different tables may share a name)"
+                if item.key.namespace == "trigger"
+                else "rename one (functions and procedures may share a name only with different argument signatures)"
+            )
             raise DuplicateIdentityError(
-                f"{item.label} and {other.label} both declare {item.key.namespace} {item.key}; rename one "
-                "(functions may share a name only with different argument signatures)"
+                f"{item.label} and {other.label} both declare {item.key.namespace} {item.key}; {hint}"
             )
         seen[item.key] = item
 

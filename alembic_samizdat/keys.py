@@ -15,11 +15,15 @@ class Kind(StrEnum):
     MATVIEW = "matview"
     FUNCTION = "function"
     TRIGGER = "trigger"
+    PROCEDURE = "procedure"
 
     @property
     def namespace(self) -> str:
-        """Which PostgreSQL name space the kind lives in: views and materialized views share pg_class."""
-        return "relation" if self in (Kind.VIEW, Kind.MATVIEW) else self.value
+        """Which PostgreSQL name space the kind lives in: views and materialized views share pg_class, functions
+        and procedures pg_proc (a procedure and a function cannot have the same name and argument types)."""
+        if self in (Kind.VIEW, Kind.MATVIEW):
+            return "relation"
+        return "function" if self is Kind.PROCEDURE else self.value
 
     @property
     def sql_name(self) -> str:
@@ -32,14 +36,16 @@ _SQL_NAMES = {
     Kind.MATVIEW: "MATERIALIZED VIEW",
     Kind.FUNCTION: "FUNCTION",
     Kind.TRIGGER: "TRIGGER",
+    Kind.PROCEDURE: "PROCEDURE",
 }
 
 
 class Key(NamedTuple):
     """The identity of one database object.
 
-    ``extra`` is the argument signature for a function (whitespace-normalised, as declared) and the table name
-    for a trigger (whose ``schema`` is the table's schema); it is empty for views and materialized views.
+    ``extra`` is the argument signature for a function or procedure (whitespace-normalised, as declared) and the
+    table name for a trigger (whose ``schema`` is the table's schema); it is empty for views and materialized
+    views.
     A tuple, so that hashing and ordering (done a lot by the graph and the planner) run in C.
     """
 

@@ -1,4 +1,4 @@
-"""The classes users subclass to declare samizdats: views, materialized views, functions and triggers.
+"""The classes users subclass to declare samizdats: views, materialized views, functions, procedures and triggers.
 
 A subclass is a declaration and nothing more: it holds a ``sql_template`` and attributes. Turning it into
 database identities, SQL and signatures happens in :mod:`alembic_samizdat.declared`; ordering and checking in
@@ -110,7 +110,7 @@ class Samizdat(metaclass=SamizdatMeta):
 
     @classmethod
     def object_name(cls) -> str:
-        """The object's name in the database (the class name, or ``function_name`` for functions)."""
+        """The object's name in the database: the class name, or ``function_name`` / ``trigger_name``."""
         return check_identifier(cls.__name__, f"name of class {cls.__qualname__}")
 
     @classmethod
@@ -254,6 +254,23 @@ class SamizdatFunction(Samizdat):
         return f"CREATE FUNCTION {qualified(cls.schema_name(), cls.object_name())}({args})"
 
 
+class SamizdatProcedure(SamizdatFunction):
+    """A procedure (PostgreSQL 11+, run with ``CALL``); ``${preamble}`` becomes
+    ``CREATE PROCEDURE "schema"."name"(arguments)``.
+
+    Declared like a function: ``function_name`` (for overloads), ``function_arguments_signature`` and
+    ``function_arguments``; ``grants`` takes ``EXECUTE``.
+    """
+
+    __abstract__ = True
+    kind = Kind.PROCEDURE
+
+    @classmethod
+    def preamble(cls) -> str:
+        """``CREATE PROCEDURE … (arguments)``."""
+        return "CREATE PROCEDURE" + super().preamble().removeprefix("CREATE FUNCTION")
+
+
 class SamizdatTrigger(Samizdat):
     """A trigger on a table (or ``INSTEAD OF`` on a view); ``${preamble}`` is ``CREATE TRIGGER … ON …``."""
 
@@ -262,6 +279,18 @@ class SamizdatTrigger(Samizdat):
     on_table: ClassVar[str | tuple[str, str] | type[Samizdat] | None] = None
     #: ``{ BEFORE | AFTER | INSTEAD OF } event [OR …]``, e.g. ``"AFTER INSERT"``.
     condition: ClassVar[str | None] = None
+    #: The trigger's name; defaults to the class name. Trigger names are per table, so one name may serve on many
+    #: tables (one class per table).
+    trigger_name: ClassVar[str | None] = None
+    #: Create a constraint trigger (``CREATE CONSTRAINT TRIGGER``): ``AFTER … FOR EACH ROW`` only, and the
+    #: template may make it ``DEFERRABLE INITIALLY DEFERRED`` so that it fires at commit.
+    is_constraint: ClassVar[bool] = False
+
+    @classmethod
+    def object_name(cls) -> str:
+        """``trigger_name`` or the class name."""
+        name = cls.trigger_name if cls.trigger_name is not None else cls.__name__
+        return check_identifier(name, f"trigger name of class {cls.__qualname__}")
 
     @classmethod
     def table(cls) -> tuple[str, str]:
@@ -307,17 +336,24 @@ class SamizdatTrigger(Samizdat):
         return f"{quote_ident(cls.object_name())} ON {qualified(schema, table)}"
 
     @classmethod
+    def constraint(cls) -> bool:
+        """The validated ``is_constraint``."""
+        if not isinstance(cls.is_constraint, bool):
+            raise DeclarationError(f"{cls.label()}.is_constraint must be True or False, not {cls.is_constraint!r}")
+        return cls.is_constraint
+
+    @classmethod
     def preamble(cls) -> str:
-        """``CREATE TRIGGER "name" <condition> ON "schema"."table"``."""
+        """``CREATE [CONSTRAINT] TRIGGER "name" <condition> ON "schema"."table"``."""
         schema, table = cls.table()
-        return (
-            f"CREATE TRIGGER {quote_ident(cls.object_name())} {cls.trigger_condition()} ON {qualified(schema, table)}"
-        )
+        head = "CREATE CONSTRAINT TRIGGER" if cls.constraint() else "CREATE TRIGGER"
+        return f"{head} {quote_ident(cls.object_name())} {cls.trigger_condition()} ON {qualified(schema, table)}"
 
 
 CONCRETE_BASES: tuple[type[Samizdat], ...] = (
     SamizdatView,
     SamizdatMaterializedView,
     SamizdatFunction,
+    SamizdatProcedure,
     SamizdatTrigger,
 )

@@ -151,6 +151,13 @@ def _clashes(graph: Graph, state: DatabaseState) -> list[str]:
     return problems
 
 
+def _as_function_identity(printed: str) -> str:
+    """A procedure's identity arguments as PostgreSQL prints a function's: without ``IN`` and without the OUT
+    arguments (PostgreSQL prints every mode of a procedure's arguments, and its OUT ones, since version 14)."""
+    kept = [arg.removeprefix("in ") for arg in printed.split(", ") if not arg.startswith("out ")]
+    return ", ".join(kept)
+
+
 def declared_hits(graph: Graph, other: DbObject) -> list[Key]:
     key = other.key
     if key.namespace == "relation":
@@ -159,6 +166,8 @@ def declared_hits(graph: Graph, other: DbObject) -> list[Key]:
     if key.namespace == "trigger":
         return [key] if key in graph.nodes else []
     printed = normalize_signature(other.identity_args).lower()
+    if other.kind == "procedure":
+        printed = _as_function_identity(printed)
     return [
         k
         for k in graph.nodes
@@ -189,8 +198,8 @@ def grant_statements(
 ) -> list[str]:
     """GRANT / REVOKE statements for ``item``."""
     target = (
-        f"FUNCTION {qualified(item.key.schema, item.key.name)}({item.key.extra})"
-        if item.kind is Kind.FUNCTION
+        f"{item.kind.sql_name} {qualified(item.key.schema, item.key.name)}({item.key.extra})"
+        if item.kind in (Kind.FUNCTION, Kind.PROCEDURE)
         else f"TABLE {qualified(item.key.schema, item.key.name)}"
     )
 
@@ -212,6 +221,8 @@ def diff(graph: Graph, state: DatabaseState) -> list[Difference]:
             out.append(Difference(DiffKind.EXCESS_CODE, key, item.kind.value, item.label))
         elif obj.signature is not None and obj.signature.hash.startswith(HASH_PREFIX):
             same = obj.signature.hash == HASH_PREFIX + (dbsamizdat_hash(item.source) or "")
+            # DBSamizdat's hash leaves is_constraint out (it compares it apart): a flipped one is a change.
+            same = same and obj.constraint_trigger == item.is_constraint
             out.append(Difference(DiffKind.ADOPTABLE if same else DiffKind.CHANGED, key, item.kind.value, item.label))
         elif not _signature_matches(obj, item):
             out.append(Difference(DiffKind.CHANGED, key, item.kind.value, item.label))

@@ -34,7 +34,7 @@ MESSAGE_PREFIX = "samizdat:"
 #: index the new template no longer creates is gone, as declared.
 _NOT_FROM_TEMPLATE = "NOT i.xmin = (SELECT r.xmin FROM pg_rewrite r WHERE r.ev_class = obj LIMIT 1)"
 
-_FUNCTION = re.compile(r'^(?:DROP\s+)?FUNCTION\s+("(?:[^"]|"")+")\.("(?:[^"]|"")+")\((.*)\)\s*;?\s*$', re.S)
+_FUNCTION = re.compile(r'^(?:DROP\s+)?(FUNCTION|PROCEDURE)\s+("(?:[^"]|"")+")\.("(?:[^"]|"")+")\((.*)\)\s*;?\s*$', re.S)
 
 
 def _unquote(ident: str) -> str:
@@ -97,27 +97,28 @@ def capture_statement(kind: str, target: str) -> str | None:
     FROM pg_description d JOIN pg_attribute att ON att.attrelid = d.objoid AND att.attnum = d.objsubid
     WHERE d.objoid = obj AND d.classoid = 'pg_class'::regclass AND d.objsubid > 0;
 """
-    elif kind == Kind.FUNCTION.value:
+    elif kind in (Kind.FUNCTION.value, Kind.PROCEDURE.value):
         match = _FUNCTION.match(target)
         if match is None:
             return None
-        schema, name, args = _unquote(match.group(1)), _unquote(match.group(2)), match.group(3)
+        # ALTER FUNCTION and GRANT … ON FUNCTION refuse a procedure, and the other way round.
+        routine, schema, name, args = match.group(1), _unquote(match.group(2)), _unquote(match.group(3)), match.group(4)
         body = f"""    SELECT p.oid INTO obj FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
     WHERE n.nspname = {quote_literal(schema)} AND p.proname = {quote_literal(name)}
       AND pg_get_function_identity_arguments(p.oid) = {quote_literal(args)};
     IF obj IS NULL THEN EXIT samizdat; END IF;
     INSERT INTO {KEEP_TABLE}
     SELECT {label}, 'owner ' || quote_ident(r.rolname),
-           format('ALTER FUNCTION %s OWNER TO %I', obj::regprocedure, r.rolname), 1
+           format('ALTER {routine} %s OWNER TO %I', obj::regprocedure, r.rolname), 1
     FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner
     WHERE p.oid = obj AND r.rolname <> current_user;
     -- A function is executable by PUBLIC by default; a stored ACL replaces that default exactly.
     INSERT INTO {KEEP_TABLE}
-    SELECT {label}, 'privileges', format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', obj::regprocedure), 2
+    SELECT {label}, 'privileges', format('REVOKE ALL ON {routine} %s FROM PUBLIC', obj::regprocedure), 2
     FROM pg_proc p WHERE p.oid = obj AND p.proacl IS NOT NULL;
     INSERT INTO {KEEP_TABLE}
     SELECT {label}, 'grant EXECUTE to ' || coalesce(quote_ident(g.rolname), 'PUBLIC'),
-           format('GRANT EXECUTE ON FUNCTION %s TO %s%s', obj::regprocedure,
+           format('GRANT EXECUTE ON {routine} %s TO %s%s', obj::regprocedure,
                   coalesce(quote_ident(g.rolname), 'PUBLIC'),
                   CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END), 3
     FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a LEFT JOIN pg_roles g ON g.oid = a.grantee
