@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import shutil
+import sys
 import tempfile
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
 
@@ -266,6 +271,91 @@ def psql_binary() -> str:
     if found is None:
         raise RuntimeError("no psql binary found")
     return found
+
+
+def unique_role(stem: str) -> str:
+    """A role name no other test (nor another run on the same server) uses: roles are server-wide."""
+    return f"{stem}_{uuid.uuid4().hex[:10]}"
+
+
+def dbsamizdat_cli() -> str | None:
+    """The DBSamizdat CLI: $SAMIZDAT_TEST_DBSAMIZDAT (what CI installs), a local venv, or PATH."""
+    for candidate in (
+        os.environ.get("SAMIZDAT_TEST_DBSAMIZDAT"),
+        "/tmp/dbsz/bin/dbsamizdat",
+        shutil.which("dbsamizdat"),
+    ):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+needs_dbsamizdat = pytest.mark.skipif(
+    dbsamizdat_cli() is None,
+    reason="DBSamizdat 0.11.2 is not installed (CI installs it and sets SAMIZDAT_TEST_DBSAMIZDAT)",
+)
+
+
+class Project:
+    """A copy of example_project's Alembic setup whose ``shop`` module the test rewrites."""
+
+    def __init__(self, root: Path, url: str) -> None:
+        self.root = root
+        self.url = url
+        shutil.copy(EXAMPLE / "alembic.ini", root / "alembic.ini")
+        (root / "migrations" / "versions").mkdir(parents=True)
+        for name in ("env.py", "script.py.mako"):
+            shutil.copy(EXAMPLE / "migrations" / name, root / "migrations" / name)
+        self.source = (EXAMPLE / "shop.py").read_text()
+        self.write(self.source)
+
+    def write(self, source: str) -> None:
+        (self.root / "shop.py").write_text(source)
+        sys.modules.pop("shop", None)
+
+    def edit(self, old: str, new: str) -> None:
+        assert old in self.source, old
+        self.source = self.source.replace(old, new)
+        self.write(self.source)
+
+    def config(self, buffer: io.StringIO | None = None) -> Config:
+        cfg = Config(str(self.root / "alembic.ini"), output_buffer=buffer, stdout=buffer or io.StringIO())
+        cfg.set_main_option("script_location", str(self.root / "migrations"))
+        return cfg
+
+    def revision(self, message: str) -> str:
+        sys.modules.pop("shop", None)
+        script = command.revision(self.config(), message=message, autogenerate=True)
+        assert script is not None and not isinstance(script, list)
+        return Path(script.path).read_text()
+
+    def upgrade(self, target: str = "head") -> None:
+        sys.modules.pop("shop", None)
+        command.upgrade(self.config(), target)
+
+    def downgrade(self, target: str) -> None:
+        sys.modules.pop("shop", None)
+        command.downgrade(self.config(), target)
+
+    def check(self) -> None:
+        sys.modules.pop("shop", None)
+        command.check(self.config())
+
+    def sql(self, range_: str, *, downgrade: bool = False) -> str:
+        """The SQL of an offline (``--sql``) upgrade or downgrade over ``range_`` (``"base:head"``, ``"2:1"``)."""
+        sys.modules.pop("shop", None)
+        buffer = io.StringIO()
+        if downgrade:
+            command.downgrade(self.config(buffer), range_, sql=True)
+        else:
+            command.upgrade(self.config(buffer), range_, sql=True)
+        return buffer.getvalue()
+
+
+def ops_in(script: str) -> list[str]:
+    """The ``op.*`` calls of a revision script's ``upgrade()``, in order."""
+    upgrade = script.split("def upgrade()")[1].split("def downgrade()")[0]
+    return [line.strip().split("(")[0] for line in upgrade.splitlines() if line.strip().startswith("op.")]
 
 
 def alembic_project(root: Path, module: str) -> Config:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from helpers import catalog_snapshot, run_sql
 
 from alembic_samizdat import (
     CycleError,
@@ -32,7 +33,6 @@ from alembic_samizdat import (
     TriggerTargetError,
     sync,
 )
-from tests.helpers import catalog_snapshot, run_sql
 
 
 def cls(name: str, base: type = SamizdatView, **attrs: Any) -> type:

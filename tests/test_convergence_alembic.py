@@ -37,10 +37,7 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.script import Script
-from helpers import alembic_project, catalog_snapshot
-from hypothesis import event, given, note
-from hypothesis import strategies as st
-from test_convergence import (
+from convergence_harness import (
     PROFILE,
     SCHEMAS,
     Model,
@@ -53,8 +50,11 @@ from test_convergence import (
     exercise,
     normalized,
 )
-from test_faults import converged, data_problems, family, killing, run
-from test_faults import reset as reset_app_schema
+from faults_harness import converged, data_problems, family, killing, run
+from faults_harness import reset as reset_app_schema
+from helpers import alembic_project, catalog_snapshot
+from hypothesis import event, given, note
+from hypothesis import strategies as st
 
 from alembic_samizdat import SamizdatError, SamizdatRegistry, UnmanagedDependentError, diff_database
 
@@ -70,7 +70,7 @@ MAX_EDITS = 5 if LONG else 1
 #: The models module: the model's data, built into classes on every import, like a real project's models.
 MODELS_SOURCE = """\
 from sqlalchemy import MetaData
-from test_convergence import Model, Obj, build
+from convergence_harness import Model, Obj, build
 
 from alembic_samizdat import SamizdatRegistry
 
@@ -276,7 +276,7 @@ FAULT_MODULE = "faults_alembic_models"
 
 FAULT_SOURCE = """\
 from sqlalchemy import MetaData
-from test_faults import family
+from faults_harness import family
 
 from alembic_samizdat import SamizdatRegistry
 

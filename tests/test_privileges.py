@@ -436,7 +436,7 @@ registry.register(OrderCount)
 def test_alembic_upgrade_names_the_missing_privilege(
     roles: Roles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.test_alembic import Project
+    from helpers import Project
 
     # CREATE on public for alembic_version (PG15+ no longer grants it to everybody); none on "reports".
     roles.sql(

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 
 import pytest
 import sqlalchemy as sa
+from helpers import unique_role
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from alembic_samizdat import SamizdatMaterializedView, SamizdatRegistry, sync
+from alembic_samizdat import SamizdatError, SamizdatMaterializedView, SamizdatRegistry, sync
 from alembic_samizdat.api import diff_database, refresh, refresh_async
 from alembic_samizdat.refresh_plan import ConcurrentRefreshError, UnknownNodeError, select_below
 from alembic_samizdat.refresher import MissingViewError, RefreshError
@@ -238,10 +240,11 @@ def test_next_sync_refreshes_the_views_above_a_failed_one(engine: sa.Engine) -> 
 
 
 def test_autorefresh_works_for_a_role_that_may_only_write_the_table(engine: sa.Engine, db_url: str) -> None:
+    writer_role = unique_role("samizdat_writer")
     with engine.begin() as conn:
         conn.exec_driver_sql(
-            "CREATE TABLE src (x int); DROP ROLE IF EXISTS samizdat_writer; CREATE ROLE samizdat_writer LOGIN PASSWORD 'samizdat-test';"
-            "GRANT USAGE ON SCHEMA public TO samizdat_writer; GRANT INSERT ON src TO samizdat_writer"
+            f"CREATE TABLE src (x int); CREATE ROLE \"{writer_role}\" LOGIN PASSWORD 'samizdat-test';"
+            f'GRANT USAGE ON SCHEMA public TO "{writer_role}"; GRANT INSERT ON src TO "{writer_role}"'
         )
     registry = SamizdatRegistry()
 
@@ -252,14 +255,14 @@ def test_autorefresh_works_for_a_role_that_may_only_write_the_table(engine: sa.E
         sql_template = "${preamble} SELECT count(*) AS n FROM src ${postamble}"
 
     sync(engine, registry)
-    writer = sa.create_engine(sa.make_url(db_url).set(username="samizdat_writer", password="samizdat-test"))
+    writer = sa.create_engine(sa.make_url(db_url).set(username=writer_role, password="samizdat-test"))
     try:
         with writer.begin() as conn:
             conn.exec_driver_sql("INSERT INTO src VALUES (1)")
     finally:
         writer.dispose()
         with engine.begin() as conn:
-            conn.exec_driver_sql("DROP OWNED BY samizdat_writer; DROP ROLE samizdat_writer")
+            conn.exec_driver_sql(f'DROP OWNED BY "{writer_role}"; DROP ROLE "{writer_role}"')
     assert scalar(engine, 'SELECT n FROM "Fed"') == 1
 
 
@@ -267,13 +270,18 @@ def test_refresh_inside_a_transaction_says_why(synced: tuple[sa.Engine, Samizdat
     engine, registry = synced
     with engine.connect() as conn:
         conn.exec_driver_sql("SELECT 1")
-        with pytest.raises(Exception, match="refresh runs each view in its own transaction"):
+        with pytest.raises(SamizdatError, match="refresh runs each view in its own transaction") as caught:
             refresh(conn, registry)
+        # Refused before anything was sent: the caller's transaction is still usable.
+        assert conn.exec_driver_sql("SELECT 2").scalar() == 2
+    assert type(caught.value) is SamizdatError
 
 
 def test_cli_belownodes_before_the_url(synced: tuple[sa.Engine, SamizdatRegistry], db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from alembic_samizdat.cli import main
 
     module = tmp_path / "stackmod.py"
-    module.write_text("from tests.test_refresh import stack\nregistry = stack()\n")
+    # Self-contained: the CLI imports the file by path, whatever the working directory and sys.path are.
+    imports = "from alembic_samizdat import SamizdatMaterializedView, SamizdatRegistry\n\n"
+    module.write_text(imports + inspect.getsource(stack) + "\nregistry = stack()\n")
     assert main(["refresh", "-q", "--belownodes", "Mid", db_url, str(module)]) == 0

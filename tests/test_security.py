@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from helpers import make_registry, psql_binary, rows, run_sql, scalar
 from sqlalchemy.engine import make_url
 
 from alembic_samizdat import (
@@ -38,7 +39,6 @@ from alembic_samizdat.adopt import AdoptionRefusedError
 from alembic_samizdat.api import adopt
 from alembic_samizdat.errors import SamizdatError
 from alembic_samizdat.signature import signature_text
-from tests.helpers import make_registry, psql_binary, rows, run_sql, scalar
 
 PASSWORD = "samizdat-test"
 

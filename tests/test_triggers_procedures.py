@@ -12,9 +12,17 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from alembic import command
-from helpers import alembic_project, make_registry, rows, run_sql, scalar, trigger_names
-from test_adopt import CLI as DBSAMIZDAT_CLI
-from test_adopt import needs_dbsamizdat
+from helpers import (
+    alembic_project,
+    dbsamizdat_cli,
+    make_registry,
+    needs_dbsamizdat,
+    rows,
+    run_sql,
+    scalar,
+    trigger_names,
+    unique_role,
+)
 
 from alembic_samizdat import (
     DeclarationError,
@@ -334,7 +342,7 @@ def test_constraint_trigger_same_as_dbsamizdat_and_adopted_in_place(
     run_sql(engine, "CREATE TABLE fruit (name text)")
     url = sa.make_url(engine.url.render_as_string(hide_password=False)).set(drivername="postgresql")
     done = subprocess.run(
-        [str(DBSAMIZDAT_CLI), "sync", url.render_as_string(hide_password=False), str(theirs)],
+        [str(dbsamizdat_cli()), "sync", url.render_as_string(hide_password=False), str(theirs)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -374,7 +382,7 @@ def test_native_class_with_trigger_name_adopts_the_dbsamizdat_trigger(engine: sa
     run_sql(engine, "CREATE TABLE fruit (name text)")
     url = sa.make_url(engine.url.render_as_string(hide_password=False)).set(drivername="postgresql")
     done = subprocess.run(
-        [str(DBSAMIZDAT_CLI), "sync", url.render_as_string(hide_password=False), str(theirs)],
+        [str(dbsamizdat_cli()), "sync", url.render_as_string(hide_password=False), str(theirs)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -415,7 +423,7 @@ def test_adopting_a_plain_trigger_declared_as_constraint_trigger_recreates_it(
     run_sql(engine, "CREATE TABLE fruit (name text)")
     url = sa.make_url(engine.url.render_as_string(hide_password=False)).set(drivername="postgresql")
     done = subprocess.run(
-        [str(DBSAMIZDAT_CLI), "sync", url.render_as_string(hide_password=False), str(theirs)],
+        [str(dbsamizdat_cli()), "sync", url.render_as_string(hide_password=False), str(theirs)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -470,9 +478,14 @@ def test_constraint_trigger_must_be_after_for_each_row(engine: sa.Engine, condit
 # --- procedures ------------------------------------------------------------------------------------------------
 
 
+#: Roles are server-wide: names of this run only, so that runs sharing a server never meet.
+WRITER = unique_role("fruit_writer")
+READER = unique_role("fruit_reader")
+
+
 class add_fruit(SamizdatProcedure):
     function_arguments_signature = "name text"
-    grants = {"fruit_writer": {"EXECUTE"}}
+    grants = {WRITER: {"EXECUTE"}}
     sql_template = """
         ${preamble}
         LANGUAGE sql AS $$ INSERT INTO public.fruit VALUES ($1) $$
@@ -504,23 +517,30 @@ def test_procedure_create_call_grants_noop_change_drop(engine: sa.Engine, make_d
     run_sql(
         engine,
         "CREATE TABLE fruit (name text)",
-        "DO $$ BEGIN CREATE ROLE fruit_writer; EXCEPTION WHEN duplicate_object THEN NULL; END $$",
-        "DO $$ BEGIN CREATE ROLE fruit_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+        f'CREATE ROLE "{WRITER}"',
+        f'CREATE ROLE "{READER}"',
     )
+    try:
+        check_procedure_life(engine)
+    finally:
+        run_sql(engine, f'DROP OWNED BY "{WRITER}", "{READER}"', f'DROP ROLE "{WRITER}", "{READER}"')
+
+
+def check_procedure_life(engine: sa.Engine) -> None:
     registry = make_registry(add_fruit, add_fruits)
     sync(engine, registry)
     assert procedures(engine) == [("add_fruit(text)", "p"), ("add_fruit(text,integer)", "p")]
     run_sql(engine, "CALL add_fruit('apple')", "CALL add_fruit('pear', 3)")
     assert scalar(engine, "SELECT count(*) FROM fruit") == 4
     acl = scalar(engine, "SELECT proacl::text FROM pg_proc WHERE oid = 'add_fruit(text)'::regprocedure")
-    assert "fruit_writer=X/" in acl
+    assert f"{WRITER}=X/" in acl
     comment = scalar(engine, "SELECT obj_description('add_fruit(text)'::regprocedure, 'pg_proc')")
     assert '"kind":"procedure"' in comment
     assert diff_database(engine, registry).differences == ()
     assert plan(engine, registry).actions == ()
 
     # A grant made by hand survives a recreate; the declared one is kept too.
-    run_sql(engine, "GRANT EXECUTE ON PROCEDURE add_fruit(text) TO fruit_reader")
+    run_sql(engine, f'GRANT EXECUTE ON PROCEDURE add_fruit(text) TO "{READER}"')
     changed = type(
         "add_fruit",
         (add_fruit,),
@@ -536,7 +556,7 @@ def test_procedure_create_call_grants_noop_change_drop(engine: sa.Engine, make_d
     run_sql(engine, "CALL add_fruit('fig')")
     assert scalar(engine, "SELECT count(*) FROM fruit WHERE name = 'FIG'") == 1
     acl = scalar(engine, "SELECT proacl::text FROM pg_proc WHERE oid = 'add_fruit(text)'::regprocedure")
-    assert "fruit_writer=X/" in acl and "fruit_reader=X/" in acl
+    assert f"{WRITER}=X/" in acl and f"{READER}=X/" in acl
 
     # Replaced by hand: drift, put back by sync.
     run_sql(engine, "CREATE OR REPLACE PROCEDURE add_fruit(name text) LANGUAGE sql AS $$ SELECT 1 $$")
@@ -546,12 +566,12 @@ def test_procedure_create_call_grants_noop_change_drop(engine: sa.Engine, make_d
     assert "upper" in str(scalar(engine, "SELECT pg_get_functiondef('add_fruit(text)'::regprocedure)"))
 
     # Grants alone change: GRANT … ON PROCEDURE, nothing recreated.
-    granted = type("add_fruits", (add_fruits,), {"__module__": __name__, "grants": {"fruit_reader": {"EXECUTE"}}})
+    granted = type("add_fruits", (add_fruits,), {"__module__": __name__, "grants": {READER: {"EXECUTE"}}})
     done = sync(engine, make_registry(changed, granted))
     assert [(a.verb, a.key.extra) for a in done.plan.actions] == [(Verb.GRANT, "name text, times integer")]
     assert "GRANT EXECUTE ON PROCEDURE" in done.plan.actions[0].sql
     acl = scalar(engine, "SELECT proacl::text FROM pg_proc WHERE oid = 'add_fruit(text, integer)'::regprocedure")
-    assert "fruit_reader=X/" in acl
+    assert f"{READER}=X/" in acl
     assert diff_database(engine, make_registry(changed, granted)).differences == ()
 
     # No longer declared: dropped with DROP PROCEDURE.
