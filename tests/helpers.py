@@ -135,17 +135,25 @@ def function_names(engine: sa.Engine) -> set[str]:
     }
 
 
-def catalog_snapshot(engine: sa.Engine) -> dict[str, list[tuple[Any, ...]]]:
-    """Everything users can see of the schema objects, without oids: relations (with view definitions and
-    population), functions, triggers, indexes and comments. Two databases with the same objects give equal
-    snapshots: the transaction id a signature records (``"dx"``) is masked, since an object created again
-    gets a new one."""
+#: An ACL as sorted text items (the order of aclitems is the order of the grants, which a recreate may change).
+_ACL = "ARRAY(SELECT a::text FROM unnest({}) a ORDER BY 1)"
+
+
+def catalog_snapshot(engine: sa.Engine, *, oids: bool = False) -> dict[str, list[tuple[Any, ...]]]:
+    """Everything users can see of the schema objects, read from the catalog alone: relations (with view
+    definitions, population, owners and privileges), functions (with ``procost``, ``prosecdef``, volatility,
+    settings, owners and privileges), triggers (with ``tgenabled``), indexes, comments and schemas (owners,
+    privileges) of every non-system schema. Two databases with the same objects give equal snapshots: the
+    transaction id a signature records (``"dx"``) is masked, since an object created again gets a new one.
+
+    With ``oids`` every relation, function and trigger row carries its oid too, so that an object dropped and
+    created again (even identically) shows: what "nothing was done" means."""
     queries = {
         "relations": f"""
             SELECT n.nspname, c.relname, c.relkind::text, c.relispopulated,
                    CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END,
                    CASE WHEN c.relkind = 'i' THEN pg_get_indexdef(c.oid) END,
-                   obj_description(c.oid, 'pg_class')
+                   obj_description(c.oid, 'pg_class'), pg_get_userbyid(c.relowner), {_ACL.format("c.relacl")}
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE {USER_SCHEMAS_FILTER} AND c.relkind IN ('r', 'v', 'm', 'i', 'S', 'p', 'f')
             ORDER BY 1, 2""",
@@ -156,7 +164,9 @@ def catalog_snapshot(engine: sa.Engine) -> dict[str, list[tuple[Any, ...]]]:
             ORDER BY 1, 2, 3""",
         "functions": f"""
             SELECT n.nspname, p.proname, pg_get_function_identity_arguments(p.oid),
-                   pg_get_function_result(p.oid), p.prosrc, obj_description(p.oid, 'pg_proc')
+                   pg_get_function_result(p.oid), p.prosrc, obj_description(p.oid, 'pg_proc'),
+                   p.prokind::text, p.procost::float8, p.prosecdef, p.provolatile::text, p.proconfig::text,
+                   pg_get_userbyid(p.proowner), {_ACL.format("p.proacl")}
             FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
             WHERE {USER_SCHEMAS_FILTER}
             ORDER BY 1, 2, 3""",
@@ -166,11 +176,24 @@ def catalog_snapshot(engine: sa.Engine) -> dict[str, list[tuple[Any, ...]]]:
             FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE NOT t.tgisinternal
             ORDER BY 1, 2, 3""",
-        "schemas": f"SELECT n.nspname FROM pg_namespace n WHERE {USER_SCHEMAS_FILTER} ORDER BY 1",
+        "schemas": f"""
+            SELECT n.nspname, pg_get_userbyid(n.nspowner), {_ACL.format("n.nspacl")}
+            FROM pg_namespace n WHERE {USER_SCHEMAS_FILTER} ORDER BY 1""",
         "descriptions": """
             SELECT classoid::regclass::text, objsubid, description FROM pg_description
             WHERE objoid >= 16384 ORDER BY 1, 2, 3""",
     }
+    if oids:
+        queries["oids"] = f"""
+            SELECT 'pg_class', n.nspname, c.relname, c.oid::bigint FROM pg_class c
+            JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_SCHEMAS_FILTER}
+            UNION ALL
+            SELECT 'pg_proc', n.nspname, p.oid::regprocedure::text, p.oid::bigint FROM pg_proc p
+            JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {USER_SCHEMAS_FILTER}
+            UNION ALL
+            SELECT 'pg_trigger', t.tgrelid::regclass::text, t.tgname, t.oid::bigint FROM pg_trigger t
+            WHERE NOT t.tgisinternal
+            ORDER BY 1, 2, 3"""
     with engine.connect() as conn:
         return {name: [_mask_dx(tuple(r)) for r in conn.execute(sa.text(q))] for name, q in queries.items()}
 
