@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
-from helpers import function, matview, trigger, view
+from helpers import catalog_snapshot, function, matview, trigger, view
 from sqlalchemy import event
 
 from alembic_samizdat import Discipline, SamizdatRegistry, diff_database, sync
@@ -94,7 +94,15 @@ def family(v: int) -> SamizdatRegistry:
         condition="INSTEAD OF INSERT",
         deps_on={log_src},
     )
-    classes = [double_it, log_src, src_logger, base, totals, high, top, top_insert]
+    # The same in every version: users build their own views on these (see add_foreign_views).
+    stable_fn = function(
+        "stable_fn",
+        "${preamble} RETURNS integer LANGUAGE sql IMMUTABLE AS $$ SELECT $1 + 1 $$",
+        schema=S,
+        function_arguments_signature="integer",
+    )
+    stable = view("Stable", f"SELECT id, x FROM {S}.src", schema=S, deps_on_unmanaged={"src"})
+    classes = [double_it, log_src, src_logger, base, totals, high, top, top_insert, stable_fn, stable]
     if v % 2 == 0:
         classes.append(
             function(
@@ -131,8 +139,97 @@ FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.
 WHERE NOT t.tgisinternal AND n.nspname = '{S}'
 """
 
-#: Objects in the schema that are not ours and must stay as they are.
-FOREIGN = {("relation", S, "user_view", "")}
+#: Names of the family's objects that are the same in every version.
+STABLE = ("Stable", "stable_fn")
+
+#: Objects in the schema that are not ours and must stay as they are: a user's view on the table, and (once
+#: add_foreign_views ran) a user's view on top of managed objects, which every sync must leave alone.
+FOREIGN = {("relation", S, "user_view", ""), ("relation", S, "user_on_top", "")}
+
+FOREIGN_VIEW = f'CREATE VIEW {S}.user_on_top AS SELECT id, {S}.stable_fn(x) AS y FROM {S}."Stable"'
+
+
+def add_foreign_views(engine: sa.Engine) -> dict[str, tuple[int, str]]:
+    """A user's view on top of the managed "Stable" and stable_fn (after a sync created them); returns
+    :func:`foreign_views`."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql(FOREIGN_VIEW)
+    return foreign_views(engine)
+
+
+def foreign_views(engine: sa.Engine) -> dict[str, tuple[int, str]]:
+    """The users' views in the schema: name -> (oid, definition)."""
+    with engine.connect() as conn:
+        found = conn.exec_driver_sql(
+            "SELECT c.relname, c.oid::bigint, pg_get_viewdef(c.oid) FROM pg_class c "
+            f"WHERE c.relnamespace = '{S}'::regnamespace AND starts_with(c.relname, 'user_')"
+        ).all()
+    return {name: (oid, definition) for name, oid, definition in found}
+
+
+def foreign_problems(engine: sa.Engine, expected: dict[str, tuple[int, str]]) -> list[str]:
+    """How the users' views differ from ``expected`` (same oids, same definitions), and whether they answer."""
+    now = foreign_views(engine)
+    problems = [
+        f"user's view {n} changed or went: {expected[n]} -> {now.get(n)}" for n in expected if now.get(n) != expected[n]
+    ]
+    if not problems and "user_on_top" in expected:
+        with engine.connect() as conn:
+            got = conn.exec_driver_sql(f"SELECT sum(y) FROM {S}.user_on_top").scalar()
+            truth = conn.exec_driver_sql(f"SELECT sum(x + 1) FROM {S}.src").scalar()
+        if got != truth:
+            problems.append(f"user_on_top answers {got}, not {truth}")
+    return problems
+
+
+#: Every view, materialized view (with its indexes), function and trigger (with tgenabled) of the schema, as the
+#: catalog prints it, with the hash its signature claims.
+DEFINITIONS_SQL = f"""
+SELECT 'relation', n.nspname, c.relname, '',
+       c.relkind::text || ':' || pg_get_viewdef(c.oid) || coalesce((
+           SELECT string_agg(pg_get_indexdef(i.indexrelid), '; ' ORDER BY pg_get_indexdef(i.indexrelid))
+           FROM pg_index i WHERE i.indrelid = c.oid), ''),
+       obj_description(c.oid, 'pg_class')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = '{S}' AND c.relkind IN ('v', 'm')
+UNION ALL
+SELECT 'function', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid),
+       pg_get_functiondef(p.oid) || ' cost ' || p.procost || ' secdef ' || p.prosecdef,
+       obj_description(p.oid, 'pg_proc')
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = '{S}'
+UNION ALL
+SELECT 'trigger', n.nspname, t.tgname, c.relname, pg_get_triggerdef(t.oid) || ' enabled ' || t.tgenabled::text,
+       obj_description(t.oid, 'pg_trigger')
+FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT t.tgisinternal AND n.nspname = '{S}'
+"""
+
+
+def definitions(engine: sa.Engine) -> dict[Ident, tuple[str, str | None]]:
+    """Every object of the schema but the users' views: ident -> (definition, the hash its signature claims)."""
+    out: dict[Ident, tuple[str, str | None]] = {}
+    with engine.connect() as conn:
+        for ns, schema, name, extra, definition, comment in conn.exec_driver_sql(DEFINITIONS_SQL):
+            ident = (ns, schema, name, extra)
+            if ident in FOREIGN:
+                continue
+            body = json.loads(comment) if comment and comment.startswith('{"alembic_samizdat":') else {}
+            out[ident] = (definition, body.get("hash"))
+    return out
+
+
+def mixture_problems(engine: sa.Engine, references: list[dict[Ident, tuple[str, str | None]]]) -> list[str]:
+    """Judged by the catalog alone: every object in the schema is exactly as a complete, uninterrupted sync of
+    one of the versions left it (definition, indexes, cost, trigger state), and signed with the hash that
+    version's clean sync wrote (``references`` are :func:`definitions` read after such syncs)."""
+    problems = []
+    for ident, (definition, claimed) in sorted(definitions(engine).items()):
+        matching = [ref[ident] for ref in references if ident in ref and ref[ident][0] == definition]
+        if not matching:
+            problems.append(f"{ident} is in no version's clean state (incomplete or wrong): {definition[:120]!r}")
+        elif claimed not in {h for _, h in matching}:
+            problems.append(f"{ident} signed {claimed}, which no clean sync of that definition wrote")
+    return problems
 
 
 def read_signed(engine: sa.Engine) -> tuple[dict[Ident, dict[str, Any]], list[Ident]]:
@@ -195,8 +292,12 @@ def converged(engine: sa.Engine, registry: SamizdatRegistry) -> list[str]:
     problems = state_problems(declared_state(registry), {}, engine)
     signed, _ = read_signed(engine)
     problems += [f"{i} still marked stale" for i, row in signed.items() if row["stale"]]
+    # Idempotence judged by the catalog (every oid, definition, privilege), not only by the second plan.
+    before = catalog_snapshot(engine, oids=True)
     again = sync(engine, registry)
     problems += [f"second sync: {a.describe()}" for a in again.plan.actions]
+    if catalog_snapshot(engine, oids=True) != before:
+        problems.append("a second sync changed the catalog")
     if diff_database(engine, registry).exit_code != 0:
         problems.append("diff_database is not 0")
     return problems

@@ -25,13 +25,19 @@ import pytest
 import sqlalchemy as sa
 from faults_harness import (
     ALL_DISCIPLINES,
+    STABLE,
     Ident,
     S,
+    add_foreign_views,
     converged,
     data_problems,
     declared_state,
+    definitions,
     family,
+    foreign_problems,
+    foreign_views,
     killing,
+    mixture_problems,
     reset,
     run,
     simulate,
@@ -74,13 +80,18 @@ def test_killed_sync_leaves_a_stated_state_and_the_next_sync_converges(
     v1, v2 = family(1), family(2)
     reset(engine)
     sync(engine, v1)
+    clean = [definitions(engine)]
     total = count_statements(engine, admin, lambda: sync(engine, v2, discipline=discipline))
     assert total >= 20, "the v1 -> v2 sync should drop, create and refresh a fair number of objects"
+    sync(engine, v2)  # complete and uninterrupted (the counted run may have been a dry run)
+    clean.append(definitions(engine))
+    assert clean[0] != clean[1]
     problems: list[str] = []
     partial = 0  # kills that left a checkpoint run half done (the interesting case)
     for at in range(1, total + 1):
         reset(engine)
         sync(engine, v1)
+        users = add_foreign_views(engine)
         before = catalog_snapshot(engine)
         applied: list[Action] = []
         plans: list[Plan] = []
@@ -92,17 +103,22 @@ def test_killed_sync_leaves_a_stated_state_and_the_next_sync_converges(
             problems.append(f"{where}: the sync reported success")
         if error is not None and not isinstance(error, SamizdatError):
             problems.append(f"{where}: raised {type(error).__module__}.{type(error).__name__}, not a SamizdatError")
+        problems += [f"{where}: {p}" for p in foreign_problems(engine, users)]
         if discipline is Discipline.CHECKPOINT:
             partial += len(applied) > 0 and not complete
+            # From the catalog alone: each object is a complete v1 or v2 one; then against what was reported.
+            problems += [f"{where}: {p}" for p in mixture_problems(engine, clean)]
             expected, populated = simulate(v1, v2, applied)
             problems += [f"{where}: {p}" for p in state_problems(expected, populated, engine)]
             if not complete and diff_database(engine, v2).exit_code == 0:
                 problems.append(f"{where}: diff says equal after an incomplete sync")
         elif catalog_snapshot(engine) != before:
             problems.append(f"{where}: the database changed")
-        # The next sync finishes the job.
+        # The next sync finishes the job, around the user's view.
         sync(engine, v2)
         problems += [f"{where}, then synced: {p}" for p in converged(engine, v2) + data_problems(engine, "v2")]
+        problems += [f"{where}, then synced: {p}" for p in foreign_problems(engine, users)]
+        problems += [f"{where}, then synced: {p}" for p in mixture_problems(engine, clean[1:])]
     assert problems == [], "\n".join(problems)
     assert discipline is not Discipline.CHECKPOINT or partial >= total // 2
 
@@ -133,22 +149,25 @@ def test_killed_sync_keeps_what_users_attached_to_recreated_objects(
     captured commits together with its re-creation (planner.checkpoint_units)."""
     v1, v2 = family(1), family(2)
 
-    def prepare() -> None:
+    def prepare() -> dict[str, tuple[int, str]]:
         reset(engine)
         sync(engine, v1)
         with engine.begin() as conn:
             for statement in ATTACHED:
                 conn.exec_driver_sql(statement)
+        return add_foreign_views(engine)
 
     prepare()
     total = count_statements(engine, admin, lambda: sync(engine, v2, discipline=discipline))
     assert attachments(engine) == {"grant": True, "index": True}, "kept by an uninterrupted sync"
     problems = []
     for at in range(1, total + 1):
-        prepare()
+        users = prepare()
         with killing(engine, admin, at) as killer:
             run(sync, engine, v2, discipline=discipline)
+        problems += [f"killed before statement {at}/{total}: {p}" for p in foreign_problems(engine, users)]
         sync(engine, v2)
+        problems += [f"killed before statement {at}/{total}, then synced: {p}" for p in foreign_problems(engine, users)]
         kept = attachments(engine)
         if not all(kept.values()):
             lost = [what for what, ok in kept.items() if not ok]
@@ -261,6 +280,10 @@ def test_killed_refresh_leaves_no_view_a_sync_would_call_fine(
     for at in range(1, total + 1):
         reset(engine)
         sync(engine, registry)
+        # A user's view on top of the refreshed stack: refreshes never touch it.
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f'CREATE VIEW {S}.user_over_top AS SELECT u FROM {S}."Top"')
+        users = foreign_views(engine)
         change_data()
         assert set(outdated(engine)) == set(REFRESHED)
         with killing(engine, admin, at) as killer:
@@ -285,6 +308,7 @@ def test_killed_refresh_leaves_no_view_a_sync_would_call_fine(
         if left:
             problems.append(f"{where}: still out of date after the next sync: {left}")
         refresh(engine, registry, parallel=parallel, jobs=2)
+        problems += [f"{where}: {p}" for p in foreign_problems(engine, users)]
         if outdated(engine) or diff_database(engine, registry).exit_code != 0:
             problems.append(f"{where}: not fixed by a refresh: {outdated(engine)}")
     assert problems == [], "\n".join(problems)
@@ -469,6 +493,8 @@ def test_eight_concurrent_syncs_of_the_same_version_do_the_work_once(engine: sa.
     workers = [i for i, r in results.items() if r.applied]
     assert len(workers) == 1, {i: r.summary() for i, r in results.items()}
     creates = [a.key for a in results[workers[0]].applied if a.verb is Verb.CREATE]
-    assert sorted(creates) == sorted(set(creates)) and len(creates) == len(registry.graph().nodes)
+    # Everything but the objects every version shares (STABLE) is new in v2, and created exactly once.
+    changed = {k for k in registry.graph().nodes if k.name not in STABLE}
+    assert sorted(creates) == sorted(set(creates)) and set(creates) == changed
     assert converged(engine, registry) == []
     assert data_problems(engine, "v2") == []
