@@ -9,6 +9,7 @@ and are skipped with the reason printed otherwise. The CPU-heavy stack is made t
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -133,19 +134,21 @@ def test_benchmark_runs_and_prints_every_row(pg_url: str, run: ModuleType, tmp_p
 def test_other_contenders_when_installed(pg_url: str, run: ModuleType, tmp_path: Path) -> None:
     """DBSamizdat and alembic_utils, each in the venv the benchmark would install it into; never installed here."""
     available = []
-    for name, finder, venv_dir in (
-        ("dbsamizdat", run.dbsamizdat_python, run.DEFAULT_DBSZ_VENV),
-        ("alembic_utils", run.alembic_utils_python, run.DEFAULT_AUTILS_VENV),
+    venv_args: list[str] = []
+    for name, finder, option, venv_dir in (
+        ("dbsamizdat", run.dbsamizdat_python, "--dbsamizdat-venv", _dbsamizdat_venv(run)),
+        ("alembic_utils", run.alembic_utils_python, "--alembic-utils-venv", _alembic_utils_venv(run)),
     ):
         python, why = finder(venv_dir, install=False)
         if python is None:
             print(f"{name} left out: {why}")
         else:
             available.append(name)
+            venv_args += [option, str(venv_dir)]
     if not available:
         pytest.skip("neither DBSamizdat nor alembic_utils is installed (bench/run.py installs them on first use)")
     scenarios = "noop,al_autogen_noop,heavy_refresh,heavy_refresh_parallel"
-    args = ["--n", "12", "--contenders", ",".join(available), "--scenarios", scenarios]
+    args = ["--n", "12", "--contenders", ",".join(available), "--scenarios", scenarios, *venv_args]
     result = _bench(pg_url, tmp_path, *args, "--alembic-utils-timeout", "60")
     rows = _table_rows(result.stdout)
     modes = {r[2] for r in rows}
@@ -156,3 +159,21 @@ def test_other_contenders_when_installed(pg_url: str, run: ModuleType, tmp_path:
         assert run.AL_UTILS in modes, result.stdout
     for row in rows:
         assert "failed" not in row[3] and "skipped" not in row[3], row
+
+
+def _dbsamizdat_venv(run: ModuleType) -> Path:
+    """The venv CI installs DBSamizdat into (``$SAMIZDAT_TEST_DBSAMIZDAT`` is its ``bin/dbsamizdat``), else the
+    benchmark's own default."""
+    cli = os.environ.get("SAMIZDAT_TEST_DBSAMIZDAT")
+    return Path(cli).parent.parent if cli and Path(cli).exists() else run.DEFAULT_DBSZ_VENV
+
+
+def _alembic_utils_venv(run: ModuleType) -> Path:
+    """CI's alembic_utils venv (``$SAMIZDAT_TEST_ALEMBIC_UTILS`` is its python) when it has the psycopg2 driver the
+    benchmark's alembic_utils project uses, else the benchmark's own default."""
+    python = os.environ.get("SAMIZDAT_TEST_ALEMBIC_UTILS")
+    if python and Path(python).exists():
+        has_driver = subprocess.run([python, "-c", "import psycopg2"], capture_output=True, check=False)
+        if has_driver.returncode == 0:
+            return Path(python).parent.parent
+    return run.DEFAULT_AUTILS_VENV

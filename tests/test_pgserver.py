@@ -497,3 +497,116 @@ def test_serve_prints_the_url_with_its_password_and_stops_on_sigterm() -> None:
         if serve.poll() is None:
             serve.kill()
             serve.wait()
+
+
+# --- unpacking the binaries' tarball ----------------------------------------------------------------------------
+
+
+def _tarball(path: Path, *members: tuple[str, str, bytes | str]) -> Path:
+    """A .tar.gz of ``(kind, name, content)`` members: kind "file" (content bytes), "dir", "symlink" / "hardlink"
+    (content = link target) or "fifo"."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as archive:
+        for kind, name, content in members:
+            info = tarfile.TarInfo(name)
+            info.uid, info.gid = 1001, 1001
+            if kind == "file":
+                assert isinstance(content, bytes)
+                info.size, info.mode = len(content), 0o4777  # setuid and world-writable: must not survive
+                archive.addfile(info, io.BytesIO(content))
+                continue
+            info.type = {
+                "dir": tarfile.DIRTYPE,
+                "symlink": tarfile.SYMTYPE,
+                "hardlink": tarfile.LNKTYPE,
+                "fifo": tarfile.FIFOTYPE,
+            }[kind]
+            info.mode = 0o755
+            if kind in ("symlink", "hardlink"):
+                assert isinstance(content, str)
+                info.linkname = content
+            archive.addfile(info)
+    return path
+
+
+UNSAFE = {
+    "parent": [("file", "../evil.txt", b"x")],
+    "absolute": [("file", "/tmp/samizdat-evil-absolute.txt", b"x")],
+    "symlink out": [("symlink", "bin/link", "../../../etc/passwd")],
+    "hardlink out": [("hardlink", "bin/hard", "../outside.txt")],
+}
+
+
+@pytest.fixture(params=["data filter", "by hand"])
+def extraction(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways of unpacking: tarfile's "data" filter, and the checks made by hand where Python has none."""
+    import tarfile
+
+    if request.param == "by hand":
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    elif not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python has no tarfile extraction filters")
+    return str(request.param)
+
+
+@pytest.mark.parametrize("case", sorted(UNSAFE))
+def test_tarball_with_a_path_leaving_the_tree_is_refused(tmp_path: Path, extraction: str, case: str) -> None:
+    import tarfile
+
+    from alembic_samizdat.pgserver import _safe_extract
+
+    dest = tmp_path / "deep" / "dest"
+    dest.mkdir(parents=True)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    tarball = _tarball(tmp_path / "pg.tar.gz", *UNSAFE[case])
+    if extraction == "data filter" and case == "absolute":
+        # The data filter strips the leading "/": the file lands inside the tree, which is just as safe.
+        _safe_extract(tarball, dest)
+        assert (dest / "tmp" / "samizdat-evil-absolute.txt").read_bytes() == b"x"
+    else:
+        expected = ThrowawayServerError if extraction == "by hand" else tarfile.FilterError
+        with pytest.raises(expected) as caught:
+            _safe_extract(tarball, dest)
+        if extraction == "by hand":
+            assert str(caught.value) == f"unsafe path in pg.tar.gz: {UNSAFE[case][0][1]}"
+        # Refused before anything was written, inside the tree or out of it.
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == sorted([*before, Path("pg.tar.gz")])
+    assert not Path("/tmp/samizdat-evil-absolute.txt").exists()
+
+
+def test_tarball_with_a_special_file_is_refused_by_hand(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tarfile
+
+    from alembic_samizdat.pgserver import _safe_extract
+
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    tarball = _tarball(tmp_path / "pg.tar.gz", ("dir", "bin", b""), ("fifo", "bin/pipe", b""))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(ThrowawayServerError, match=r"^unexpected special file in pg\.tar\.gz: bin/pipe$"):
+        _safe_extract(tarball, dest)
+    assert list(dest.iterdir()) == []
+
+
+def test_tarball_inside_the_tree_is_unpacked_as_ours_without_setuid(tmp_path: Path, extraction: str) -> None:
+    from alembic_samizdat.pgserver import _safe_extract
+
+    tarball = _tarball(
+        tmp_path / "pg.tar.gz",
+        ("dir", "bin", b""),
+        ("file", "bin/postgres", b"#!/bin/sh\n"),
+        ("symlink", "bin/pg", "postgres"),
+        ("hardlink", "bin/pg2", "bin/postgres"),
+    )
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    _safe_extract(tarball, dest)
+    binary = dest / "bin" / "postgres"
+    assert binary.read_bytes() == b"#!/bin/sh\n"
+    assert (dest / "bin" / "pg").resolve() == binary.resolve()
+    assert (dest / "bin" / "pg2").read_bytes() == b"#!/bin/sh\n"
+    mode = binary.stat().st_mode
+    assert not mode & 0o6000 and not mode & 0o022, oct(mode)
+    assert binary.stat().st_uid == os.getuid()
