@@ -300,13 +300,6 @@ class DbObject:
         drop = self.drop_statement()
         return drop.removeprefix("DROP ")
 
-    def restore_statements(self) -> tuple[str, ...] | None:
-        """The statements that recreate this object exactly as it is now (its SQL and its signature), when the
-        signature recorded the SQL; used for Alembic downgrades."""
-        if self.signature is None or self.signature.sql is None or self.comment is None:
-            return None
-        return (self.signature.sql, sig.stamp_statement(self.comment_target(), self.key, self.comment))
-
 
 @dataclass(frozen=True)
 class Dependent:

@@ -704,3 +704,64 @@ def test_reading_the_same_comments_twice_gives_the_same_verdicts() -> None:
         by_name = {o.key.name: o for o in state.others}
         assert by_name["b"].malformed is not None and by_name["b"].signature is None
         assert by_name["v"].signature is None and by_name["v"].malformed is None
+
+
+# --- signatures that cannot be trusted ----------------------------------------------------------------------------
+
+_GOOD = {"alembic_samizdat": 1, "scope": "default", "kind": "view", "key": ["relation", "public", "v", ""], "hash": "h"}
+
+
+@pytest.mark.parametrize(
+    ("comment", "says"),
+    [
+        ('{"alembic_samizdat":1,', "not valid JSON"),
+        ("[1]", "not a JSON object"),
+        ({**_GOOD, "alembic_samizdat": 99}, "unknown signature format 99"),
+        ({k: v for k, v in _GOOD.items() if k != "scope"}, "scope and hash must be strings"),
+        ({**_GOOD, "hash": 7}, "scope and hash must be strings"),
+        ({**_GOOD, "kind": "table"}, "unknown kind 'table'"),
+        ({**_GOOD, "key": ["relation", "public", "v"]}, "key must be a list of four strings"),
+        ({**_GOOD, "key": ["relation", "public", "v", 1]}, "key must be a list of four strings"),
+        ({**_GOOD, "stale": "yes"}, "stale must be true or false"),
+        ({**_GOOD, "sql": 5}, "sql must be a string"),
+        ({**_GOOD, "grants": [["reader"]]}, r"grants must be a list of \[role, privilege\] pairs"),
+        ({**_GOOD, "grants": "reader"}, r"grants must be a list of \[role, privilege\] pairs"),
+        ({**_GOOD, "deps": [["relation", "public", "w"]]}, "deps must be a list of keys"),
+        ({**_GOOD, "dx": 5}, "dx and fp must be strings"),
+        ({**_GOOD, "fp": ["x"]}, "dx and fp must be strings"),
+    ],
+)
+def test_malformed_signature_says_what_is_wrong(comment: object, says: str) -> None:
+    import json
+
+    from alembic_samizdat.signature import MalformedSignature, parse
+
+    text = comment if isinstance(comment, str) else json.dumps(comment)
+    with pytest.raises(MalformedSignature, match=says):
+        parse(text)
+
+
+def test_well_formed_signature_reads_every_field() -> None:
+    import json
+
+    from alembic_samizdat.signature import parse
+
+    body = {
+        **_GOOD,
+        "stale": True,
+        "sql": "SELECT 1",
+        "grants": [["writer", "SELECT"], ["reader", "SELECT"]],
+        "deps": [["relation", "public", "w", ""]],
+        "dx": "12",
+        "fp": "ab",
+    }
+    signature = parse(json.dumps(body))
+    assert (signature.scope, signature.kind, signature.key, signature.hash) == (
+        "default",
+        Kind.VIEW,
+        Key("relation", "public", "v", ""),
+        "h",
+    )
+    assert signature.stale is True and signature.sql == "SELECT 1"
+    assert signature.grants == (("reader", "SELECT"), ("writer", "SELECT"))
+    assert signature.deps == (Key("relation", "public", "w", ""),)
