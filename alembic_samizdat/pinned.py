@@ -16,6 +16,7 @@ before it has run, and which runs the whole batch in one (implicit) transaction 
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -81,11 +82,30 @@ def query(connection: Connection, sql: str, params: Mapping[str, object] | None 
     cursor = result.cursor
     try:
         assert cursor is not None
+        driver = getattr(cursor, "_cursor", None)
+        if driver is not None and inspect.iscoroutinefunction(getattr(driver, "fetchall", None)):
+            return _async_driver_rows(driver)
         for _ in range(PIN_RESULTS):
             cursor.nextset()
         return list(cursor.fetchall())
     finally:
         result.close()
+
+
+def _async_driver_rows(driver: Any) -> list[Any]:
+    """The rows of the last result set of psycopg's ``AsyncCursor`` under SQLAlchemy's asyncio adapter.
+
+    The adapter's own nextset() cannot be used: 2.0's passes it to psycopg without reading the next set's rows
+    (its fetchall() then returns the pin's), and 2.1's awaits psycopg's nextset(), which is not a coroutine.
+    psycopg has every result set already, so moving on needs no I/O; only fetching is awaited.
+    """
+    from sqlalchemy.util.concurrency import await_only
+
+    for _ in range(PIN_RESULTS):
+        moved = driver.nextset()
+        if inspect.isawaitable(moved):
+            await_only(moved)
+    return list(await_only(driver.fetchall()))
 
 
 def do_block(body: str, declare: str = "") -> str:

@@ -212,6 +212,61 @@ def test_async_refresh(synced: tuple[sa.Engine, SamizdatRegistry], db_url: str) 
     assert scalar(engine, 'SELECT t FROM "High"') == 70
 
 
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_async_refresh_failure_is_reported_marked_and_retried(
+    synced: tuple[sa.Engine, SamizdatRegistry], db_url: str, jobs: int
+) -> None:
+    """Under asyncio too: a failing refresh (division by zero in Fragile) raises RefreshError naming the view,
+    which keeps the rows of its last good refresh and is marked stale in its signature (read from the catalog);
+    diff flags it and whatever the run left unrefreshed, and the next sync refreshes exactly those."""
+    engine, registry = synced
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO src VALUES (0)")
+
+    async def go() -> None:
+        async_engine = create_async_engine(db_url)
+        try:
+            await refresh_async(async_engine, registry, jobs=jobs)
+        finally:
+            await async_engine.dispose()
+
+    with pytest.raises(RefreshError) as caught:
+        asyncio.run(go())
+    error = caught.value
+    assert [f.key.name for f in error.failures] == ["Fragile"]
+    assert "division by zero" in str(error) and '"public"."Fragile"' in str(error)
+    assert scalar(engine, 'SELECT count(*) FROM "Fragile"') == 2
+    comment = str(scalar(engine, "SELECT obj_description('\"Fragile\"'::regclass, 'pg_class')"))
+    assert comment.endswith(',"stale":true}'), comment
+    not_run = {label.rsplit(".", 1)[-1].strip('"') for label in error.not_run}
+    assert {d.key.name for d in diff_database(engine, registry).differences} == {"Fragile"} | not_run
+    if "Low" not in not_run:
+        assert scalar(engine, 'SELECT count(*) FROM "Low"') == 3  # refreshed: holds the new row
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM src WHERE x = 0")
+    assert {a.key.name for a in sync(engine, registry).applied} == {"Fragile"} | not_run
+    assert diff_database(engine, registry).differences == ()
+
+
+def test_async_refresh_of_a_missing_view_refreshes_nothing(
+    synced: tuple[sa.Engine, SamizdatRegistry], db_url: str
+) -> None:
+    engine, registry = synced
+    with engine.begin() as conn:
+        conn.exec_driver_sql('DROP MATERIALIZED VIEW "Side"; INSERT INTO src VALUES (5)')
+
+    async def go() -> None:
+        async_engine = create_async_engine(db_url)
+        try:
+            await refresh_async(async_engine, registry)
+        finally:
+            await async_engine.dispose()
+
+    with pytest.raises(MissingViewError, match="Side"):
+        asyncio.run(go())
+    assert scalar(engine, 'SELECT count(*) FROM "Low"') == 2  # not refreshed: the new row is not there
+
+
 def test_next_sync_refreshes_the_views_above_a_failed_one(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE src (x int); INSERT INTO src VALUES (1), (2)")
