@@ -185,8 +185,9 @@ def test_concurrently_needs_a_usable_unique_index(t_engine: sa.Engine) -> None:
             refresh_matview(conn, "other", concurrently=True)
         with pytest.raises(MatviewError, match="no such relation"):
             refresh_matview(conn, "missing", concurrently=True)
-        # One catalog query each, and no REFRESH was sent (so the transaction is still usable).
-        assert len(log.statements) == 4 and all("to_regclass" in s for s in log.statements)
+        # Catalog reads only: no REFRESH was sent, so the transaction is still usable.
+        assert log.statements and not any("REFRESH MATERIALIZED" in s.upper() for s in log.statements)
+        assert conn.exec_driver_sql("SELECT 1").scalar() == 1
         conn.rollback()
 
     run_sql(t_engine, "INSERT INTO t VALUES (3, 'c')")

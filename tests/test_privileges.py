@@ -109,6 +109,13 @@ def roles(db_url: str, engine: sa.Engine) -> Iterator[Roles]:
         run_sql(engine, f"DROP ROLE {names}")
 
 
+def trusting(registry: SamizdatRegistry, *owners: str) -> SamizdatRegistry:
+    """``registry`` counting the objects of ``owners`` as its own too: a role that is not a member of the role
+    that created the objects (the read-only role here) sees them as foreign otherwise (docs/security.md)."""
+    registry.trusted_owners = frozenset(owners)
+    return registry
+
+
 def reports(total: str = "sum(amount)") -> SamizdatRegistry:
     """A view (granted to PUBLIC), a materialized view and a function in schema "reports", reading data.orders.
 
@@ -200,11 +207,11 @@ def test_minimum_is_enough_for_sync_diff_refresh_nuke(roles: Roles) -> None:
     registry = reports()
     assert sync(migrator, registry).committed
     # The read-only role needs nothing beyond CONNECT (which PUBLIC has): diff reads the catalog only.
-    assert diff_database(reader, registry).exit_code == 0
+    assert diff_database(reader, trusting(reports(), roles.migrator)).exit_code == 0
     assert refresh(migrator, registry).refreshed == [Key("relation", "reports", "Counts")]
     # A change recreates the view (capture and restore use a temporary table: TEMPORARY, which PUBLIC has).
     changed = reports("sum(amount) + 0")
-    assert diff_database(reader, changed).exit_code == 103
+    assert diff_database(reader, trusting(reports("sum(amount) + 0"), roles.migrator)).exit_code == 103
     assert any(a.verb.value == "drop" for a in sync(migrator, changed, discipline="jumbo").applied)
     assert scalar(roles.admin, 'SELECT total FROM reports."Total"') == 42
     assert len(nuke(migrator, changed).applied) == 3
@@ -221,8 +228,9 @@ def test_membership_in_the_table_owner_is_enough_for_triggers(roles: Roles) -> N
     with roles.engine(roles.reader).begin() as conn:
         conn.exec_driver_sql("INSERT INTO data.orders VALUES (3, 1)")
     assert scalar(roles.admin, 'SELECT n FROM reports."Live"') == 3
-    assert diff_database(roles.engine(roles.reader), registry).exit_code == 0
-    assert len(nuke(migrator, registry).applied) == 4
+    # Triggers belong to the table's owner, the rest to the migration role: the reader trusts both.
+    assert diff_database(roles.engine(roles.reader), trusting(registry, roles.migrator, roles.owner)).exit_code == 0
+    assert len(nuke(migrator, trusting(registry)).applied) == 4
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -288,8 +296,10 @@ def test_trigger_without_ownership_of_the_table(roles: Roles) -> None:
         'ownership of table "data"."orders"',
         roles.migrator,
     )
-    # Inside the failed transaction the owner cannot be looked up: the fix names it generically.
-    assert "GRANT <owner>" in error.fix
+    # The owner is named even inside the failed transaction.
+    assert error.fix == (
+        f'run as "{roles.owner}", or make "{roles.migrator}" a member of it: GRANT "{roles.owner}" TO "{roles.migrator}"'
+    )
     assert "TRIGGER privilege is not enough" in str(error)
 
 
@@ -313,7 +323,7 @@ def test_recreate_needs_ownership_and_temporary(roles: Roles) -> None:
     roles.sql('ALTER VIEW reports."Total" OWNER TO "{owner}"')
     error = fails(
         roles,
-        lambda: sync(migrator, changed, discipline="jumbo"),
+        lambda: sync(migrator, trusting(reports("sum(amount) - 0"), roles.owner), discipline="jumbo"),
         'ownership of view "reports"."Total"',
         roles.migrator,
     )
@@ -327,7 +337,8 @@ def test_nuke_needs_ownership(roles: Roles) -> None:
     assert sync(roles.engine(roles.migrator), reports()).committed
     roles.sql('GRANT USAGE ON SCHEMA reports, data TO "{reader}"')
     reader = roles.engine(roles.reader)
-    error = fails(roles, lambda: nuke(reader, reports(), discipline="jumbo"), "ownership of", roles.reader)
+    registry = trusting(reports(), roles.migrator)
+    error = fails(roles, lambda: nuke(reader, registry, discipline="jumbo"), "ownership of", roles.reader)
     assert f'GRANT "{roles.migrator}" TO "{roles.reader}"' in error.fix or "GRANT <owner>" in error.fix
 
 
@@ -335,7 +346,8 @@ def test_refresh_needs_ownership(roles: Roles) -> None:
     roles.sql(*MINIMUM)
     assert sync(roles.engine(roles.migrator), reports()).committed
     reader = roles.engine(roles.reader)
-    fails(roles, lambda: refresh(reader, reports()), 'USAGE on schema "reports"', roles.reader)
+    registry = trusting(reports(), roles.migrator)
+    fails(roles, lambda: refresh(reader, registry), 'USAGE on schema "reports"', roles.reader)
     roles.sql('GRANT USAGE ON SCHEMA reports TO "{reader}"')
     if roles.server_version >= 170000:
         # MAINTAIN allows REFRESH MATERIALIZED VIEW, but refresh marks the view stale in its comment first.
@@ -343,7 +355,7 @@ def test_refresh_needs_ownership(roles: Roles) -> None:
     else:
         print(f"PostgreSQL {roles.server_version}: no MAINTAIN privilege (PG17+); ownership alone is checked")
     error = fails(
-        roles, lambda: refresh(reader, reports()), 'ownership of materialized view "reports"."Counts"', roles.reader
+        roles, lambda: refresh(reader, registry), 'ownership of materialized view "reports"."Counts"', roles.reader
     )
     assert f'GRANT "{roles.migrator}" TO "{roles.reader}"' in error.fix
     assert "Nothing was refreshed" in str(error)
@@ -364,11 +376,11 @@ def test_refresh_of_a_stale_view_reports_the_privilege_per_view(roles: Roles) ->
 
     async def on_asyncio() -> None:
         try:
-            await refresh_async(async_reader, reports())
+            await refresh_async(async_reader, trusting(reports(), roles.migrator))
         finally:
             await async_reader.dispose()
 
-    for runner in (lambda: refresh(reader, reports()), lambda: asyncio.run(on_asyncio())):
+    for runner in (lambda: refresh(reader, trusting(reports(), roles.migrator)), lambda: asyncio.run(on_asyncio())):
         with pytest.raises(RefreshError) as info:
             runner()
         (failure,) = info.value.failures
@@ -386,7 +398,9 @@ def test_diff_needs_no_privilege_beyond_connect(roles: Roles) -> None:
     # Even with PUBLIC's default TEMPORARY taken away and no USAGE anywhere, diff reads the catalog fine.
     database = make_url(roles.url).database
     roles.sql(f'REVOKE TEMPORARY ON DATABASE "{database}" FROM PUBLIC')
-    assert diff_database(roles.engine(roles.reader), reports()).exit_code == 0
+    assert diff_database(roles.engine(roles.reader), trusting(reports(), roles.migrator)).exit_code == 0
+    # Without trusting the migration role, the read-only role sees its objects as someone else's.
+    assert diff_database(roles.engine(roles.reader), reports()).exit_code != 0
 
 
 def test_cli_prints_one_line(roles: Roles, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
