@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from helpers import function, make_registry, matview, rows, run_sql, scalar, trigger, view
+from helpers import catalog_snapshot, function, make_registry, matview, rows, run_sql, scalar, trigger, view
 from sqlalchemy.engine import make_url
 
 from alembic_samizdat import SamizdatRegistry, diff_database, sync
@@ -73,6 +73,8 @@ HAND_EDITS: dict[str, tuple[str, str]] = {
         "stamp",
     ),
     "function altered": ("ALTER FUNCTION stamp() SECURITY DEFINER", "stamp"),
+    "function cost": ("ALTER FUNCTION stamp() COST 1000", "stamp"),
+    "function setting": ("ALTER FUNCTION stamp() SET work_mem = '1MB'", "stamp"),
     "trigger disabled": ("ALTER TABLE items DISABLE TRIGGER guard", "guard"),
 }
 
@@ -81,7 +83,9 @@ HAND_EDITS: dict[str, tuple[str, str]] = {
 def test_a_hand_edit_is_reported_and_sync_puts_it_back(engine: sa.Engine, synced: SamizdatRegistry, edit: str) -> None:
     statement, name = HAND_EDITS[edit]
     before = {"Cheap": view_sql(engine, '"Cheap"'), "cheapest": view_sql(engine, "cheapest")}
+    declared_state = catalog_snapshot(engine)
     run_sql(engine, statement)
+    assert catalog_snapshot(engine) != declared_state  # the edit is visible in the catalog
     assert drifted(engine, synced) == [name]
     result = diff_database(engine, synced)
     assert result.exit_code == 103
@@ -97,6 +101,9 @@ def test_a_hand_edit_is_reported_and_sync_puts_it_back(engine: sa.Engine, synced
     # The definitions are the declared ones again: the trigger fires, the function is the template's.
     assert scalar(engine, "SELECT tgenabled FROM pg_trigger WHERE tgname = 'guard'") == "O"
     assert scalar(engine, "SELECT prosecdef FROM pg_proc WHERE proname = 'stamp'") is False
+    # Judged by the catalog as a whole (definitions, cost, security, settings, trigger state, privileges, owners):
+    # exactly as the sync left it before the edit.
+    assert catalog_snapshot(engine) == declared_state
     run_sql(engine, "INSERT INTO items VALUES (3, 5)")
     assert scalar(engine, "SELECT price FROM items WHERE id = 3") == 5
 
