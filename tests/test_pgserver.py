@@ -663,3 +663,40 @@ def test_module_command_line_prints_the_bin_dir_or_the_error() -> None:
         "",
         "error: invalid PostgreSQL major version 3; expected e.g. 14 or 18\n",
     )
+
+
+# --- the stale-cluster sweep signals only a provable postmaster ---------------------------------------------------
+
+
+def test_a_planted_pidfile_never_gets_another_process_signalled(tmp_path: Path) -> None:
+    """Whatever a postmaster.pid says (another process of ours, a recycled or dead PID, PID 1, another data
+    directory, garbage, a symbolic link), only a process that is that directory's postmaster is signalled."""
+    from alembic_samizdat.pgserver import _stop_stale_postmaster
+
+    data = tmp_path / "data"
+    data.mkdir()
+    pidfile = data / "postmaster.pid"
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    try:
+        for content in (
+            f"{bystander.pid}\n{data}\n",  # a live process, but not a postmaster on this directory
+            f"{bystander.pid}\n{tmp_path / 'elsewhere'}\n",  # started on another directory
+            f"{finished.pid}\n{data}\n",  # dead
+            f"1\n{data}\n",
+            "not a pid\n",
+            "",
+        ):
+            pidfile.write_text(content)
+            _stop_stale_postmaster(data)
+            assert bystander.poll() is None, content
+        pidfile.unlink()
+        target = tmp_path / "elsewhere.pid"
+        target.write_text(f"{bystander.pid}\n{data}\n")
+        pidfile.symlink_to(target)
+        _stop_stale_postmaster(data)
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
