@@ -836,8 +836,11 @@ class World:
         catalog = self.catalog()
         assert catalog.foreign == self.foreign, describe_foreign_change(self.foreign, catalog.foreign)
         check_catalog(model, registry, catalog)
+        # Idempotent, judged by the catalog too: a second sync changes no oid, definition or privilege.
+        settled = catalog_snapshot(self.engine, oids=True)
         again = sync(self.engine, registry)
         assert again.plan.actions == (), [a.describe() for a in again.plan.actions]
+        assert catalog_snapshot(self.engine, oids=True) == settled, "a second sync changed the catalog"
         assert diff_database(self.engine, registry).exit_code == 0
 
 
