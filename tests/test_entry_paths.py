@@ -163,3 +163,57 @@ def test_cli_database_error_is_exit_1_with_a_traceback_only_when_verbose(
     password = sa.make_url(db_url).password
     assert password and password not in captured.err + captured.out
     assert rows(engine, "SELECT count(*) FROM pg_class WHERE relname = 'reads_nothing'") == [(0,)]
+
+
+# --- the ORM checks and the Alembic configuration as an entry point ----------------------------------------------
+
+
+def test_model_checks_name_a_missing_view_and_refuse_what_is_not_a_table(engine: sa.Engine) -> None:
+    from sqlalchemy import Column, Integer, Table
+    from sqlalchemy.types import NullType
+
+    from alembic_samizdat.orm import ColumnDriftError, check_model_columns
+
+    missing = Table("nowhere", MetaData(), Column("n", Integer))
+    with engine.connect() as conn, pytest.raises(ColumnDriftError, match=r"^nowhere: no such view or table"):
+        check_model_columns(conn, missing)
+    with engine.connect() as conn, pytest.raises(TypeError, match="expected a mapped class or a Table"):
+        check_model_columns(conn, object())
+    # A type without a Python type (here the model's NullType) is not reported as different.
+    run_sql(engine, "CREATE VIEW words AS SELECT 1 AS n, 'a b'::tsvector AS v")
+    loose = Table("words", MetaData(), Column("n", Integer), Column("v", NullType()))
+    with engine.connect() as conn:
+        check_model_columns(conn, loose)
+
+
+def _ini(tmp_path: Path, env_body: str) -> Path:
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "env.py").write_text(textwrap.dedent(env_body))
+    ini = tmp_path / "alembic.ini"
+    ini.write_text(f"[alembic]\nscript_location = {tmp_path / 'migrations'}\n")
+    return ini
+
+
+def test_alembic_configuration_that_cannot_give_a_registry_says_why(tmp_path: Path, db_url: str) -> None:
+    from alembic_samizdat.alembic.environment import AlembicConfigError, from_alembic_config
+
+    with pytest.raises(AlembicConfigError, match=r"^no Alembic configuration at .*nothing\.ini$"):
+        from_alembic_config(str(tmp_path / "nothing.ini"))
+    broken = tmp_path / "broken.ini"
+    broken.write_text(f"[alembic]\nscript_location = {tmp_path / 'no-such-dir'}\n")
+    with pytest.raises(AlembicConfigError, match=r"broken\.ini: "):
+        from_alembic_config(str(broken))
+    ini = _ini(
+        tmp_path,
+        f"""
+        from alembic import context
+        from sqlalchemy import MetaData, create_engine
+
+        with create_engine({db_url!r}).connect() as connection:
+            context.configure(connection=connection, target_metadata=MetaData())
+            with context.begin_transaction():
+                context.run_migrations()
+        """,
+    )
+    with pytest.raises(AlembicConfigError, match=r"target_metadata holds no SamizdatRegistry; create one with"):
+        from_alembic_config(str(ini))
