@@ -71,21 +71,44 @@ def inline(sql: str, params: Mapping[str, object]) -> str:
     return _PLACEHOLDER.sub(lambda m: literal(params[m.group(1)]), sql)
 
 
-def query(connection: Connection, sql: str, params: Mapping[str, object] | None = None) -> Sequence[Any]:
+def query(
+    connection: Connection, sql: str, params: Mapping[str, object] | None = None, *, before: str = ""
+) -> Sequence[Any]:
     """The rows of one query of ours, run with ``search_path`` pinned (one round trip).
 
-    Values are written in as literals: a batch of several statements has no bound parameters.
+    Values are written in as literals: a batch of several statements has no bound parameters. ``before`` is one
+    statement (no rows wanted; every name in it qualified) that runs under the session's own path first, e.g. to
+    look up a name the caller gave.
     """
     batch = wrap(inline(sql, params or {}))
+    skip = PIN_RESULTS
+    if before:
+        batch = f"{before};\n{batch}"
+        skip += 1
     result = connection.exec_driver_sql(batch, execution_options={"no_parameters": True})
     cursor = result.cursor
     try:
         assert cursor is not None
-        for _ in range(PIN_RESULTS):
+        adapted = getattr(cursor, "_cursor", None)
+        if adapted is not None and hasattr(cursor, "_adapt_connection"):
+            # An AsyncEngine's cursor: SQLAlchemy's adapter awaits nextset(), which psycopg's AsyncCursor
+            # does not make a coroutine; step the psycopg cursor itself.
+            for _ in range(skip):
+                adapted.nextset()
+            return list(_await(adapted.fetchall()))
+        for _ in range(skip):
             cursor.nextset()
         return list(cursor.fetchall())
     finally:
         result.close()
+
+
+def _await(awaitable: Any) -> Any:
+    """Run a coroutine from inside SQLAlchemy's greenlet bridge (the name changed in SQLAlchemy 2.1)."""
+    from sqlalchemy import util
+
+    bridge = getattr(util, "await_", None) or util.await_only
+    return bridge(awaitable)
 
 
 def do_block(body: str, declare: str = "") -> str:

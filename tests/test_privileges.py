@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from alembic_samizdat import InsufficientPrivilegeError, SamizdatRegistry
 from alembic_samizdat.api import diff_database, nuke, refresh, refresh_async, sync
 from alembic_samizdat.cli import main
-from alembic_samizdat.errors import FunctionSignatureMismatchError
+from alembic_samizdat.errors import FunctionSignatureMismatchError, NameClashError
 from alembic_samizdat.keys import Key
 from alembic_samizdat.model import Samizdat
 from alembic_samizdat.refresher import RefreshError
@@ -117,6 +117,13 @@ def reports(total: str = "sum(amount)") -> SamizdatRegistry:
     return make_registry(*report_classes(total))
 
 
+def trusting(registry: SamizdatRegistry, *owners: str) -> SamizdatRegistry:
+    """``registry`` as a role that is not a member of the migration role sees it: trusting that role's objects
+    (a signature counts only on objects of trusted owners; docs/security.md)."""
+    registry.trusted_owners = frozenset(owners)
+    return registry
+
+
 def report_classes(total: str = "sum(amount)") -> list[type[Samizdat]]:
     """The classes of :func:`reports`."""
     orders = {("data", "orders")}
@@ -200,11 +207,11 @@ def test_minimum_is_enough_for_sync_diff_refresh_nuke(roles: Roles) -> None:
     registry = reports()
     assert sync(migrator, registry).committed
     # The read-only role needs nothing beyond CONNECT (which PUBLIC has): diff reads the catalog only.
-    assert diff_database(reader, registry).exit_code == 0
+    assert diff_database(reader, trusting(reports(), roles.migrator)).exit_code == 0
     assert refresh(migrator, registry).refreshed == [Key("relation", "reports", "Counts")]
     # A change recreates the view (capture and restore use a temporary table: TEMPORARY, which PUBLIC has).
     changed = reports("sum(amount) + 0")
-    assert diff_database(reader, changed).exit_code == 103
+    assert diff_database(reader, trusting(reports("sum(amount) + 0"), roles.migrator)).exit_code == 103
     assert any(a.verb.value == "drop" for a in sync(migrator, changed, discipline="jumbo").applied)
     assert scalar(roles.admin, 'SELECT total FROM reports."Total"') == 42
     assert len(nuke(migrator, changed).applied) == 3
@@ -221,7 +228,9 @@ def test_membership_in_the_table_owner_is_enough_for_triggers(roles: Roles) -> N
     with roles.engine(roles.reader).begin() as conn:
         conn.exec_driver_sql("INSERT INTO data.orders VALUES (3, 1)")
     assert scalar(roles.admin, 'SELECT n FROM reports."Live"') == 3
-    assert diff_database(roles.engine(roles.reader), registry).exit_code == 0
+    assert (
+        diff_database(roles.engine(roles.reader), trusting(with_triggers(), roles.migrator, roles.owner)).exit_code == 0
+    )
     assert len(nuke(migrator, registry).applied) == 4
 
 
@@ -288,8 +297,8 @@ def test_trigger_without_ownership_of_the_table(roles: Roles) -> None:
         'ownership of table "data"."orders"',
         roles.migrator,
     )
-    # Inside the failed transaction the owner cannot be looked up: the fix names it generically.
-    assert "GRANT <owner>" in error.fix
+    # Inside the failed transaction a second connection looks the owner up: the fix names it.
+    assert f'GRANT "{roles.owner}" TO "{roles.migrator}"' in error.fix
     assert "TRIGGER privilege is not enough" in str(error)
 
 
@@ -309,16 +318,14 @@ def test_recreate_needs_ownership_and_temporary(roles: Roles) -> None:
     roles.sql("REVOKE TEMPORARY ON DATABASE {db} FROM PUBLIC".replace("{db}", f'"{make_url(roles.url).database}"'))
     fails(roles, lambda: sync(migrator, changed, discipline="jumbo"), "TEMPORARY on database", roles.migrator)
     roles.sql("GRANT TEMPORARY ON DATABASE {db} TO PUBLIC".replace("{db}", f'"{make_url(roles.url).database}"'))
-    # Someone else owns the view now: dropping it needs its owner.
+    # Someone else owns the view now, a role whose privileges the migration role does not have: its signature
+    # no longer counts (anyone can copy one), so the run stops before any SQL, naming the owner.
     roles.sql('ALTER VIEW reports."Total" OWNER TO "{owner}"')
-    error = fails(
-        roles,
-        lambda: sync(migrator, changed, discipline="jumbo"),
-        'ownership of view "reports"."Total"',
-        roles.migrator,
-    )
-    assert "Nothing of this action was kept" in str(error)
-    roles.sql(*TRIGGERS)
+    before = state(roles)
+    with pytest.raises(NameClashError, match=f"owned by role '{roles.owner}'.*not trusted"):
+        sync(migrator, changed, discipline="jumbo")
+    assert state(roles) == before
+    roles.sql(*TRIGGERS)  # membership in the owner's role: the view is ours again, and may be dropped
     assert sync(migrator, changed).committed
 
 
@@ -327,7 +334,12 @@ def test_nuke_needs_ownership(roles: Roles) -> None:
     assert sync(roles.engine(roles.migrator), reports()).committed
     roles.sql('GRANT USAGE ON SCHEMA reports, data TO "{reader}"')
     reader = roles.engine(roles.reader)
-    error = fails(roles, lambda: nuke(reader, reports(), discipline="jumbo"), "ownership of", roles.reader)
+    error = fails(
+        roles,
+        lambda: nuke(reader, trusting(reports(), roles.migrator), discipline="jumbo"),
+        "ownership of",
+        roles.reader,
+    )
     assert f'GRANT "{roles.migrator}" TO "{roles.reader}"' in error.fix or "GRANT <owner>" in error.fix
 
 
@@ -335,7 +347,9 @@ def test_refresh_needs_ownership(roles: Roles) -> None:
     roles.sql(*MINIMUM)
     assert sync(roles.engine(roles.migrator), reports()).committed
     reader = roles.engine(roles.reader)
-    fails(roles, lambda: refresh(reader, reports()), 'USAGE on schema "reports"', roles.reader)
+    fails(
+        roles, lambda: refresh(reader, trusting(reports(), roles.migrator)), 'USAGE on schema "reports"', roles.reader
+    )
     roles.sql('GRANT USAGE ON SCHEMA reports TO "{reader}"')
     if roles.server_version >= 170000:
         # MAINTAIN allows REFRESH MATERIALIZED VIEW, but refresh marks the view stale in its comment first.
@@ -343,7 +357,10 @@ def test_refresh_needs_ownership(roles: Roles) -> None:
     else:
         print(f"PostgreSQL {roles.server_version}: no MAINTAIN privilege (PG17+); ownership alone is checked")
     error = fails(
-        roles, lambda: refresh(reader, reports()), 'ownership of materialized view "reports"."Counts"', roles.reader
+        roles,
+        lambda: refresh(reader, trusting(reports(), roles.migrator)),
+        'ownership of materialized view "reports"."Counts"',
+        roles.reader,
     )
     assert f'GRANT "{roles.migrator}" TO "{roles.reader}"' in error.fix
     assert "Nothing was refreshed" in str(error)
@@ -364,11 +381,11 @@ def test_refresh_of_a_stale_view_reports_the_privilege_per_view(roles: Roles) ->
 
     async def on_asyncio() -> None:
         try:
-            await refresh_async(async_reader, reports())
+            await refresh_async(async_reader, trusting(reports(), roles.migrator))
         finally:
             await async_reader.dispose()
 
-    for runner in (lambda: refresh(reader, reports()), lambda: asyncio.run(on_asyncio())):
+    for runner in (lambda: refresh(reader, trusting(reports(), roles.migrator)), lambda: asyncio.run(on_asyncio())):
         with pytest.raises(RefreshError) as info:
             runner()
         (failure,) = info.value.failures
@@ -386,7 +403,9 @@ def test_diff_needs_no_privilege_beyond_connect(roles: Roles) -> None:
     # Even with PUBLIC's default TEMPORARY taken away and no USAGE anywhere, diff reads the catalog fine.
     database = make_url(roles.url).database
     roles.sql(f'REVOKE TEMPORARY ON DATABASE "{database}" FROM PUBLIC')
-    assert diff_database(roles.engine(roles.reader), reports()).exit_code == 0
+    assert diff_database(roles.engine(roles.reader), trusting(reports(), roles.migrator)).exit_code == 0
+    # Without trusting the migration role, its objects are not ours to the read-only role.
+    assert diff_database(roles.engine(roles.reader), reports()).exit_code == 102
 
 
 def test_cli_prints_one_line(roles: Roles, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
