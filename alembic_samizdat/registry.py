@@ -5,14 +5,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeGuard, TypeVar
 
 from .errors import DeclarationError, ModuleLoadError
 from .identifiers import check_identifier
 from .keys import Key
-from .model import Samizdat
+from .model import Samizdat, missing_template
 
 if TYPE_CHECKING:
     from sqlalchemy import MetaData
@@ -55,9 +55,10 @@ class SamizdatRegistry:
             raise DeclarationError(f"only samizdat classes can be registered, not {cls!r}")
         if cls.is_abstract():
             raise DeclarationError(
-                f"{cls.label()} is abstract (it has no sql_template, or sets __abstract__ = True); "
-                "register the concrete classes derived from it"
+                f"{cls.label()} is abstract (__abstract__ = True); register the concrete classes derived from it"
             )
+        if cls.sql_template is None:
+            raise missing_template(cls)
         self._classes[cls] = None
         return cls
 
@@ -78,13 +79,14 @@ class SamizdatRegistry:
     def load(self, *modules: str) -> None:
         """Import modules (dotted paths or ``.py`` file paths) and register every concrete samizdat in them.
 
-        Classes a module imports from elsewhere are registered too, so dependencies come along.
+        Classes a module imports from elsewhere are registered too, and so is every class their ``deps_on``
+        names (transitively), so dependencies come along.
         """
+        found: list[type[Samizdat]] = []
         for spec in modules:
             module = _import(spec)
-            for value in list(vars(module).values()):
-                if isinstance(value, type) and issubclass(value, Samizdat) and not value.is_abstract():
-                    self.register(value)
+            found.extend(_samizdats_in(module))
+        self.register_all(*with_dependencies(found))
 
     def __iter__(self) -> Iterator[type[Samizdat]]:
         return iter(self._classes)
@@ -118,6 +120,35 @@ class SamizdatRegistry:
         from .graph import graph_of
 
         return graph_of(self._classes)
+
+
+def _is_declaration(value: object) -> TypeGuard[type[Samizdat]]:
+    return isinstance(value, type) and issubclass(value, Samizdat) and not value.is_abstract()
+
+
+def _samizdats_in(module: object) -> list[type[Samizdat]]:
+    return [value for value in list(vars(module).values()) if _is_declaration(value)]
+
+
+def with_dependencies(classes: Iterable[type[Samizdat]]) -> list[type[Samizdat]]:
+    """``classes``, then every concrete samizdat class their ``deps_on`` (or a trigger's ``on_table``) names,
+    transitively: DBSamizdat's loader adds this closure, so an entry module that imports only part of a package
+    still brings every class those classes need. Malformed ``deps_on`` values are left for the declaration
+    checks to report."""
+    out: dict[type[Samizdat], None] = {}
+    pending = list(classes)
+    while pending:
+        cls = pending.pop(0)
+        if cls in out:
+            continue
+        out[cls] = None
+        refs: list[object] = []
+        deps = cls.deps_on
+        if isinstance(deps, Iterable) and not isinstance(deps, str | bytes):
+            refs.extend(deps)
+        refs.append(getattr(cls, "on_table", None))
+        pending.extend(ref for ref in refs if _is_declaration(ref) and ref not in out)
+    return list(out)
 
 
 _FILE_MODULES: dict[str, object] = {}
@@ -199,7 +230,7 @@ def registry_from_modules(modules: list[str], *, scope: str | None = None) -> Sa
                 candidate = SamizdatRegistry.from_metadata(value)
             else:
                 candidate = None
-                if isinstance(value, type) and issubclass(value, Samizdat) and not value.is_abstract():
+                if _is_declaration(value):
                     classes.append(value)
             if candidate is not None and all(candidate is not f for f in found):
                 found.append(candidate)
@@ -211,5 +242,5 @@ def registry_from_modules(modules: list[str], *, scope: str | None = None) -> Sa
     registry = found[0] if found else SamizdatRegistry(scope=scope or DEFAULT_SCOPE)
     if scope is not None:
         registry = registry.with_scope(scope)
-    registry.register_all(*classes)
+    registry.register_all(*with_dependencies(classes))
     return registry
