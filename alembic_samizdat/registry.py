@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -165,6 +166,21 @@ def _module_exists(name: str, path: str) -> bool:
     return found is not None and found.origin != path
 
 
+def _package_module(path: Path) -> str | None:
+    """The dotted name of a file inside a package (a directory with ``__init__.py``), its top package's parent
+    put on ``sys.path``: loaded so, the file's relative imports work, as with DBSamizdat's file paths."""
+    if not path.stem.isidentifier() or not (path.parent / "__init__.py").is_file():
+        return None
+    parts = [path.stem]
+    top = path.parent
+    while (top / "__init__.py").is_file() and top.name.isidentifier():
+        parts.insert(0, top.name)
+        top = top.parent
+    if str(top) not in sys.path:
+        sys.path.insert(0, str(top))
+    return ".".join(parts)
+
+
 def _import(spec: str) -> object:
     """Import a dotted module path or a ``.py`` file path, turning every failure into one clear error."""
     path = Path(spec)
@@ -175,6 +191,9 @@ def _import(spec: str) -> object:
             resolved = str(path.resolve())
             if resolved in _FILE_MODULES:
                 return _FILE_MODULES[resolved]
+            dotted = _package_module(path.resolve())
+            if dotted is not None:
+                return importlib.import_module(dotted)
             # Name the module after its file, so messages say "orders.Totals"; avoid shadowing another module.
             name = path.stem if path.stem.isidentifier() and not _module_exists(path.stem, resolved) else None
             name = name or f"samizdat_file_{len(_FILE_MODULES)}_{path.stem}"
@@ -194,6 +213,9 @@ def _import(spec: str) -> object:
                 raise
             _FILE_MODULES[resolved] = module
             return module
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            # As DBSamizdat's loader: a dotted path is found from the current directory, as `python -m` would.
+            sys.path.append(os.getcwd())
         return importlib.import_module(spec)
     except ModuleLoadError:
         raise

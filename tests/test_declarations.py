@@ -416,9 +416,7 @@ def test_register_refuses_abstract_and_non_samizdat_classes() -> None:
     assert len(registry) == 0
 
 
-def test_concrete_class_without_template_is_an_error_naming_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_concrete_class_without_template_is_an_error_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     class Typo(SamizdatView):
         sql_templte = "${preamble} SELECT 1 ${postamble}"
 
