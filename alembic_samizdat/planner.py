@@ -55,10 +55,13 @@ class Difference:
     key: Key
     kind: str
     label: str
+    #: What else a reader should know, e.g. that an object of this name is DBSamizdat's.
+    note: str = ""
 
     def describe(self) -> str:
         """A line for humans: ``changed view "public"."v" (module.V)``."""
-        return f"{self.what.value}: {self.kind} {self.key.display()} ({self.label})"
+        note = f"; {self.note}" if self.note else ""
+        return f"{self.what.value}: {self.kind} {self.key.display()} ({self.label}){note}"
 
 
 @dataclass(frozen=True)
@@ -196,14 +199,22 @@ def grant_statements(
     return out
 
 
+#: Said of a declared object whose name an object signed by DBSamizdat holds.
+DBSAMIZDAT_NOTE = (
+    "the database holds DBSamizdat's object of this name: `samizdat sync --adopt dbsamizdat` takes it over"
+)
+
+
 def diff(graph: Graph, state: DatabaseState) -> list[Difference]:
     """The objects that differ between code and database, in a stable order."""
     out: list[Difference] = []
+    theirs = {k for other in state.others if is_dbsamizdat(other.comment) for k in declared_hits(graph, other)}
     for key in graph.order:
         item = graph.nodes[key]
         obj = state.managed.get(key)
         if obj is None:
-            out.append(Difference(DiffKind.EXCESS_CODE, key, item.kind.value, item.label))
+            note = DBSAMIZDAT_NOTE if key in theirs else ""
+            out.append(Difference(DiffKind.EXCESS_CODE, key, item.kind.value, item.label, note))
         elif obj.signature is not None and obj.signature.hash.startswith(HASH_PREFIX):
             same = obj.signature.hash == HASH_PREFIX + (dbsamizdat_hash(item.source) or "")
             out.append(Difference(DiffKind.ADOPTABLE if same else DiffKind.CHANGED, key, item.kind.value, item.label))
