@@ -460,3 +460,43 @@ def test_modules_using_what_real_modules_use(make_engine: Callable[[], sa.Engine
     )
     names = differential(make_engine, tmp_path, case)
     assert "Unused" not in names  # in the package, but neither imported by the entry module nor depended on
+
+
+#: DBSamizdat's Django integration has no counterpart (see docs/migrating.md).
+DJANGO_ONLY = {"default_app_config"}
+
+_LIST_NAMES = """
+import importlib, json, sys
+out = {}
+for sub in sys.argv[1:]:
+    module = importlib.import_module("dbsamizdat" + sub)
+    out[sub] = sorted(
+        name for name in dir(module)
+        if not name.startswith("_")
+        and (str(getattr(getattr(module, name), "__module__", "") or "").startswith("dbsamizdat")
+             or isinstance(getattr(module, name), (int, str, set, frozenset)))
+    )
+print(json.dumps(out))
+"""
+
+
+def test_every_name_dbsamizdat_modules_define_exists_in_the_compat_package() -> None:
+    import importlib
+    import json
+
+    assert DBSAMIZDAT is not None
+    submodules = ["", ".samizdat", ".util", ".const", ".exceptions", ".api"]
+    done = subprocess.run(
+        [str(Path(DBSAMIZDAT).parent / "python"), "-c", _LIST_NAMES, *submodules],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    theirs: dict[str, list[str]] = json.loads(done.stdout)
+    assert theirs[""] and "SamizdatFunctionMeta" in theirs[".samizdat"]
+    missing = {
+        sub: [n for n in names if n not in DJANGO_ONLY and not hasattr(importlib.import_module(COMPAT + sub), n)]
+        for sub, names in theirs.items()
+    }
+    assert missing == {sub: [] for sub in theirs}

@@ -7,6 +7,7 @@ The library raises its own errors (:mod:`alembic_samizdat.errors`); ``SamizdatEx
 from __future__ import annotations
 
 from ...errors import SamizdatError
+from .util import sqlfmt
 
 __all__ = [
     "DanglingReferenceError",
@@ -21,6 +22,7 @@ __all__ = [
     "UnqualifiedModulePathException",
     "UnsuitableNameError",
     "WrongTransactionStyleForParallelRefresh",
+    "sqlfmt",
 ]
 
 SamizdatException = SamizdatError

@@ -18,11 +18,14 @@ from ... import model
 from ...errors import DeclarationError
 from ...identifiers import check_identifier
 from ...template import TemplateDialect, render
+from .exceptions import SQLTemplateException, UnsuitableNameError
 from .util import db_object_identity, fqify_node, nodenamefmt, sqlfmt
 
 __all__ = [
     "PG_IDENTIFIER_MAXLEN",
+    "PG_IDENTIFIER_VERBOTEN",
     "TRIGGER_DEPCOUNTER_PADDED_WIDTH",
+    "SQLTemplateException",
     "Samizdat",
     "SamizdatFunction",
     "SamizdatFunctionMeta",
@@ -31,6 +34,7 @@ __all__ = [
     "SamizdatTrigger",
     "SamizdatTriggerMeta",
     "SamizdatView",
+    "UnsuitableNameError",
     "db_object_identity",
     "entitypes",
     "fqify_node",

@@ -11,7 +11,7 @@ from typing import Any
 
 from ...template import dbsamizdat_sqlfmt
 
-__all__ = ["db_object_identity", "fqify_node", "nodenamefmt", "sqlfmt"]
+__all__ = ["db_object_identity", "fqify_node", "honest_cursor", "nodenamefmt", "sqlfmt"]
 
 
 def fqify_node(node: Any) -> Any:
@@ -55,3 +55,15 @@ def sqlfmt(text: str, indent_with: str = "", number_lines: bool = False) -> str:
         prefix = f"{number:<{width}}:" if number_lines else ""
         out.append(prefix + (indent_with + line if line else ""))
     return "\n".join(out) + "\n"
+
+
+def honest_cursor(cursor: Any) -> Any:
+    """The psycopg cursor under wrappers (Django's, debug cursors…), found through their ``cursor`` attribute."""
+    import psycopg
+
+    if isinstance(cursor, psycopg.Cursor):
+        return cursor
+    inner = getattr(cursor, "cursor", None)
+    if inner is None or inner is cursor:
+        raise ValueError("Quest for an actual PsycoPG cursor was unfruitful :-/")
+    return honest_cursor(inner)
