@@ -93,7 +93,12 @@ class AdoptResult:
 
 
 _DEFINITION = {
-    "relation": "SELECT pg_get_viewdef(to_regclass(:ident))",
+    # The query, then its indexes: what a template creates after ${postamble} is part of what is compared.
+    "relation": (
+        "SELECT pg_get_viewdef(c.oid) || coalesce((SELECT string_agg(E'\\n' || pg_get_indexdef(i.indexrelid), '' "
+        "ORDER BY pg_get_indexdef(i.indexrelid)) FROM pg_index i WHERE i.indrelid = c.oid), '') "
+        "FROM pg_class c WHERE c.oid = to_regclass(:ident)"
+    ),
     "function": (
         "SELECT pg_get_functiondef(p.oid) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
         "WHERE n.nspname = :schema AND p.proname = :name AND pg_get_function_identity_arguments(p.oid) = :args"
@@ -117,9 +122,22 @@ def _definition(connection: Connection, obj: DbObject) -> str | None:
     return None if value is None else str(value)
 
 
-def _rename(obj: DbObject, temporary: str) -> str:
-    target = obj.comment_target()
-    return f"ALTER {target} RENAME TO {quote_ident(temporary)}"
+def _renames(connection: Connection, obj: DbObject, temporary: str) -> list[str]:
+    """The statements moving ``obj`` (and a relation's indexes, whose names a template may give again) aside."""
+    statements = [f"ALTER {obj.comment_target()} RENAME TO {quote_ident(temporary)}"]
+    if obj.key.namespace == "relation":
+        indexes = connection.execute(
+            text(
+                "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE i.indrelid = to_regclass(:ident) ORDER BY 1"
+            ),
+            {"ident": qualified(obj.key.schema, obj.key.name)},
+        ).scalars()
+        statements += [
+            f"ALTER INDEX {qualified(obj.key.schema, str(name))} RENAME TO {quote_ident(f'{temporary}_{n}')}"
+            for n, name in enumerate(indexes)
+        ]
+    return statements
 
 
 def adopt_unsigned(connection: Connection, graph: Graph, scope: str) -> AdoptResult:
@@ -157,7 +175,8 @@ def adopt_unsigned(connection: Connection, graph: Graph, scope: str) -> AdoptRes
         before = _definition(connection, obj)
         savepoint = connection.begin_nested()
         try:
-            send(connection, _rename(obj, "samizdat_adopt_" + uuid.uuid4().hex[:12]))
+            for statement in _renames(connection, obj, "samizdat_adopt_" + uuid.uuid4().hex[:12]):
+                send(connection, statement)
             send(connection, item.sql)
             after = _definition(connection, obj)
         finally:

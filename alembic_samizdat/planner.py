@@ -20,7 +20,7 @@ from .declared import Declared
 from .errors import NameClashError, UnmanagedDependentError
 from .graph import Graph, reachable, topological_order
 from .identifiers import qualified, quote_ident
-from .keys import Key, Kind, normalize_signature
+from .keys import Key, Kind, in_arguments, normalize_signature
 from .preserve import capture_statement, restore_statement
 from .signature import clear_stale_statement, definition_hash, sign_statement
 
@@ -155,7 +155,7 @@ def declared_hits(graph: Graph, other: DbObject) -> list[Key]:
         return [hit] if hit in graph.nodes else []
     if key.namespace == "trigger":
         return [key] if key in graph.nodes else []
-    printed = normalize_signature(other.identity_args).lower()
+    printed = (in_arguments if other.kind == "function" else normalize_signature)(other.identity_args).lower()
     return [
         k
         for k in graph.nodes
