@@ -137,6 +137,23 @@ def test_without_adopt_dbsamizdat_objects_are_foreign(engine: sa.Engine, created
 
 
 @needs_dbsamizdat
+def test_diff_before_adoption_names_dbsamizdats_objects(
+    engine: sa.Engine, created_by_dbsamizdat: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from alembic_samizdat.cli import main
+
+    module = created_by_dbsamizdat / "ours_diff.py"
+    module.write_text(textwrap.dedent(MODULE.format(package="alembic_samizdat.compat.dbsamizdat", bang="!")))
+    url = engine.url.render_as_string(hide_password=False)
+    assert main(["diff", url, str(module)]) == 102
+    lines = capsys.readouterr().out.splitlines()
+    taken = [line for line in lines if "DBSamizdat's object of this name" in line]
+    assert len(taken) == 5 and all("`samizdat sync --adopt dbsamizdat` takes it over" in line for line in taken)
+    assert main(["sync", "-q", "--adopt", "dbsamizdat", url, str(module)]) == 0
+    assert main(["diff", url, str(module)]) == 0
+
+
+@needs_dbsamizdat
 def test_adopt_resigns_unchanged_objects_in_place(engine: sa.Engine, created_by_dbsamizdat: Path) -> None:
     before = oids(engine)
     result = sync(engine, registry_for(created_by_dbsamizdat, "!"), adopt="dbsamizdat")
