@@ -211,13 +211,14 @@ class Top(SamizdatView):
 }
 
 
+@pytest.mark.parametrize("flavour", ["alembic_samizdat.compat.dbsamizdat", "alembic_samizdat"])
 def test_loading_follows_deps_on_like_dbsamizdats_loader(
-    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flavour: str
 ) -> None:
     package = f"compat_pkg_{uuid.uuid4().hex[:8]}"
     (tmp_path / package).mkdir()
     for name, text in PACKAGE.items():
-        (tmp_path / package / name).write_text(text)
+        (tmp_path / package / name).write_text(text.replace("alembic_samizdat.compat.dbsamizdat", flavour))
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         registry = SamizdatRegistry()
