@@ -134,6 +134,14 @@ def test_str_of_a_class_is_dbsamizdats_node_name() -> None:
     assert f"{greet}" == "greet(who text)"
 
 
+def test_classes_are_static_and_drop_without_cascade() -> None:
+    with pytest.raises(RuntimeError, match="Don't instantiate"):
+        Totals()
+    assert Totals.drop() == 'DROP VIEW "public"."Totals"'
+    assert greet_twice.drop(if_exists=True) == 'DROP FUNCTION IF EXISTS "reports"."greet"(who text, n int)'
+    assert Audit.drop() == 'DROP TRIGGER "Audit" ON "sales"."orders"'
+
+
 def test_templates_are_read_with_safe_substitute_and_tidied() -> None:
     assert Totals.create() == 'CREATE VIEW "public"."Totals" AS\nSELECT 1 AS n\n;\n'
     assert greet.create() == (

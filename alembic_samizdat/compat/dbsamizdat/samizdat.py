@@ -135,6 +135,11 @@ class Samizdat(model.Samizdat, metaclass=SamizdatMeta):
     template_dialect: ClassVar[TemplateDialect] = TemplateDialect.STRING_TEMPLATE
     sql_template: ClassVar[str | None] = _DEFAULT_TEMPLATE
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError(
+            f'Error: Don\'t instantiate objects of type "{type(self).__name__}".\nUse it as a static class.'
+        )
+
     @classmethod
     def object_name(cls) -> str:
         """The metaclass's ``name`` (a metaclass of the module's own may redefine it)."""
@@ -152,6 +157,18 @@ class Samizdat(model.Samizdat, metaclass=SamizdatMeta):
             dialect=TemplateDialect.STRING_TEMPLATE,
             require_postamble=True,
         )
+
+    @classmethod
+    def drop(cls, if_exists: bool = False) -> str:
+        """The statement dropping the object — without DBSamizdat's ``CASCADE``, which destroys dependents
+        silently (the library drops and recreates managed dependents itself)."""
+        from ...declared import declared_of
+
+        target = declared_of(cls).comment_target()
+        if if_exists:
+            kind = "MATERIALIZED VIEW" if target.startswith("MATERIALIZED VIEW ") else target.split(" ", 1)[0]
+            target = f"{kind} IF EXISTS {target[len(kind) + 1 :]}"
+        return f"DROP {target}"
 
     @classmethod
     def get_preamble(cls) -> str:
