@@ -208,6 +208,16 @@ def _import(spec: str) -> object:
             sys.modules[name] = module
             try:
                 loader_spec.loader.exec_module(module)
+            except ImportError as exc:
+                del sys.modules[name]
+                if "no known parent package" not in str(exc) or not path.resolve().parent.name.isidentifier():
+                    raise
+                # DBSamizdat imports a file as a module of its directory (a namespace package), so such files may
+                # use relative imports without an __init__.py: load it the same way.
+                top = str(path.resolve().parent.parent)
+                if top not in sys.path:
+                    sys.path.insert(0, top)
+                module = importlib.import_module(f"{path.resolve().parent.name}.{path.stem}")
             except BaseException:
                 del sys.modules[name]
                 raise

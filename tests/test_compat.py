@@ -241,3 +241,19 @@ def test_loading_follows_deps_on_like_dbsamizdats_loader(
     finally:
         for name in [m for m in sys.modules if m.startswith(package)]:
             del sys.modules[name]
+
+
+def test_a_file_using_relative_imports_outside_a_package_loads_as_dbsamizdat_loads_it(tmp_path: Path) -> None:
+    # DBSamizdat imports `dir/file.py` as module `dir.file` (a namespace package), so such files may import
+    # their neighbours relatively without any __init__.py.
+    directory = tmp_path / f"defs_{uuid.uuid4().hex[:8]}"
+    directory.mkdir()
+    (directory / "base.py").write_text(PACKAGE["base.py"])
+    (directory / "top.py").write_text(PACKAGE["top.py"])
+    try:
+        registry = SamizdatRegistry()
+        registry.load(str(directory / "top.py"))
+        assert sorted(c.__name__ for c in registry) == ["Middle", "Root", "Top"]
+    finally:
+        for name in [m for m in sys.modules if m.startswith(directory.name)]:
+            del sys.modules[name]
