@@ -301,6 +301,7 @@ INSERT INTO rental VALUES (1, 'drama', 2.5), (2, 'comedy', 3), (3, 'drama', 4);
 CREATE MATERIALIZED VIEW public.rental_by_category AS
     SELECT category, sum(amount) AS total FROM rental GROUP BY category;
 CREATE UNIQUE INDEX rental_category ON public.rental_by_category (category);
+CREATE INDEX rental_total_by_hand ON public.rental_by_category (total);
 CREATE FUNCTION public.category_total(p_category text, OUT p_total numeric, OUT p_count bigint)
     LANGUAGE sql STABLE AS $$ SELECT sum(amount), count(*) FROM rental WHERE category = p_category $$;
 """
@@ -370,6 +371,8 @@ def test_adopt_a_real_schema_with_a_named_index_and_out_parameters(
         )
         assert conn.exec_driver_sql("SELECT * FROM category_total('drama')").one() == (6.5, 2)
     assert after == before  # signed in place: nothing recreated
+    with engine.connect() as conn:  # the index made by hand is still there
+        assert conn.exec_driver_sql("SELECT to_regclass('rental_total_by_hand') IS NOT NULL").scalar()
 
 
 def test_adopt_compares_what_the_template_creates_after_the_postamble(

@@ -10,6 +10,7 @@ What happens to the objects — signatures, planning, drops without ``CASCADE`` 
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABCMeta
 from enum import Enum
 from typing import Any, ClassVar
@@ -202,11 +203,11 @@ class Samizdat(model.Samizdat, metaclass=SamizdatMeta):
         return {cls.fqify(ref) for ref in cls.deps_on_unmanaged}
 
     @classmethod
-    def definition_hash(cls) -> str | None:
-        """The hash DBSamizdat records in its signature for this class."""
-        from ...adopt import dbsamizdat_hash
-
-        return dbsamizdat_hash(cls)
+    def definition_hash(cls) -> str:
+        """The hash DBSamizdat records in its signature for this class: md5 of the raw template, the identity
+        and (functions) the creation identity, read through the metaclass as DBSamizdat reads them."""
+        parts = (cls.sql_template, cls.db_object_identity, getattr(cls, "creation_identity", ""))
+        return hashlib.md5("|".join(str(part) for part in parts).encode("utf-8")).hexdigest()
 
 
 class SamizdatView(Samizdat, model.SamizdatView, metaclass=SamizdatMeta):
