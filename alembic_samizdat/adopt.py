@@ -132,22 +132,26 @@ def _indexes(connection: Connection, obj: DbObject) -> set[str]:
     return {str(definition) for definition in found}
 
 
-def _renames(connection: Connection, obj: DbObject, temporary: str) -> list[str]:
-    """The statements moving ``obj`` (and a relation's indexes, whose names a template may give again) aside."""
-    statements = [f"ALTER {obj.comment_target()} RENAME TO {quote_ident(temporary)}"]
-    if obj.key.namespace == "relation":
-        indexes = connection.execute(
-            text(
-                "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                "WHERE i.indrelid = to_regclass(:ident) ORDER BY 1"
-            ),
-            {"ident": qualified(obj.key.schema, obj.key.name)},
-        ).scalars()
-        statements += [
-            f"ALTER INDEX {qualified(obj.key.schema, str(name))} RENAME TO {quote_ident(f'{temporary}_{n}')}"
-            for n, name in enumerate(indexes)
-        ]
-    return statements
+def _rename(obj: DbObject, temporary: str) -> str:
+    target = obj.comment_target()
+    return f"ALTER {target} RENAME TO {quote_ident(temporary)}"
+
+
+def _index_renames(connection: Connection, obj: DbObject, temporary: str) -> list[str]:
+    """The statements moving a relation's indexes aside with it: a template may give one the same name again."""
+    if obj.key.namespace != "relation":
+        return []
+    indexes = connection.execute(
+        text(
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE i.indrelid = to_regclass(:ident) ORDER BY 1"
+        ),
+        {"ident": qualified(obj.key.schema, obj.key.name)},
+    ).scalars()
+    return [
+        f"ALTER INDEX {qualified(obj.key.schema, str(name))} RENAME TO {quote_ident(f'{temporary}_{n}')}"
+        for n, name in enumerate(indexes)
+    ]
 
 
 def adopt_unsigned(connection: Connection, graph: Graph, scope: str) -> AdoptResult:
@@ -156,8 +160,8 @@ def adopt_unsigned(connection: Connection, graph: Graph, scope: str) -> AdoptRes
     For each declared object whose name is taken by an object without a signature, the declared object is
     created next to it (the existing one and its indexes renamed for a moment, in a savepoint that is always
     rolled back) and PostgreSQL's own renderings of both definitions are compared; every index the template
-    creates (after ``${postamble}``) must exist too, while indexes made by hand do not stand in the way. All equal: every one is signed, nothing else
-    changes. Any difference: nothing is signed and :class:`AdoptionRefusedError` carries a diff per object.
+    creates (after ``${postamble}``) must exist too, while indexes made by hand do not stand in the way. All
+    equal: every one is signed, nothing else changes. Any difference: nothing is signed and :class:`AdoptionRefusedError` carries a diff per object.
     Runs in the caller's transaction (commit it to keep the signatures).
     """
     # Imported here: catalog and planner import this module for DBSamizdat signatures.
@@ -186,7 +190,8 @@ def adopt_unsigned(connection: Connection, graph: Graph, scope: str) -> AdoptRes
         before, indexes = _definition(connection, obj), _indexes(connection, obj)
         savepoint = connection.begin_nested()
         try:
-            for statement in _renames(connection, obj, "samizdat_adopt_" + uuid.uuid4().hex[:12]):
+            temporary = "samizdat_adopt_" + uuid.uuid4().hex[:12]
+            for statement in (*_index_renames(connection, obj, temporary), _rename(obj, temporary)):
                 send(connection, statement)
             send(connection, item.sql)
             after, created = _definition(connection, obj), _indexes(connection, obj)

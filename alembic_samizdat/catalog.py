@@ -383,8 +383,8 @@ def _adopted(
         # DBSamizdat's signature text is not PostgreSQL's: match the declared overload by its printed types,
         # or the only declared function of that name.
         same = [k for k in keys if k.namespace == "function" and (k.schema, k.name) == (schema, name)]
-        printed = (in_arguments if kind == "function" else normalize_signature)(extra).lower()
-        exact = [k for k in same if k.extra.lower() == printed]
+        printed = normalize_signature(extra).lower()
+        exact = [k for k in same if k.extra.lower() in (printed, in_arguments(printed))]
         chosen = exact or (same if len(same) == 1 else [])
         key = chosen[0] if chosen else Key(namespace, schema, name, extra)
     return sig.Signature(scope, _KINDS[kind], key, HASH_PREFIX + digest)

@@ -85,5 +85,5 @@ def in_arguments(identity_args: str) -> str:
             parts.append(identity_args[start:index])
             start = index + 1
     parts.append(identity_args[start:])
-    kept = [part for part in parts if part.split(None, 1)[:1] != ["OUT"]]
+    kept = [part for part in parts if part.split(None, 1)[:1] not in (["OUT"], ["out"])]
     return normalize_signature(",".join(kept)).replace(" ,", ",")

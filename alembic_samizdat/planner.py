@@ -155,11 +155,13 @@ def declared_hits(graph: Graph, other: DbObject) -> list[Key]:
         return [hit] if hit in graph.nodes else []
     if key.namespace == "trigger":
         return [key] if key in graph.nodes else []
-    printed = (in_arguments if other.kind == "function" else normalize_signature)(other.identity_args).lower()
+    printed = normalize_signature(other.identity_args).lower()
+    # PostgreSQL 14+ prints a function's OUT arguments too; the declared signature holds the input ones only.
+    forms = (printed, in_arguments(printed))
     return [
         k
         for k in graph.nodes
-        if k.namespace == "function" and (k.schema, k.name) == (key.schema, key.name) and k.extra.lower() == printed
+        if k.namespace == "function" and (k.schema, k.name) == (key.schema, key.name) and k.extra.lower() in forms
     ]
 
 
