@@ -161,7 +161,8 @@ def adopt_unsigned(connection: Connection, graph: Graph, scope: str) -> AdoptRes
     created next to it (the existing one and its indexes renamed for a moment, in a savepoint that is always
     rolled back) and PostgreSQL's own renderings of both definitions are compared; every index the template
     creates (after ``${postamble}``) must exist too, while indexes made by hand do not stand in the way. All
-    equal: every one is signed, nothing else changes. Any difference: nothing is signed and :class:`AdoptionRefusedError` carries a diff per object.
+    equal: every one is signed, nothing else changes. Any difference: nothing is signed and
+    :class:`AdoptionRefusedError` carries a diff per object.
     Runs in the caller's transaction (commit it to keep the signatures).
     """
     # Imported here: catalog and planner import this module for DBSamizdat signatures.

@@ -36,7 +36,8 @@ def test_committed_revision_upgrades_and_checks_clean(db_url: str, engine: sa.En
     with engine.connect() as conn:
         populated = dict(
             conn.exec_driver_sql(
-                "SELECT relname, relispopulated FROM pg_class WHERE relkind = 'm' AND relnamespace = 'public'::regnamespace"
+                "SELECT relname, relispopulated FROM pg_class "
+                "WHERE relkind = 'm' AND relnamespace = 'public'::regnamespace"
             ).all()
         )
     assert populated == {"CustomerTotals": True, "CountryTotals": True}
