@@ -55,6 +55,10 @@ def dbsamizdat_hash(cls: type[Samizdat] | None) -> str | None:
     identity and (functions) its creation identity, joined by ``|``."""
     if cls is None or cls.sql_template is None:
         return None
+    own = getattr(cls, "definition_hash", None)
+    if callable(own):
+        # A class of the DBSamizdat compatibility import computes it exactly as DBSamizdat does.
+        return str(own())
     schema = cls.schema
     if issubclass(cls, SamizdatFunction):
         name = cls.function_name if cls.function_name is not None else cls.__name__
@@ -121,6 +125,17 @@ def _definition(connection: Connection, obj: DbObject) -> str | None:
     return None if value is None else str(value)
 
 
+def _indexes(connection: Connection, obj: DbObject) -> set[str]:
+    """The definitions of a relation's indexes (what a template may create after ``${postamble}``)."""
+    if obj.key.namespace != "relation":
+        return set()
+    found = connection.execute(
+        text("SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i WHERE i.indrelid = to_regclass(:ident)"),
+        {"ident": qualified(obj.key.schema, obj.key.name)},
+    ).scalars()
+    return {str(definition) for definition in found}
+
+
 def _rename(obj: DbObject, temporary: str) -> str:
     if obj.kind == "trigger":
         # Renaming a constraint trigger keeps its pg_constraint row's name, which the declared one needs; nothing
@@ -130,13 +145,32 @@ def _rename(obj: DbObject, temporary: str) -> str:
     return f"ALTER {target} RENAME TO {quote_ident(temporary)}"
 
 
+def _index_renames(connection: Connection, obj: DbObject, temporary: str) -> list[str]:
+    """The statements moving a relation's indexes aside with it: a template may give one the same name again."""
+    if obj.key.namespace != "relation":
+        return []
+    indexes = connection.execute(
+        text(
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE i.indrelid = to_regclass(:ident) ORDER BY 1"
+        ),
+        {"ident": qualified(obj.key.schema, obj.key.name)},
+    ).scalars()
+    return [
+        f"ALTER INDEX {qualified(obj.key.schema, str(name))} RENAME TO {quote_ident(f'{temporary}_{n}')}"
+        for n, name in enumerate(indexes)
+    ]
+
+
 def adopt_unsigned(connection: Connection, graph: Graph, scope: str) -> AdoptResult:
     """Sign unsigned objects (e.g. created by alembic_utils) whose definition equals the declared one.
 
     For each declared object whose name is taken by an object without a signature, the declared object is
-    created next to it (the existing one renamed for a moment, in a savepoint that is always rolled back) and
-    PostgreSQL's own renderings of both definitions are compared. All equal: every one is signed, nothing else
-    changes. Any difference: nothing is signed and :class:`AdoptionRefusedError` carries a diff per object.
+    created next to it (the existing one and its indexes renamed for a moment, in a savepoint that is always
+    rolled back) and PostgreSQL's own renderings of both definitions are compared; every index the template
+    creates (after ``${postamble}``) must exist too, while indexes made by hand do not stand in the way. All
+    equal: every one is signed, nothing else changes. Any difference: nothing is signed and
+    :class:`AdoptionRefusedError` carries a diff per object.
     Runs in the caller's transaction (commit it to keep the signatures).
     """
     # Imported here: catalog and planner import this module for DBSamizdat signatures.
@@ -174,17 +208,24 @@ def adopt_unsigned(connection: Connection, graph: Graph, scope: str) -> AdoptRes
     differences: dict[str, str] = {}
     for key, obj in candidates:
         item = graph.nodes[key]
-        before = _definition(connection, obj)
+        before, indexes = _definition(connection, obj), _indexes(connection, obj)
         savepoint = connection.begin_nested()
         try:
-            send(connection, _rename(obj, "samizdat_adopt_" + uuid.uuid4().hex[:12]))
+            temporary = "samizdat_adopt_" + uuid.uuid4().hex[:12]
+            for statement in (*_index_renames(connection, obj, temporary), _rename(obj, temporary)):
+                send(connection, statement)
             send(connection, item.sql)
-            after = _definition(connection, obj)
+            after, created = _definition(connection, obj), _indexes(connection, obj)
         finally:
             savepoint.rollback()
-        if before != after or item.kind.value != obj.kind:
+        # Every index the template creates must exist; others (made by hand) are kept by any later replacement.
+        if before != after or item.kind.value != obj.kind or created - indexes:
             diff = difflib.unified_diff(
-                (before or "").splitlines(), (after or "").splitlines(), "in the database", "declared", lineterm=""
+                [*(before or "").splitlines(), *sorted(created & indexes)],
+                [*(after or "").splitlines(), *sorted(created)],
+                "in the database",
+                "declared",
+                lineterm="",
             )
             differences[f"{item.label} {key.display()}"] = "\n".join(diff) or f"{obj.kind} vs {item.kind.value}"
     if differences:

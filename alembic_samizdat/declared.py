@@ -191,7 +191,7 @@ def _table_refs(entries: object, owner: type[Samizdat], attribute: str) -> tuple
 def declare(cls: type[Samizdat]) -> Declared:
     """Build the :class:`Declared` of one concrete samizdat class, validating every attribute."""
     if cls.is_abstract():
-        raise DeclarationError(f"{cls.label()} is abstract (no sql_template); it declares no object")
+        raise DeclarationError(f"{cls.label()} is abstract (__abstract__ = True); it declares no object")
     deps = cls.deps_on
     if isinstance(deps, str | bytes) or not isinstance(deps, Iterable):
         raise DeclarationError(f"{cls.label()}.deps_on must be a set of references, not {deps!r}")

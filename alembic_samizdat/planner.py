@@ -20,7 +20,7 @@ from .declared import Declared
 from .errors import NameClashError, UnmanagedDependentError
 from .graph import Graph, reachable, topological_order
 from .identifiers import qualified, quote_ident
-from .keys import Key, Kind, normalize_signature
+from .keys import Key, Kind, in_arguments, normalize_signature
 from .preserve import capture_statement, restore_statement
 from .signature import clear_stale_statement, definition_hash, sign_statement
 
@@ -55,10 +55,13 @@ class Difference:
     key: Key
     kind: str
     label: str
+    #: What else a reader should know, e.g. that an object of this name is DBSamizdat's.
+    note: str = ""
 
     def describe(self) -> str:
         """A line for humans: ``changed view "public"."v" (module.V)``."""
-        return f"{self.what.value}: {self.kind} {self.key.display()} ({self.label})"
+        note = f"; {self.note}" if self.note else ""
+        return f"{self.what.value}: {self.kind} {self.key.display()} ({self.label}){note}"
 
 
 @dataclass(frozen=True)
@@ -168,10 +171,12 @@ def declared_hits(graph: Graph, other: DbObject) -> list[Key]:
     printed = normalize_signature(other.identity_args).lower()
     if other.kind == "procedure":
         printed = _as_function_identity(printed)
+    # PostgreSQL 14+ prints a function's OUT arguments too; the declared signature holds the input ones only.
+    forms = (printed, in_arguments(printed))
     return [
         k
         for k in graph.nodes
-        if k.namespace == "function" and (k.schema, k.name) == (key.schema, key.name) and k.extra.lower() == printed
+        if k.namespace == "function" and (k.schema, k.name) == (key.schema, key.name) and k.extra.lower() in forms
     ]
 
 
@@ -211,14 +216,22 @@ def grant_statements(
     return out
 
 
+#: Said of a declared object whose name an object signed by DBSamizdat holds.
+DBSAMIZDAT_NOTE = (
+    "the database holds DBSamizdat's object of this name: `samizdat sync --adopt dbsamizdat` takes it over"
+)
+
+
 def diff(graph: Graph, state: DatabaseState) -> list[Difference]:
     """The objects that differ between code and database, in a stable order."""
     out: list[Difference] = []
+    theirs = {k for other in state.others if is_dbsamizdat(other.comment) for k in declared_hits(graph, other)}
     for key in graph.order:
         item = graph.nodes[key]
         obj = state.managed.get(key)
         if obj is None:
-            out.append(Difference(DiffKind.EXCESS_CODE, key, item.kind.value, item.label))
+            note = DBSAMIZDAT_NOTE if key in theirs else ""
+            out.append(Difference(DiffKind.EXCESS_CODE, key, item.kind.value, item.label, note))
         elif obj.signature is not None and obj.signature.hash.startswith(HASH_PREFIX):
             same = obj.signature.hash == HASH_PREFIX + (dbsamizdat_hash(item.source) or "")
             # DBSamizdat's hash leaves is_constraint out (it compares it apart): a flipped one is a change.

@@ -73,7 +73,7 @@ class CustomerTotals(SamizdatMaterializedView):
     sql_template = """
         ${preamble}
         SELECT customer, count(*) AS orders, sum(gross) AS gross FROM "OrderLines" GROUP BY customer
-        ${postamble};
+        ${postamble}
         CREATE UNIQUE INDEX ON ${samizdatname} (customer)
     """
 
