@@ -129,11 +129,12 @@ def _indexes(connection: Connection, obj: DbObject) -> set[str]:
     """The definitions of a relation's indexes (what a template may create after ``${postamble}``)."""
     if obj.key.namespace != "relation":
         return set()
-    found = connection.execute(
-        text("SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i WHERE i.indrelid = to_regclass(:ident)"),
+    found = pinned.query(
+        connection,
+        "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i WHERE i.indrelid = to_regclass(:ident)",
         {"ident": qualified(obj.key.schema, obj.key.name)},
-    ).scalars()
-    return {str(definition) for definition in found}
+    )
+    return {str(row[0]) for row in found}
 
 
 def _rename(obj: DbObject, temporary: str) -> str:
@@ -149,13 +150,15 @@ def _index_renames(connection: Connection, obj: DbObject, temporary: str) -> lis
     """The statements moving a relation's indexes aside with it: a template may give one the same name again."""
     if obj.key.namespace != "relation":
         return []
-    indexes = connection.execute(
-        text(
+    indexes = [
+        row[0]
+        for row in pinned.query(
+            connection,
             "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-            "WHERE i.indrelid = to_regclass(:ident) ORDER BY 1"
-        ),
-        {"ident": qualified(obj.key.schema, obj.key.name)},
-    ).scalars()
+            "WHERE i.indrelid = to_regclass(:ident) ORDER BY 1",
+            {"ident": qualified(obj.key.schema, obj.key.name)},
+        )
+    ]
     return [
         f"ALTER INDEX {qualified(obj.key.schema, str(name))} RENAME TO {quote_ident(f'{temporary}_{n}')}"
         for n, name in enumerate(indexes)
