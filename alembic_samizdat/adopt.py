@@ -10,85 +10,31 @@ stops with an error that mentions the flag.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
 
 from . import pinned
-from .errors import SamizdatError
+from .catalog import DbObject, read_state
+from .compat.dbsamizdat_format import (  # noqa: F401  (their old home: kept importable)
+    DBSAMIZDAT_PREFIX,
+    HASH_PREFIX,
+    dbsamizdat_hash,
+    dbsamizdat_hash_of_comment,
+    is_dbsamizdat,
+)
+from .errors import (
+    AdoptionRefusedError,
+)
+from .execute import send
+from .graph import Graph
 from .identifiers import qualified, quote_ident
 from .keys import Key
-from .model import Samizdat, SamizdatFunction, SamizdatTrigger
+from .planner import declared_hits
+from .signature import sign_statement
 
-if TYPE_CHECKING:
-    from .catalog import DbObject
-    from .graph import Graph
-
-#: How every DBSamizdat signature starts (it keeps "version" first for exactly this kind of prefix test).
-DBSAMIZDAT_PREFIX = '{"dbsamizdat": {"version":'
-#: Marks, in a parsed signature's hash, that the object was signed by DBSamizdat.
-HASH_PREFIX = "dbsamizdat:"
 #: The tools whose objects ``--adopt`` can take over.
 ADOPTABLE = ("dbsamizdat",)
-
-
-def is_dbsamizdat(comment: str | None) -> bool:
-    """Whether a comment is a DBSamizdat signature."""
-    return comment is not None and comment.startswith(DBSAMIZDAT_PREFIX)
-
-
-def dbsamizdat_hash_of_comment(comment: str) -> str | None:
-    """The definition hash a DBSamizdat signature records, or ``None`` when it cannot be read."""
-    try:
-        body = json.loads(comment)
-        value = body["dbsamizdat"]["definition_hash"]
-    except (ValueError, KeyError, TypeError, RecursionError):
-        return None
-    return value if isinstance(value, str) else None
-
-
-def dbsamizdat_hash(cls: type[Samizdat] | None) -> str | None:
-    """The hash DBSamizdat 0.11 computes for a class declared the same way: md5 of the raw template, its
-    identity and (functions) its creation identity, joined by ``|``."""
-    if cls is None or cls.sql_template is None:
-        return None
-    own = getattr(cls, "definition_hash", None)
-    if callable(own):
-        # A class of the DBSamizdat compatibility import computes it exactly as DBSamizdat does.
-        return str(own())
-    schema = cls.schema
-    if issubclass(cls, SamizdatFunction):
-        name = cls.function_name if cls.function_name is not None else cls.__name__
-        signature = cls.function_arguments_signature
-        arguments = cls.function_arguments if cls.function_arguments is not None else signature
-        identity = f'"{schema}"."{name}"({signature})'
-        creation = f'"{schema}"."{name}"({arguments})'
-    elif issubclass(cls, SamizdatTrigger):
-        table_schema, table = cls.table()
-        identity = f'"{table_schema}.{table}"."{cls.object_name()}"'
-        creation = ""
-    else:
-        identity = f'"{schema}"."{cls.__name__}"'
-        creation = ""
-    return hashlib.md5("|".join((cls.sql_template, identity, creation)).encode("utf-8")).hexdigest()
-
-
-class AdoptionRefusedError(SamizdatError):
-    """``samizdat adopt`` found existing objects whose definition differs from the declaration."""
-
-    def __init__(self, differences: dict[str, str], reason: str | None = None) -> None:
-        self.differences = differences
-        names = ", ".join(differences)
-        super().__init__(
-            f"not adopting anything: {len(differences)} object(s) differ from their declaration ({names}); make the "
-            "classes produce the same definition (see the diff), or let `samizdat sync` replace them after dropping "
-            "them yourself"
-            if reason is None
-            else f"not adopting anything: {reason} ({names})"
-        )
 
 
 @dataclass(frozen=True)
@@ -176,12 +122,6 @@ def adopt_unsigned(connection: Connection, graph: Graph, scope: str) -> AdoptRes
     :class:`AdoptionRefusedError` carries a diff per object.
     Runs in the caller's transaction (commit it to keep the signatures).
     """
-    # Imported here: catalog and planner import this module for DBSamizdat signatures.
-    from .catalog import read_state
-    from .execute import send
-    from .planner import declared_hits
-    from .signature import sign_statement
-
     state = read_state(connection, scope, graph.nodes)
     candidates: list[tuple[Key, DbObject]] = []
     for other in state.others:

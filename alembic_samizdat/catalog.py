@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError
 
 from . import pinned
 from . import signature as sig
-from .adopt import DBSAMIZDAT_PREFIX, HASH_PREFIX, dbsamizdat_hash_of_comment, is_dbsamizdat
+from .compat.dbsamizdat_format import DBSAMIZDAT_PREFIX, HASH_PREFIX, dbsamizdat_hash_of_comment, is_dbsamizdat
 from .errors import CatalogReadError
 from .identifiers import qualified, quote_ident
 from .keys import Key, Kind, in_arguments, normalize_signature

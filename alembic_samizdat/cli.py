@@ -21,9 +21,8 @@ from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from . import api
-from .adopt import AdoptionRefusedError
 from .dot import to_dot
-from .errors import ConnectionFailedError, SamizdatError, first_line
+from .errors import AdoptionRefusedError, ConnectionFailedError, SamizdatError, first_line
 from .execute import Discipline
 from .identifiers import check_identifier
 from .orm import real_tables

@@ -7,6 +7,8 @@ one precise case. Messages name the object involved and say how to fix the probl
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 
 class SamizdatError(Exception):
@@ -136,3 +138,83 @@ def first_line(exc: BaseException) -> str:
     primary = getattr(diag, "message_primary", None) if diag is not None else None
     text = primary or str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
     return str(text)
+
+
+class _Named(Protocol):
+    """What an error needs of an object's identity (a :class:`~alembic_samizdat.keys.Key`): keeps this module
+    at the bottom of the package, importing nothing of it."""
+
+    def display(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class RefreshFailure:
+    """One view whose refresh failed."""
+
+    #: The view's :class:`~alembic_samizdat.keys.Key`.
+    key: _Named
+    label: str
+    message: str
+    sql: str
+
+
+class RefreshError(ExecutionError):
+    """One or more refreshes failed; ``failures`` has each, ``not_run`` the views left unrefreshed."""
+
+    def __init__(self, failures: Sequence[RefreshFailure], not_run: Sequence[str], done: int) -> None:
+        self.failures = list(failures)
+        self.not_run = list(not_run)
+        lines = "; ".join(f"{f.label} {f.key.display()}: {f.message}" for f in self.failures)
+        tail = f"; not refreshed because of it: {', '.join(self.not_run)}" if self.not_run else ""
+        super().__init__(
+            f"{len(self.failures)} refresh(es) failed ({done} succeeded): {lines}{tail}. Failed views are marked "
+            "stale; the next sync or refresh retries them",
+            sql=self.failures[0].sql if self.failures else "",
+        )
+
+
+class MissingViewError(SamizdatError):
+    """A view to refresh does not exist in the database yet."""
+
+
+class ForeignViewError(SamizdatError):
+    """A view to refresh exists, but we did not create it (no signature, or an owner we do not trust)."""
+
+
+class UnknownNodeError(SamizdatError):
+    """A ``belownodes`` entry names neither a samizdat nor a table that a samizdat reads."""
+
+
+class ConcurrentRefreshError(SamizdatError):
+    """``concurrently="always"`` was asked for a view that PostgreSQL cannot refresh concurrently."""
+
+
+class MatviewError(SamizdatError):
+    """A materialized view cannot be handled as asked (e.g. refreshed ``CONCURRENTLY``); nothing was changed."""
+
+
+class ThrowawayServerError(SamizdatError):
+    """The throwaway PostgreSQL server could not be found, installed, started or used."""
+
+
+class ColumnDriftError(SamizdatError):
+    """A model declares columns that its view does not have (or has with an incompatible type)."""
+
+
+class AlembicConfigError(SamizdatError):
+    """The Alembic configuration could not give a database and a registry."""
+
+
+class AdoptionRefusedError(SamizdatError):
+    """``samizdat adopt`` found existing objects whose definition differs from the declaration."""
+
+    def __init__(self, differences: dict[str, str], reason: str | None = None) -> None:
+        self.differences = differences
+        names = ", ".join(differences)
+        super().__init__(
+            f"not adopting anything: {len(differences)} object(s) differ from their declaration ({names}); make the "
+            "classes produce the same definition (see the diff), or let `samizdat sync` replace them after dropping "
+            "them yourself"
+            if reason is None
+            else f"not adopting anything: {reason} ({names})"
+        )

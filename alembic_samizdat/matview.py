@@ -25,7 +25,10 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, Engine
 
 from . import pinned
-from .errors import InvalidIdentifierError, SamizdatError
+from .errors import (
+    InvalidIdentifierError,
+    MatviewError,
+)
 from .identifiers import MAX_IDENTIFIER_BYTES, check_identifier, qualified, quote_ident, quote_literal
 
 if TYPE_CHECKING:
@@ -53,10 +56,6 @@ __all__ = [
 MatviewName = str | tuple[str, str]
 
 _PLAIN_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
-
-
-class MatviewError(SamizdatError):
-    """A materialized view cannot be handled as asked (e.g. refreshed ``CONCURRENTLY``); nothing was changed."""
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .adopt import HASH_PREFIX, dbsamizdat_hash, is_dbsamizdat
 from .catalog import DatabaseState, DbObject
+from .compat.dbsamizdat_format import HASH_PREFIX, dbsamizdat_hash, is_dbsamizdat
 from .declared import Declared
 from .errors import NameClashError, UnmanagedDependentError
 from .graph import Graph, reachable, topological_order

@@ -8,13 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import SamizdatError
+from ..errors import (
+    AlembicConfigError,
+)
 from ..registry import SamizdatRegistry
 from .compare import find_registry
-
-
-class AlembicConfigError(SamizdatError):
-    """The Alembic configuration could not give a database and a registry."""
 
 
 def from_alembic_config(path: str) -> tuple[str, SamizdatRegistry]:
