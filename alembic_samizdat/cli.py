@@ -15,14 +15,15 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from sqlalchemy import Engine, create_engine, make_url, text
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import DBAPIError
 
 from . import api
 from .adopt import AdoptionRefusedError
 from .dot import to_dot
+from .drivers import UnusableUrlError, cli_url, psycopg2_urls_use_psycopg, shown
 from .errors import ConnectionFailedError, SamizdatError, first_line
 from .execute import Discipline
 from .orm import real_tables
@@ -38,11 +39,11 @@ class CliError(SamizdatError):
 
 
 def normalize_url(url: str) -> str:
-    """Accept libpq-style ``postgresql://`` / ``postgres://`` URLs and use the psycopg 3 driver for them."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
+    """``url`` with the psycopg 3 driver, whatever PostgreSQL driver it named (see :mod:`.drivers`)."""
+    try:
+        return cli_url(url).render_as_string(hide_password=False)
+    except UnusableUrlError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def looks_like_url(value: str) -> bool:
@@ -52,12 +53,7 @@ def looks_like_url(value: str) -> bool:
 
 def make_engine(url: str, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Engine:
     """An engine for ``url`` that fails within ``connect_timeout`` instead of hanging on a mute server."""
-    try:
-        parsed = make_url(normalize_url(url))
-    except ArgumentError as exc:
-        raise CliError(f"not a database URL: {url!r} ({exc})") from exc
-    if not parsed.drivername.startswith("postgresql"):
-        raise CliError(f"only PostgreSQL is supported, not {parsed.drivername!r}")
+    parsed = make_url(normalize_url(url))
     args: dict[str, object] = {}
     if "connect_timeout" not in parsed.query:
         args["connect_timeout"] = max(1, round(connect_timeout))
@@ -81,23 +77,32 @@ def _connection_reason(exc: DBAPIError) -> str:
     return reason.split("failed: ")[-1] if "failed: " in reason else reason
 
 
-def _common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
-    kw: dict[str, object] = {} if defaults else {"default": argparse.SUPPRESS}
-    parser.add_argument("-q", "--quiet", action="store_true", help="print only errors and results", **kw)  # type: ignore[arg-type]
-    parser.add_argument("-v", "--verbose", action="count", help="more output; tracebacks on errors", **kw)  # type: ignore[arg-type]
-    parser.add_argument("--scope", help='signature scope of this registry (default: the registry\'s, "default")', **kw)  # type: ignore[arg-type]
+#: Subcommands that connect to a database and read a registry: where -c, --scope and --connect-timeout apply.
+DATABASE_COMMANDS = ("sync", "diff", "nuke", "refresh", "adopt")
+
+
+def _common(parser: argparse.ArgumentParser, *, defaults: bool, database: bool = True) -> None:
+    kw: dict[str, Any] = {} if defaults else {"default": argparse.SUPPRESS}
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only errors and results", **kw)
+    parser.add_argument("-v", "--verbose", action="count", help="more output; tracebacks on errors", **kw)
+    if not database:
+        return
+    where = f" ({', '.join(DATABASE_COMMANDS)})" if defaults else ""
+    parser.add_argument(
+        "--scope", help=f'signature scope of this registry (default: the registry\'s, "default"){where}', **kw
+    )
     parser.add_argument(
         "-c",
         "--config",
         metavar="ALEMBIC_INI",
-        help="take the database and the registry from this Alembic environment (diff, refresh)",
-        **kw,  # type: ignore[arg-type]
+        help=f"take the database and the registry from this Alembic environment, instead of DBURL and MODULEs{where}",
+        **kw,
     )
     parser.add_argument(
         "--connect-timeout",
         type=float,
-        help=f"seconds to wait for the server to answer (default {DEFAULT_CONNECT_TIMEOUT})",
-        **kw,  # type: ignore[arg-type]
+        help=f"seconds to wait for the server to answer (default {DEFAULT_CONNECT_TIMEOUT}){where}",
+        **kw,
     )
 
 
@@ -132,9 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, defaults=False)
     p.add_argument(
         "target",
-        nargs="+",
+        nargs="*",
         metavar="[DBURL] MODULE",
         help=target_help
+        + " (none with -c)"
         + (
             "; without any URL, sync starts a throwaway PostgreSQL, creates the registry's MetaData tables there, "
             "syncs and shows the result"
@@ -184,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         "target",
         nargs="*",
         metavar="[DBURL] [MODULE]",
-        help="database URL, then modules (only used to find the registry's scope)",
+        help="database URL, then modules (only used to find the registry's scope); none with -c",
     )
     p.add_argument(
         "-t",
@@ -230,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(p, defaults=False)
-    p.add_argument("target", nargs="+", metavar="[DBURL] MODULE", help=target_help)
+    p.add_argument("target", nargs="*", metavar="[DBURL] MODULE", help=target_help + " (none with -c)")
 
     p = sub.add_parser(
         "printdot",
@@ -241,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _common(p, defaults=False)
+    _common(p, defaults=False, database=False)
     p.add_argument("modules", nargs="+", metavar="MODULE", help="modules (dotted paths or .py files)")
     p.add_argument("--format", choices=["dot", "svg", "png"], default="dot", help="output format (svg/png need `dot`)")
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
@@ -252,16 +258,22 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples("samizdat init myapp/views.py", "samizdat sync myapp/views.py"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _common(p, defaults=False)
+    _common(p, defaults=False, database=False)
     p.add_argument("path", nargs="?", default="samizdats.py", help="file to create (default: samizdats.py)")
     return parser
 
 
-def _split_target(target: Sequence[str], *, need_modules: bool) -> tuple[str | None, list[str]]:
+def _split_target(target: Sequence[str], *, need_modules: bool, command: str) -> tuple[str | None, list[str]]:
     url: str | None = None
     modules = list(target)
     if modules and looks_like_url(modules[0]):
         url = modules.pop(0)
+    misplaced = [m for m in modules if looks_like_url(m)]
+    if misplaced:
+        raise CliError(
+            f"the database URL goes first: samizdat {command} {shown(misplaced[0])} "
+            f"{' '.join(m for m in modules if m != misplaced[0])}"
+        )
     if url is None:
         url = os.environ.get("DATABASE_URL") or None
     if need_modules and not modules:
@@ -324,8 +336,7 @@ def _load(modules: list[str], args: argparse.Namespace, *, require: bool = True)
 
 
 def cmd_sync(args: argparse.Namespace, out: Output) -> int:
-    url, modules = _split_target(args.target, need_modules=True)
-    registry = _load(modules, args)
+    url, registry = _target(args)
     registry.graph()  # every declaration check runs before we connect
     embedded = url is None
     migration = args.write_migration_file
@@ -381,9 +392,10 @@ def _show(engine: Engine, registry: SamizdatRegistry, out: Output) -> None:
                     print(f"             {tuple(row)}")
 
 
-def _target(args: argparse.Namespace) -> tuple[str | None, SamizdatRegistry]:
+def _target(args: argparse.Namespace, *, need_modules: bool = True) -> tuple[str | None, SamizdatRegistry]:
     """URL and registry: from an Alembic environment (-c), or from the URL and modules given."""
     config = getattr(args, "config", None)
+    scope = getattr(args, "scope", None)
     if config:
         if args.target:
             raise CliError(
@@ -391,11 +403,15 @@ def _target(args: argparse.Namespace) -> tuple[str | None, SamizdatRegistry]:
             )
         from .alembic.environment import from_alembic_config
 
+        psycopg2_urls_use_psycopg()  # env.py builds its own engine, often from a postgresql+psycopg2:// URL
         alembic_url, registry = from_alembic_config(config)
-        scope = getattr(args, "scope", None)
         return alembic_url, registry.with_scope(scope) if scope else registry
-    url, modules = _split_target(args.target, need_modules=True)
-    return url, _load(modules, args)
+    url, modules = _split_target(args.target, need_modules=need_modules, command=args.command)
+    if url is not None:
+        normalize_url(url)  # an unusable URL is reported before the modules are imported
+    if not modules:
+        return url, SamizdatRegistry(scope=scope or "default")
+    return url, _load(modules, args, require=need_modules)
 
 
 def cmd_diff(args: argparse.Namespace, out: Output) -> int:
@@ -413,12 +429,7 @@ def cmd_diff(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_nuke(args: argparse.Namespace, out: Output) -> int:
-    url, modules = _split_target(args.target, need_modules=False)
-    registry = (
-        _load(modules, args, require=False)
-        if modules
-        else SamizdatRegistry(scope=getattr(args, "scope", None) or "default")
-    )
+    url, registry = _target(args, need_modules=False)
     with _engine_for(url, args, out, allow_embedded=False) as engine:
         result = api.nuke(
             engine, registry, discipline=args.txdiscipline, lock_timeout=args.lock_timeout, on_action=out.action

@@ -49,7 +49,8 @@ OnAction = Callable[[Action], None]
 def sqlstate(exc: BaseException) -> str | None:
     """The SQLSTATE of a database error, if any."""
     orig = getattr(exc, "orig", exc)
-    state = getattr(orig, "sqlstate", None)
+    # psycopg 3 and asyncpg say sqlstate, psycopg2 (a user's application engine) pgcode.
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     return state if isinstance(state, str) else None
 
 
@@ -215,7 +216,8 @@ def collect_notices(connection: Connection, sink: list[tuple[str, str]]) -> Iter
     raw = getattr(connection.connection, "driver_connection", None)
     add = getattr(raw, "add_notice_handler", None)
     if add is None:
-        yield
+        with _psycopg2_notices(raw, sink):
+            yield
         return
 
     def handler(diag: object) -> None:
@@ -229,3 +231,33 @@ def collect_notices(connection: Connection, sink: list[tuple[str, str]]) -> Iter
     finally:
         with suppress(Exception):
             raw.remove_notice_handler(handler)  # type: ignore[union-attr]
+
+
+class _NoticeSink(list[str]):
+    """psycopg2 appends each notice to ``connection.notices`` as ``"SEVERITY:  text\\n"``; keep ours."""
+
+    def __init__(self, sink: list[tuple[str, str]], others: list[str]) -> None:
+        super().__init__()
+        self.sink, self.others = sink, others
+
+    def append(self, notice: str) -> None:
+        severity, _, message = notice.partition(":")
+        message = message.strip()
+        if message.startswith(MESSAGE_PREFIX):
+            self.sink.append((severity.strip(), message[len(MESSAGE_PREFIX) :].strip()))
+        else:
+            self.others.append(notice)
+
+
+@contextmanager
+def _psycopg2_notices(raw: object, sink: list[tuple[str, str]]) -> Iterator[None]:
+    """:func:`collect_notices` on a psycopg2 connection (an application's engine); nothing on other drivers."""
+    previous = getattr(raw, "notices", None)
+    if not isinstance(previous, list):
+        yield
+        return
+    raw.notices = _NoticeSink(sink, previous)  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        raw.notices = previous  # type: ignore[attr-defined]
