@@ -26,6 +26,7 @@ from .dot import to_dot
 from .drivers import UnusableUrlError, cli_url, psycopg2_urls_use_psycopg, shown
 from .errors import ConnectionFailedError, SamizdatError, first_line
 from .execute import Discipline
+from .grouping import difference_entries, indented
 from .orm import real_tables
 from .planner import Action, Plan
 from .refresh_plan import Concurrently, select_below
@@ -421,8 +422,9 @@ def cmd_diff(args: argparse.Namespace, out: Output) -> int:
         result = api.diff_database(engine, registry, scope=getattr(args, "scope", None))
     for warning in result.warnings:
         out.warn(warning)
-    for difference in result.differences:
-        print(difference.describe())
+    graph = registry.graph()
+    for line in indented(difference_entries(result.differences, graph), graph):
+        print(line)
     if not result.differences:
         out.info("no differences")
     return result.exit_code
