@@ -184,7 +184,11 @@ def _import(spec: str) -> object:
         ) from exc
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
-        raise ModuleLoadError(f"cannot import {spec}: {type(exc).__name__}: {first} (-v shows the traceback)") from exc
+        where = _failed_import_line(exc) if isinstance(exc, ImportError) else None
+        at = f"{where}: " if where else ""
+        raise ModuleLoadError(
+            f"cannot import {spec}: {at}{type(exc).__name__}: {first} (-v shows the traceback)"
+        ) from exc
 
 
 def _names_spec(spec: str, missing: str | None) -> bool:
