@@ -13,9 +13,9 @@ import subprocess
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import DBAPIError
@@ -24,7 +24,7 @@ from . import api
 from .adopt import AdoptionRefusedError
 from .dot import to_dot
 from .drivers import UnusableUrlError, cli_url, psycopg2_urls_use_psycopg, shown
-from .errors import ConnectionFailedError, SamizdatError, first_line
+from .errors import ConnectionFailedError, Interrupted, SamizdatError, first_line
 from .execute import Discipline
 from .grouping import difference_entries, indented
 from .orm import real_tables
@@ -579,6 +579,63 @@ def cmd_init(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+class ClosedPipeSafe:
+    """stdout that ends quietly when its reader goes away (``samizdat diff … | head -1``).
+
+    The first write to a closed pipe points the file descriptor at /dev/null (so neither later writes nor
+    the interpreter's final flush complain) and the command runs on to return its own exit code.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.reader_gone = False
+
+    def _gone(self) -> None:
+        self.reader_gone = True
+        with suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+    def write(self, data: Any) -> int:
+        """Write, or drop ``data`` once the reader has gone."""
+        if not self.reader_gone:
+            try:
+                return int(self._stream.write(data))
+            except BrokenPipeError:
+                self._gone()
+        return len(data)
+
+    def flush(self) -> None:
+        """Flush, unless the reader has gone."""
+        if not self.reader_gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._gone()
+
+    @property
+    def buffer(self) -> ClosedPipeSafe:
+        """The binary stream, equally safe (``printdot --format svg``)."""
+        safe = ClosedPipeSafe(self._stream.buffer)
+        safe.reader_gone = self.reader_gone
+        return safe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def closed_pipe_safe_stdout() -> Iterator[None]:
+    """``sys.stdout`` as :class:`ClosedPipeSafe` while the block runs."""
+    original = sys.stdout
+    sys.stdout = cast(TextIO, ClosedPipeSafe(original))
+    try:
+        yield
+    finally:
+        sys.stdout = original
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "sync": cmd_sync,
     "diff": cmd_diff,
@@ -592,6 +649,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``samizdat`` console script; returns the exit code."""
+    with closed_pipe_safe_stdout():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = args.verbose or 0
@@ -599,8 +661,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Output(quiet=bool(args.quiet), verbose=verbose, log=sys.stderr if to_stdout_too else sys.stdout)
     try:
         return COMMANDS[args.command](args, out)
-    except KeyboardInterrupt:
-        print("samizdat: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        state = exc.database_state if isinstance(exc, Interrupted) else ""
+        print(f"samizdat: interrupted{'. ' + state if state else ''}", file=sys.stderr)
         return 130
     except (SamizdatError, OSError, DBAPIError) as exc:
         if verbose:

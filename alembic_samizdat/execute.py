@@ -70,13 +70,12 @@ _ALREADY_EXISTS = {"42723", "42P07", "42710"}
 def _describe_failure(
     action: Action | None, exc: DBAPIError, sql: str, connection: Connection | None = None
 ) -> ExecutionError:
-    what = action.describe() if action is not None else "taking the advisory lock"
-    message = f"{what} failed: {first_line(exc)}"
+    message = f"{failed_subject(action)} failed: {first_line(exc)}"
     if sqlstate(exc) == INSUFFICIENT_PRIVILEGE:
         context = PrivilegeContext.of(action) if action is not None else PrivilegeContext()
         missing = missing_privilege(exc, context, connection)
         return missing.error(
-            f"{message}. {missing.sentence()}. Nothing of this action was kept",
+            f"{message}. {missing.sentence()}",
             sql=sql,
             action=action.describe() if action else "",
         )
@@ -91,14 +90,19 @@ def _describe_failure(
         return ExecutionError(
             message + ": an object with this identity exists and is not signed by this registry's scope (the "
             "catalog query could not match it by name, e.g. a function whose argument types are spelt "
-            "differently). Rename the samizdat, or drop the existing object yourself. Nothing of this action "
-            "was kept",
+            "differently). Rename the samizdat, or drop the existing object yourself",
             sql=sql,
             action=action.describe(),
         )
-    return ExecutionError(
-        message + ". Nothing of this action was kept", sql=sql, action=action.describe() if action else ""
-    )
+    return ExecutionError(message, sql=sql, action=action.describe() if action else "")
+
+
+def failed_subject(action: Action | None) -> str:
+    """What failed, for messages: ``create view "public"."v" (module.V; missing from the database)``."""
+    if action is None:
+        return "taking the advisory lock"
+    why = f"; {action.reason}" if action.reason else ""
+    return f"{action.verb.value} {action.kind} {action.key.display()} ({action.label}{why})"
 
 
 def run_batch(connection: Connection, action: Action | None, sql: str) -> None:
@@ -196,7 +200,7 @@ def diagnose_function(connection: Connection, action: Action, *, in_autocommit: 
         f"{declared.label}: PostgreSQL created function {qualified(declared.key.schema, declared.key.name)}"
         f"({', '.join(created)}), but function_arguments_signature says ({declared.key.extra}). Make "
         "function_arguments_signature list the input argument types exactly as the function identifies them "
-        "(OUT arguments and defaults excluded). Nothing was kept",
+        "(OUT arguments and defaults excluded)",
         sql=action.sql,
         action=action.describe(),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -172,3 +173,137 @@ def test_alembic_check_prints_one_line_per_operation(example: Path, db_url: str)
     following = log[totals + 1 :]
     generated = following[2 : following.index(next(line for line in following[2:] if not line.startswith("    ")))]
     assert len(generated) == 6 and all(line.startswith(("    drop ", "    create ")) for line in generated)
+
+
+# --- what a failure leaves in the database --------------------------------------------------------------------
+
+TWO_VIEWS = '''
+from alembic_samizdat import SamizdatView
+
+class A(SamizdatView):
+    sql_template = """${preamble} SELECT 1 AS one ${postamble}"""
+
+class B(SamizdatView):
+    sql_template = """${preamble} SELECT price FROM BROKEN_TABLE ${postamble}"""
+'''
+
+
+def relations(engine: sa.Engine) -> set[str]:
+    with engine.connect() as conn:
+        return {row[0] for row in conn.exec_driver_sql("SELECT relname FROM pg_class WHERE relname IN ('A', 'B')")}
+
+
+@pytest.mark.parametrize("discipline", ["checkpoint", "jumbo"])
+def test_a_failure_says_what_failed_and_what_is_in_the_database(
+    discipline: str, engine: sa.Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = write(tmp_path, f"two_{discipline}", TWO_VIEWS.replace("BROKEN_TABLE", "no_such_table"))
+    assert main(["sync", "-t", discipline, db_url, module]) == 1
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert err.startswith(
+        f'samizdat: error: create view "public"."B" (two_{discipline}.B; missing from the database) failed: '
+        'relation "no_such_table" does not exist. '
+    ), err
+    if discipline == "checkpoint":
+        assert err.endswith(
+            "The 1 earlier action(s) of this run are applied and kept (checkpoint); sync again to finish the job "
+            "once this is fixed"
+        ), err
+        assert relations(engine) == {"A"}
+    else:
+        assert err.endswith("Nothing was applied: the whole run (jumbo: one transaction) was rolled back"), err
+        assert relations(engine) == set()
+    assert "Nothing of this action was kept" not in err
+
+
+def test_the_api_error_carries_the_database_state(engine: sa.Engine, tmp_path: Path) -> None:
+    from alembic_samizdat import api
+    from alembic_samizdat.errors import ExecutionError
+
+    module = write(tmp_path, "two_api", TWO_VIEWS.replace("BROKEN_TABLE", "no_such_table"))
+    with pytest.raises(ExecutionError) as raised:
+        api.sync(engine, [module])
+    assert raised.value.database_state.startswith("The 1 earlier action(s)")
+    assert str(raised.value).count("earlier action") == 1
+
+
+def wait_until_blocked(engine: sa.Engine, process: subprocess.Popen[str]) -> None:
+    """Until a session of ``process`` waits for a lock (no time limit but the test's own)."""
+    with engine.connect() as conn:
+        while process.poll() is None:
+            waiting = conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            ).scalar()
+            conn.rollback()
+            if waiting:
+                return
+            conn.exec_driver_sql("SELECT pg_sleep(0.05)")
+            conn.rollback()
+    raise AssertionError(f"the sync ended before it waited for the lock: {process.communicate()}")
+
+
+@pytest.mark.parametrize("discipline", ["checkpoint", "jumbo"])
+def test_ctrl_c_says_what_is_in_the_database_and_sync_again_finishes(
+    discipline: str, engine: sa.Engine, db_url: str, tmp_path: Path
+) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE items (id int, price int)")
+    module = write(tmp_path, f"locked_{discipline}", TWO_VIEWS.replace("BROKEN_TABLE", "items"))
+    command = [sys.executable, "-m", "alembic_samizdat.cli", "sync", "-t", discipline, db_url, module]
+    with engine.connect() as holder:
+        # B reads items: creating it waits for this lock, after A (checkpoint: committed) is done.
+        holder.exec_driver_sql("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until_blocked(engine, process)
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        holder.rollback()
+    assert process.returncode == 130, err
+    (line,) = err.strip().splitlines()
+    if discipline == "checkpoint":
+        assert line == (
+            "samizdat: interrupted. The 1 earlier action(s) of this run are applied and kept (checkpoint), the one "
+            "under way was rolled back; sync again to finish the job"
+        )
+        assert relations(engine) == {"A"}
+    else:
+        assert line == (
+            "samizdat: interrupted. Nothing was applied: the whole run (jumbo: one transaction) was rolled back; "
+            "sync again does the whole run"
+        )
+        assert relations(engine) == set()
+    assert main(["sync", "-q", db_url, module]) == 0
+    assert relations(engine) == {"A", "B"}
+
+
+# --- closed pipes ---------------------------------------------------------------------------------------------
+
+
+def closed_reader(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI writing into a pipe whose reader is already gone (``… | head -0``, ``… | dot`` without dot)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "alembic_samizdat.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    err = process.stderr.read()
+    process.wait(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, "", err)
+
+
+def test_diff_into_a_closed_pipe_keeps_its_exit_code_quietly(items: sa.Engine, db_url: str, tmp_path: Path) -> None:
+    module = write(tmp_path, "piped", MODULE)
+    done = closed_reader("diff", db_url, module)
+    assert done.returncode == 102
+    assert done.stderr == ""
+
+
+def test_printdot_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    module = write(tmp_path, "dotted", MODULE)
+    for args in (["printdot", module], ["printdot", "--help"]):
+        done = closed_reader(*args)
+        assert (done.returncode, done.stderr) == (0, "")

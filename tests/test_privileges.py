@@ -251,7 +251,7 @@ def test_sync_names_the_missing_privilege(roles: Roles, revoke: str, privilege: 
     word, on = privilege.split(" ", 1)
     error = fails(roles, lambda: sync(migrator, reports(), discipline="jumbo"), on, roles.migrator)
     assert word in error.privilege, error
-    assert "Nothing of this action was kept" in str(error)
+    assert "Nothing was applied: the whole run (jumbo: one transaction) was rolled back" in str(error)
     # Checkpoint, one object per run, so that the failing action is the first: outside a transaction the
     # server is asked which schema privilege is missing, so exactly that one is named.
     for cls in report_classes():
@@ -315,7 +315,7 @@ def test_recreate_needs_ownership_and_temporary(roles: Roles) -> None:
         'ownership of view "reports"."Total"',
         roles.migrator,
     )
-    assert "Nothing of this action was kept" in str(error)
+    assert "Nothing was applied: the whole run (jumbo: one transaction) was rolled back" in str(error)
     roles.sql(*TRIGGERS)
     assert sync(migrator, changed).committed
 
