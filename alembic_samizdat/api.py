@@ -490,7 +490,8 @@ async def refresh_async(
     on_action: OnAction | None = None,
     progress: Progress | None = None,
 ) -> RefreshResult:
-    """:func:`refresh` for asyncio services, on an ``AsyncEngine`` (``postgresql+psycopg://``): never blocks
+    """:func:`refresh` for asyncio services, on an ``AsyncEngine`` (``postgresql+psycopg://`` or
+    ``postgresql+asyncpg://``): never blocks
     the event loop. ``jobs`` > 1 refreshes independent views at once on that many connections.
     """
     registry = as_registry(declarations, scope=scope)
