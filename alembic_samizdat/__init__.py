@@ -39,6 +39,7 @@ from .errors import (
     TriggerTargetError,
     UnknownNodeError,
     UnmanagedDependentError,
+    UnusableUrlError,
 )
 from .model import (
     FQTuple,
@@ -122,6 +123,7 @@ __all__ = [
     "TriggerTargetError",
     "UnknownNodeError",
     "UnmanagedDependentError",
+    "UnusableUrlError",
     "diff_database",
     "nuke",
     "plan",

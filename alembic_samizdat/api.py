@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 
 from .adopt import ADOPTABLE, AdoptResult, adopt_unsigned
 from .catalog import DatabaseState, read_state
-from .errors import ExecutionError, SamizdatError, first_line
+from .errors import CatalogReadError, ExecutionError, Interrupted, SamizdatError, first_line
 from .execute import (
     LOCK_KEY,
     Discipline,
@@ -271,6 +271,12 @@ def _run_inner(
                             if better is not None:
                                 raise better from exc.__cause__
                             raise exc from exc.__cause__
+                except ExecutionError as exc:
+                    if not isinstance(exc, CatalogReadError):
+                        exc.tell_state(checkpoint_state(len(applied)))
+                    raise
+                except KeyboardInterrupt as exc:
+                    raise Interrupted(checkpoint_state(len(applied), interrupted=True)) from exc
                 finally:
                     try:
                         conn.exec_driver_sql(f"SELECT pg_catalog.pg_advisory_unlock({LOCK_KEY})")
@@ -303,22 +309,49 @@ def _run_inner(
                 try:
                     tx.commit()
                 except DBAPIError as exc:
-                    raise ExecutionError(
-                        f"committing the run failed: {first_line(exc)}. PostgreSQL keeps a transaction only when its "
-                        "COMMIT completes, so nothing of this run should be in the database; `samizdat diff` shows "
-                        "the state"
-                    ) from exc
+                    error = ExecutionError(f"committing the run failed: {first_line(exc)}")
+                    error.tell_state(
+                        "PostgreSQL keeps a transaction only when its COMMIT completes, so nothing of this run should "
+                        "be in the database; `samizdat diff` shows the state, and sync again applies the run"
+                    )
+                    raise error from exc
         except ExecutionError as exc:
             tx.rollback()
             if failed_action is not None and create_failed(failed_action):
                 better = diagnose_function(connection, failed_action, in_autocommit=False)
                 if better is not None:
+                    better.tell_state(one_transaction_state(discipline, nested))
                     raise better from exc.__cause__
+            if not isinstance(exc, CatalogReadError):
+                exc.tell_state(one_transaction_state(discipline, nested))
             raise
+        except KeyboardInterrupt as exc:
+            with suppress(Exception):
+                tx.rollback()
+            raise Interrupted(one_transaction_state(discipline, nested, interrupted=True)) from exc
         except BaseException:
             tx.rollback()
             raise
         return SyncResult(plan, discipline, tuple(applied), discipline is Discipline.JUMBO)
+
+
+def checkpoint_state(kept: int, *, interrupted: bool = False) -> str:
+    """What is in the database after a ``checkpoint`` run stopped with ``kept`` actions done."""
+    if not kept:
+        return "Nothing was applied; sync again does the whole run" if interrupted else "Nothing was applied"
+    done = f"The {kept} earlier action(s) of this run are applied and kept (checkpoint)"
+    if interrupted:
+        return f"{done}, the one under way was rolled back; sync again to finish the job"
+    return f"{done}; sync again to finish the job once this is fixed"
+
+
+def one_transaction_state(discipline: Discipline, nested: bool, *, interrupted: bool = False) -> str:
+    """What is in the database after a ``jumbo`` or ``dryrun`` run stopped: nothing of it."""
+    if discipline is Discipline.DRYRUN:
+        return "Nothing was applied (dry run)"
+    where = "rolled back to where this run began (a savepoint)" if nested else "rolled back"
+    tail = "; sync again does the whole run" if interrupted else ""
+    return f"Nothing was applied: the whole run (jumbo: one transaction) was {where}{tail}"
 
 
 class _UnitFailed(Exception):
@@ -480,7 +513,8 @@ async def refresh_async(
     on_action: OnAction | None = None,
     progress: Progress | None = None,
 ) -> RefreshResult:
-    """:func:`refresh` for asyncio services, on an ``AsyncEngine`` (``postgresql+psycopg://``): never blocks
+    """:func:`refresh` for asyncio services, on an ``AsyncEngine`` (``postgresql+psycopg://`` or
+    ``postgresql+asyncpg://``): never blocks
     the event loop. ``jobs`` > 1 refreshes independent views at once on that many connections.
     """
     registry = as_registry(declarations, scope=scope)

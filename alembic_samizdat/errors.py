@@ -80,12 +80,24 @@ class UnmanagedDependentError(DatabaseStateError):
 
 
 class ExecutionError(SamizdatError):
-    """A statement failed while applying a plan; ``sql`` holds it and ``__cause__`` the database error."""
+    """A statement failed while applying a plan; ``sql`` holds it and ``__cause__`` the database error.
+
+    ``database_state`` says what of the run is in the database now (it depends on the transaction discipline:
+    nothing under ``jumbo``, the earlier actions under ``checkpoint``); the message ends with it.
+    """
 
     def __init__(self, message: str, *, sql: str = "", action: str = "") -> None:
         self.sql = sql
         self.action = action
+        self.database_state = ""
         super().__init__(message)
+
+    def tell_state(self, sentence: str) -> None:
+        """Record what is in the database now and end the message with it (once)."""
+        if self.database_state:
+            return
+        self.database_state = sentence
+        self.args = (f"{str(self.args[0]).rstrip('. ')}. {sentence}", *self.args[1:])
 
 
 class CatalogReadError(ExecutionError):
@@ -125,6 +137,14 @@ class InsufficientPrivilegeError(ExecutionError):
 
 class LockTimeoutError(ExecutionError):
     """A lock could not be taken within the configured ``lock_timeout``."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (``KeyboardInterrupt``) during a sync or nuke; ``database_state`` says what of the run was kept."""
+
+    def __init__(self, database_state: str) -> None:
+        self.database_state = database_state
+        super().__init__(database_state)
 
 
 class ConnectionFailedError(SamizdatError):
@@ -218,3 +238,7 @@ class AdoptionRefusedError(SamizdatError):
             if reason is None
             else f"not adopting anything: {reason} ({names})"
         )
+
+
+class UnusableUrlError(SamizdatError):
+    """A database URL the tool cannot connect with; the message says what to write instead."""

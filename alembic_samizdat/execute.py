@@ -50,7 +50,8 @@ OnAction = Callable[[Action], None]
 def sqlstate(exc: BaseException) -> str | None:
     """The SQLSTATE of a database error, if any."""
     orig = getattr(exc, "orig", exc)
-    state = getattr(orig, "sqlstate", None)
+    # psycopg 3 and asyncpg say sqlstate, psycopg2 (a user's application engine) pgcode.
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     return state if isinstance(state, str) else None
 
 
@@ -70,13 +71,12 @@ _ALREADY_EXISTS = {"42723", "42P07", "42710"}
 def _describe_failure(
     action: Action | None, exc: DBAPIError, sql: str, connection: Connection | None = None
 ) -> ExecutionError:
-    what = action.describe() if action is not None else "taking the advisory lock"
-    message = f"{what} failed: {first_line(exc)}"
+    message = f"{failed_subject(action)} failed: {first_line(exc)}"
     if sqlstate(exc) == INSUFFICIENT_PRIVILEGE:
         context = PrivilegeContext.of(action) if action is not None else PrivilegeContext()
         missing = missing_privilege(exc, context, connection)
         return missing.error(
-            f"{message}. {missing.sentence()}. Nothing of this action was kept",
+            f"{message}. {missing.sentence()}",
             sql=sql,
             action=action.describe() if action else "",
         )
@@ -100,14 +100,19 @@ def _describe_failure(
         return ExecutionError(
             message + ": an object with this identity exists and is not signed by this registry's scope (the "
             "catalog query could not match it by name, e.g. a function whose argument types are spelt "
-            "differently). Rename the samizdat, or drop the existing object yourself. Nothing of this action "
-            "was kept",
+            "differently). Rename the samizdat, or drop the existing object yourself",
             sql=sql,
             action=action.describe(),
         )
-    return ExecutionError(
-        message + ". Nothing of this action was kept", sql=sql, action=action.describe() if action else ""
-    )
+    return ExecutionError(message, sql=sql, action=action.describe() if action else "")
+
+
+def failed_subject(action: Action | None) -> str:
+    """What failed, for messages: ``create view "public"."v" (module.V; missing from the database)``."""
+    if action is None:
+        return "taking the advisory lock"
+    why = f"; {action.reason}" if action.reason else ""
+    return f"{action.verb.value} {action.kind} {action.key.display()} ({action.label}{why})"
 
 
 def _constraint_name_taken(action: Action | None, exc: DBAPIError) -> bool:
@@ -218,7 +223,7 @@ def diagnose_function(connection: Connection, action: Action, *, in_autocommit: 
         f"{qualified(declared.key.schema, declared.key.name)}"
         f"({', '.join(created)}), but function_arguments_signature says ({declared.key.extra}). Make "
         "function_arguments_signature list the input argument types exactly as the function identifies them "
-        "(OUT arguments and defaults excluded). Nothing was kept",
+        "(OUT arguments and defaults excluded)",
         sql=action.sql,
         action=action.describe(),
     )
@@ -242,7 +247,8 @@ def collect_notices(connection: Connection, sink: list[tuple[str, str]]) -> Iter
     raw = getattr(connection.connection, "driver_connection", None)
     add = getattr(raw, "add_notice_handler", None)
     if add is None:
-        yield
+        with _psycopg2_notices(raw, sink):
+            yield
         return
 
     def handler(diag: object) -> None:
@@ -256,3 +262,33 @@ def collect_notices(connection: Connection, sink: list[tuple[str, str]]) -> Iter
     finally:
         with suppress(Exception):
             raw.remove_notice_handler(handler)  # type: ignore[union-attr]
+
+
+class _NoticeSink(list[str]):
+    """psycopg2 appends each notice to ``connection.notices`` as ``"SEVERITY:  text\\n"``; keep ours."""
+
+    def __init__(self, sink: list[tuple[str, str]], others: list[str]) -> None:
+        super().__init__()
+        self.sink, self.others = sink, others
+
+    def append(self, notice: str) -> None:
+        severity, _, message = notice.partition(":")
+        message = message.strip()
+        if message.startswith(MESSAGE_PREFIX):
+            self.sink.append((severity.strip(), message[len(MESSAGE_PREFIX) :].strip()))
+        else:
+            self.others.append(notice)
+
+
+@contextmanager
+def _psycopg2_notices(raw: object, sink: list[tuple[str, str]]) -> Iterator[None]:
+    """:func:`collect_notices` on a psycopg2 connection (an application's engine); nothing on other drivers."""
+    previous = getattr(raw, "notices", None)
+    if not isinstance(previous, list):
+        yield
+        return
+    raw.notices = _NoticeSink(sink, previous)  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        raw.notices = previous  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import traceback
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeGuard, TypeVar
@@ -239,6 +240,12 @@ def _import(spec: str) -> object:
     except ModuleLoadError:
         raise
     except ModuleNotFoundError as exc:
+        where = _failed_import_line(exc)
+        if where is not None and not _names_spec(spec, exc.name):
+            raise ModuleLoadError(
+                f"cannot import {spec}: {where} imports {exc.name!r}, which Python cannot find here (install it "
+                "in this environment, or fix that import)"
+            ) from exc
         raise ModuleLoadError(
             f"cannot import {spec}: module {exc.name!r} not found (give a dotted module path importable from "
             "here, or a path to a .py file)"
@@ -249,7 +256,29 @@ def _import(spec: str) -> object:
         ) from exc
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
-        raise ModuleLoadError(f"cannot import {spec}: {type(exc).__name__}: {first} (-v shows the traceback)") from exc
+        where = _failed_import_line(exc) if isinstance(exc, ImportError) else None
+        at = f"{where}: " if where else ""
+        raise ModuleLoadError(
+            f"cannot import {spec}: {at}{type(exc).__name__}: {first} (-v shows the traceback)"
+        ) from exc
+
+
+def _names_spec(spec: str, missing: str | None) -> bool:
+    """Whether the missing module is the one asked for (or a package of its dotted path)."""
+    if missing is None or spec.endswith(".py") or Path(spec).is_file():
+        return False
+    return spec == missing or spec.startswith(missing + ".")
+
+
+def _failed_import_line(exc: BaseException) -> str | None:
+    """``file line N`` of the user's import statement that failed: the innermost frame outside importlib."""
+    found: str | None = None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        filename = frame.f_code.co_filename
+        if filename.startswith("<frozen") or filename == __file__ or Path(filename).parent.name == "importlib":
+            continue
+        found = f"{filename} line {lineno}"
+    return found
 
 
 def registry_from_modules(modules: list[str], *, scope: str | None = None) -> SamizdatRegistry:

@@ -262,7 +262,7 @@ def test_sync_names_the_missing_privilege(roles: Roles, revoke: str, privilege: 
     assert word in error.privilege, error
     if "schema" in privilege:
         assert ("USAGE" in error.privilege) != ("CREATE" in error.privilege), error
-    assert "Nothing of this action was kept" in str(error)
+    assert "Nothing was applied: the whole run (jumbo: one transaction) was rolled back" in str(error)
     # Checkpoint, one object per run, so that the failing action is the first: outside a transaction the
     # server is asked which schema privilege is missing, so exactly that one is named.
     for cls in report_classes():

@@ -19,6 +19,7 @@ from sqlalchemy import MetaData
 
 from ..catalog import DatabaseState, read_state
 from ..graph import Graph
+from ..grouping import action_entries, grouped, owner
 from ..identifiers import quote_literal
 from ..keys import Key, Kind
 from ..planner import Plan, Verb, grant_changes, grant_statements, plan_sync
@@ -66,6 +67,40 @@ def _drop_view_mapped_tables(
     upgrade_ops.ops = kept
 
 
+def _managed_relations(graph: Graph) -> set[tuple[str, str]]:
+    return {(k.schema, k.name) for k, item in graph.nodes.items() if item.kind.namespace == "relation"}
+
+
+def exclude_view_mapped_tables(
+    autogen_context: AutogenContext, upgrade_ops: alembic_ops.UpgradeOps, schemas: Any
+) -> Any:
+    """Runs before Alembic's table comparator: ORM tables on managed views are left out of the comparison
+    (as an ``include_object`` filter would), so Alembic neither plans nor logs "Detected added table" for them.
+
+    ``compare_samizdats`` still removes such ops afterwards, for Alembic versions without comparator priorities.
+    """
+    registry = find_registry(autogen_context.metadata)
+    filters = getattr(autogen_context, "_object_filters", None)
+    if registry is None or not isinstance(filters, list) or any(f is _SKIP_MARK for f in filters):
+        return _continue()
+    connection = autogen_context.connection
+    default = (connection.dialect.default_schema_name if connection is not None else None) or "public"
+    relations = _managed_relations(registry.graph())
+
+    def include(obj: Any, name: Any, type_: str, reflected: bool, compare_to: Any) -> bool:
+        if type_ == "table" and not reflected:
+            return _table_key(getattr(obj, "schema", None), str(name), default) not in relations
+        return True
+
+    filters.extend([_SKIP_MARK, include])
+    return _continue()
+
+
+def _SKIP_MARK(*_: Any) -> bool:
+    """Marks an AutogenContext whose filters already leave out view-mapped tables."""
+    return True
+
+
 def _altered_tables(upgrade_ops: alembic_ops.UpgradeOps, default: str) -> set[tuple[str, str]]:
     """Tables this revision drops, or whose columns it drops or alters."""
     out: set[tuple[str, str]] = set()
@@ -96,6 +131,7 @@ def plan_to_ops(plan: Plan, graph: Graph, state: DatabaseState) -> tuple[list[An
     created = {a.key for a in plan.actions if a.verb is Verb.CREATE}
     for action in plan.actions:
         name = action.key.display()
+        before = len(drops) + len(creates)
         if action.verb is Verb.DROP:
             obj = state.managed[action.key]
             restore, restore_signature = None, None
@@ -139,6 +175,10 @@ def plan_to_ops(plan: Plan, graph: Graph, state: DatabaseState) -> tuple[list[An
             creates.append(RegrantSamizdatOp(action.kind, name, action.sql, reverse_sql="\n;\n".join(undo) + "\n;"))
         elif action.key not in created:
             creates.append(RefreshSamizdatOp(name, action.sql))
+        top = owner(action.key, graph)
+        if top is not None and len(drops) + len(creates) > before:
+            made = drops[-1] if action.verb is Verb.DROP else creates[-1]
+            made.generated_for = graph.nodes[top].label
     return drops, creates
 
 
@@ -153,7 +193,7 @@ def compare_samizdats(autogen_context: AutogenContext, upgrade_ops: alembic_ops.
         return _continue()
     graph = registry.graph()
     default = connection.dialect.default_schema_name or "public"
-    relations = {(k.schema, k.name) for k, item in graph.nodes.items() if item.kind.namespace == "relation"}
+    relations = _managed_relations(graph)
     _drop_view_mapped_tables(upgrade_ops, relations, default)
     force = _readers(graph, _altered_tables(upgrade_ops, default))
     # Signatures without their SQL first: that is all a revision needs unless it drops, recreates or re-grants
@@ -169,16 +209,11 @@ def compare_samizdats(autogen_context: AutogenContext, upgrade_ops: alembic_ops.
     for warning in plan.warnings:
         log.warning("samizdat: %s", warning)
     drops, creates = plan_to_ops(plan, graph, state)
-    for op in drops + creates:
-        log.info("Detected %s of %s %s", type(op).__name__.removesuffix("SamizdatOp").lower(), op_kind(op), op.name)
+    for depth, line in grouped(action_entries(plan.actions, graph), graph):
+        log.info("%s%s", "    " * depth if depth else "Detected ", line)
     upgrade_ops.ops[:0] = drops
     upgrade_ops.ops.extend(creates)
     return _continue()
-
-
-def op_kind(op: Any) -> str:
-    """The kind an op acts on, for log lines."""
-    return str(getattr(op, "kind", "matview"))
 
 
 def _continue() -> Any:
@@ -198,6 +233,7 @@ def register_legacy_comparator() -> None:
         from alembic.util import DispatchPriority
 
         comparators.dispatch_for("schema", priority=DispatchPriority.LAST)(compare_samizdats)
+        comparators.dispatch_for("schema", priority=DispatchPriority.FIRST)(exclude_view_mapped_tables)
     except ImportError:
         # Before 1.18 comparators run in registration order, and Alembic's own were registered first.
         comparators.dispatch_for("schema")(compare_samizdats)

@@ -78,9 +78,29 @@ def create_batch(kind: str, name: str, sql: str | None, signature: str | None, d
     return f"{sql}\n;\n{stamp_statement(target, key, comment)};"
 
 
+class SamizdatDiff(tuple[str, str, str]):
+    """One entry of ``alembic check``'s report: still the ``(operation, kind, name)`` tuple for programs,
+    printed as a line of its own, a generated object naming the declared object it serves."""
+
+    text: str
+
+    def __new__(cls, operation: str, kind: str, name: str, generated_for: str | None = None) -> SamizdatDiff:
+        made = super().__new__(cls, (operation, kind, name))
+        verb = operation.removesuffix("_samizdat")
+        # Execution order, which interleaves objects: the grouped report is the log above it.
+        made.text = f"\n  {verb} {kind} {name}" + (f" (generated for {generated_for})" if generated_for else "")
+        return made
+
+    def __repr__(self) -> str:
+        return self.text
+
+
 @Operations.register_operation("create_samizdat")
 class CreateSamizdatOp(MigrateOperation):
     """Create (and sign) one samizdat; materialized views are populated when ``with_data``."""
+
+    #: The declared object this generated object serves (set by autogenerate, for reports only).
+    generated_for: str | None = None
 
     def __init__(
         self,
@@ -134,12 +154,15 @@ class CreateSamizdatOp(MigrateOperation):
 
     def to_diff_tuple(self) -> tuple[str, str, str]:
         """What ``alembic check`` reports."""
-        return ("create_samizdat", self.kind, self.name)
+        return SamizdatDiff("create_samizdat", self.kind, self.name, self.generated_for)
 
 
 @Operations.register_operation("drop_samizdat")
 class DropSamizdatOp(MigrateOperation):
     """Drop one samizdat (never ``CASCADE``); ``restore`` and ``restore_signature`` recreate it on downgrade."""
+
+    #: The declared object this generated object serves (set by autogenerate, for reports only).
+    generated_for: str | None = None
 
     def __init__(
         self,
@@ -192,12 +215,15 @@ class DropSamizdatOp(MigrateOperation):
 
     def to_diff_tuple(self) -> tuple[str, str, str]:
         """What ``alembic check`` reports."""
-        return ("drop_samizdat", self.kind, self.name)
+        return SamizdatDiff("drop_samizdat", self.kind, self.name, self.generated_for)
 
 
 @Operations.register_operation("refresh_samizdat")
 class RefreshSamizdatOp(MigrateOperation):
     """Refresh a materialized view that is unpopulated or whose last refresh failed."""
+
+    #: The declared object this generated object serves (set by autogenerate, for reports only).
+    generated_for: str | None = None
 
     def __init__(self, name: str, sql: str) -> None:
         self.name = name
@@ -214,7 +240,7 @@ class RefreshSamizdatOp(MigrateOperation):
 
     def to_diff_tuple(self) -> tuple[str, str, str]:
         """What ``alembic check`` reports."""
-        return ("refresh_samizdat", "matview", self.name)
+        return SamizdatDiff("refresh_samizdat", "matview", self.name, self.generated_for)
 
 
 def _run_reporting(operations: Operations, sql: str) -> None:
@@ -248,6 +274,9 @@ def _target(drop: str | None) -> str | None:
 class RegrantSamizdatOp(MigrateOperation):
     """Apply declared grants with GRANT / REVOKE (and update the signature); never recreates the object."""
 
+    #: The declared object this generated object serves (set by autogenerate, for reports only).
+    generated_for: str | None = None
+
     def __init__(self, kind: str, name: str, sql: str, *, reverse_sql: str | None = None) -> None:
         self.kind = kind
         self.name = name
@@ -267,7 +296,7 @@ class RegrantSamizdatOp(MigrateOperation):
 
     def to_diff_tuple(self) -> tuple[str, str, str]:
         """What ``alembic check`` reports."""
-        return ("regrant_samizdat", self.kind, self.name)
+        return SamizdatDiff("regrant_samizdat", self.kind, self.name, self.generated_for)
 
 
 @Operations.implementation_for(RegrantSamizdatOp)
