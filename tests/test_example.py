@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "example_project"
 
@@ -41,12 +42,22 @@ def example_copy(tmp_path: Path) -> Path:
     return copy
 
 
-def test_committed_revision_matches_rendered_sql(example_copy: Path, db_url: str) -> None:
+def test_committed_revision_matches_rendered_sql(example_copy: Path, db_url: str, engine: sa.Engine) -> None:
     upgrade = alembic(example_copy, db_url, "upgrade", "head")
     assert upgrade.returncode == 0, upgrade.stderr
     check = alembic(example_copy, db_url, "check")
     assert check.returncode == 0, f"{REGENERATE}\n\nalembic check said:\n{check.stdout}{check.stderr}"
     assert "No new upgrade operations detected" in check.stdout + check.stderr
+    matviews = (
+        "SELECT relname, relispopulated FROM pg_class WHERE relkind = 'm' AND relnamespace = 'public'::regnamespace"
+    )
+    with engine.connect() as conn:
+        assert dict(conn.exec_driver_sql(matviews).all()) == {"CustomerTotals": True, "CountryTotals": True}
+    downgrade = alembic(example_copy, db_url, "downgrade", "base")
+    assert downgrade.returncode == 0, downgrade.stderr
+    managed = "SELECT count(*) FROM pg_class WHERE relkind IN ('v', 'm') AND relnamespace = 'public'::regnamespace"
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql(managed).scalar() == 0
 
 
 def test_a_stale_revision_is_caught(example_copy: Path, db_url: str) -> None:

@@ -2,7 +2,7 @@
 
 Revision ID: d6e553956c04
 Revises: 
-Create Date: 2026-12-05 07:28:31.467897
+Create Date: 2026-12-05 08:17:50.298070
 
 """
 from typing import Sequence, Union
@@ -78,10 +78,10 @@ def upgrade() -> None:
                 '        CREATE VIEW "public"."OrderLines" AS\n'
                 '        SELECT o.id, c.name AS customer, c.country, o.amount, public.with_vat(o.amount) AS gross\n'
                 '        FROM orders o JOIN customers c ON c.id = o.customer_id\n'
-                '        \n'
+                '        ;\n'
                 '    '
             ),
-            signature='{"alembic_samizdat":1,"scope":"default","kind":"view","key":["relation","public","OrderLines",""],"hash":"b587f37658a9a9b013d9a4a78ccb9fb78b10c697a7f2b54a393b094d5153e2cc","deps":[["function","public","with_vat","amount numeric"]]}',
+            signature='{"alembic_samizdat":1,"scope":"default","kind":"view","key":["relation","public","OrderLines",""],"hash":"77cf1a1927b8c690200f940b9ef4b9093ce561185f563450ac780a8347bb84ed","deps":[["function","public","with_vat","amount numeric"]]}',
             drop='DROP VIEW "public"."OrderLines"',
             with_data=False,
         )
@@ -108,6 +108,10 @@ def upgrade() -> None:
             sql=(
                 'CREATE FUNCTION "public"."samizdat_refresh_6f55347e002d28fb"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $samizdat$\n'
                 'BEGIN\n'
+                '    IF TG_RELID NOT IN (E\'"public"."customers"\'::regclass::oid, E\'"public"."orders"\'::regclass::oid) THEN\n'
+                "        RAISE EXCEPTION 'samizdat: % refreshes % only for the tables in its refresh_triggers, not for %',\n"
+                '            TG_NAME, E\'"public"."CustomerTotals"\', TG_RELID::regclass;\n'
+                '    END IF;\n'
                 '    IF EXISTS (SELECT 1 FROM pg_class c JOIN pg_index i ON i.indrelid = c.oid\n'
                 '               WHERE c.oid = E\'"public"."CustomerTotals"\'::regclass AND c.relispopulated\n'
                 '                 AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL) THEN\n'
@@ -117,9 +121,10 @@ def upgrade() -> None:
                 '    END IF;\n'
                 '    RETURN NULL;\n'
                 'END;\n'
-                '$samizdat$'
+                '$samizdat$;\n'
+                'REVOKE ALL ON FUNCTION "public"."samizdat_refresh_6f55347e002d28fb"() FROM PUBLIC'
             ),
-            signature='{"alembic_samizdat":1,"scope":"default","kind":"function","key":["function","public","samizdat_refresh_6f55347e002d28fb",""],"hash":"bf37f8523bb3d895793ad940723b63536737995deed002fa6dd8d235e603f0f0","deps":[["relation","public","CustomerTotals",""]]}',
+            signature='{"alembic_samizdat":1,"scope":"default","kind":"function","key":["function","public","samizdat_refresh_6f55347e002d28fb",""],"hash":"847b48111ef5f073b25167373a3153b71abddf420a2e4758797627574d26d6e1","deps":[["relation","public","CustomerTotals",""]]}',
             drop='DROP FUNCTION "public"."samizdat_refresh_6f55347e002d28fb"()',
             with_data=False,
         )
@@ -133,10 +138,10 @@ def upgrade() -> None:
                 '        SELECT l.country, sum(t.gross) AS gross\n'
                 '        FROM "CustomerTotals" t JOIN (SELECT DISTINCT customer, country FROM "OrderLines") l USING (customer)\n'
                 '        GROUP BY l.country\n'
-                '        WITH NO DATA\n'
+                '        WITH NO DATA;\n'
                 '    '
             ),
-            signature='{"alembic_samizdat":1,"scope":"default","kind":"matview","key":["relation","public","CountryTotals",""],"hash":"3d44bab93e50e6ca60c8f3e9bef246488f6f828283deb8f463bb493b8e7a249d","deps":[["relation","public","CustomerTotals",""],["relation","public","OrderLines",""]]}',
+            signature='{"alembic_samizdat":1,"scope":"default","kind":"matview","key":["relation","public","CountryTotals",""],"hash":"3029b461a001680bcb857d362c2c256ad05b9b254afd27c336d539f6cce5e785","deps":[["relation","public","CustomerTotals",""],["relation","public","OrderLines",""]]}',
             drop='DROP MATERIALIZED VIEW "public"."CountryTotals"',
             with_data=True,
         )
@@ -147,12 +152,17 @@ def upgrade() -> None:
             sql=(
                 'CREATE FUNCTION "public"."samizdat_refresh_1645a1d02d98f5a4"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $samizdat$\n'
                 'BEGIN\n'
+                '    IF TG_RELID NOT IN (E\'"public"."customers"\'::regclass::oid, E\'"public"."orders"\'::regclass::oid) THEN\n'
+                "        RAISE EXCEPTION 'samizdat: % refreshes % only for the tables in its refresh_triggers, not for %',\n"
+                '            TG_NAME, E\'"public"."CountryTotals"\', TG_RELID::regclass;\n'
+                '    END IF;\n'
                 '    REFRESH MATERIALIZED VIEW "public"."CountryTotals";\n'
                 '    RETURN NULL;\n'
                 'END;\n'
-                '$samizdat$'
+                '$samizdat$;\n'
+                'REVOKE ALL ON FUNCTION "public"."samizdat_refresh_1645a1d02d98f5a4"() FROM PUBLIC'
             ),
-            signature='{"alembic_samizdat":1,"scope":"default","kind":"function","key":["function","public","samizdat_refresh_1645a1d02d98f5a4",""],"hash":"50b045bc53cbd4fc05e1a963169f0f23a06e9bf278360b0e666cce3d4fab32e0","deps":[["relation","public","CountryTotals",""]]}',
+            signature='{"alembic_samizdat":1,"scope":"default","kind":"function","key":["function","public","samizdat_refresh_1645a1d02d98f5a4",""],"hash":"c24ac8c6eb1d90d595d07d894d354d3fde6f0bdad6db11d085ca52c01a39407d","deps":[["relation","public","CountryTotals",""]]}',
             drop='DROP FUNCTION "public"."samizdat_refresh_1645a1d02d98f5a4"()',
             with_data=False,
         )
@@ -254,12 +264,17 @@ def downgrade() -> None:
             restore=(
                 'CREATE FUNCTION "public"."samizdat_refresh_1645a1d02d98f5a4"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $samizdat$\n'
                 'BEGIN\n'
+                '    IF TG_RELID NOT IN (E\'"public"."customers"\'::regclass::oid, E\'"public"."orders"\'::regclass::oid) THEN\n'
+                "        RAISE EXCEPTION 'samizdat: % refreshes % only for the tables in its refresh_triggers, not for %',\n"
+                '            TG_NAME, E\'"public"."CountryTotals"\', TG_RELID::regclass;\n'
+                '    END IF;\n'
                 '    REFRESH MATERIALIZED VIEW "public"."CountryTotals";\n'
                 '    RETURN NULL;\n'
                 'END;\n'
-                '$samizdat$'
+                '$samizdat$;\n'
+                'REVOKE ALL ON FUNCTION "public"."samizdat_refresh_1645a1d02d98f5a4"() FROM PUBLIC'
             ),
-            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"function","key":["function","public","samizdat_refresh_1645a1d02d98f5a4",""],"hash":"50b045bc53cbd4fc05e1a963169f0f23a06e9bf278360b0e666cce3d4fab32e0","deps":[["relation","public","CountryTotals",""]]}',
+            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"function","key":["function","public","samizdat_refresh_1645a1d02d98f5a4",""],"hash":"c24ac8c6eb1d90d595d07d894d354d3fde6f0bdad6db11d085ca52c01a39407d","deps":[["relation","public","CountryTotals",""]]}',
             restore_with_data=False,
         )
     op.drop_samizdat(
@@ -272,10 +287,10 @@ def downgrade() -> None:
                 '        SELECT l.country, sum(t.gross) AS gross\n'
                 '        FROM "CustomerTotals" t JOIN (SELECT DISTINCT customer, country FROM "OrderLines") l USING (customer)\n'
                 '        GROUP BY l.country\n'
-                '        WITH NO DATA\n'
+                '        WITH NO DATA;\n'
                 '    '
             ),
-            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"matview","key":["relation","public","CountryTotals",""],"hash":"3d44bab93e50e6ca60c8f3e9bef246488f6f828283deb8f463bb493b8e7a249d","deps":[["relation","public","CustomerTotals",""],["relation","public","OrderLines",""]]}',
+            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"matview","key":["relation","public","CountryTotals",""],"hash":"3029b461a001680bcb857d362c2c256ad05b9b254afd27c336d539f6cce5e785","deps":[["relation","public","CustomerTotals",""],["relation","public","OrderLines",""]]}',
             restore_with_data=True,
         )
     op.drop_samizdat(
@@ -285,6 +300,10 @@ def downgrade() -> None:
             restore=(
                 'CREATE FUNCTION "public"."samizdat_refresh_6f55347e002d28fb"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $samizdat$\n'
                 'BEGIN\n'
+                '    IF TG_RELID NOT IN (E\'"public"."customers"\'::regclass::oid, E\'"public"."orders"\'::regclass::oid) THEN\n'
+                "        RAISE EXCEPTION 'samizdat: % refreshes % only for the tables in its refresh_triggers, not for %',\n"
+                '            TG_NAME, E\'"public"."CustomerTotals"\', TG_RELID::regclass;\n'
+                '    END IF;\n'
                 '    IF EXISTS (SELECT 1 FROM pg_class c JOIN pg_index i ON i.indrelid = c.oid\n'
                 '               WHERE c.oid = E\'"public"."CustomerTotals"\'::regclass AND c.relispopulated\n'
                 '                 AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL) THEN\n'
@@ -294,9 +313,10 @@ def downgrade() -> None:
                 '    END IF;\n'
                 '    RETURN NULL;\n'
                 'END;\n'
-                '$samizdat$'
+                '$samizdat$;\n'
+                'REVOKE ALL ON FUNCTION "public"."samizdat_refresh_6f55347e002d28fb"() FROM PUBLIC'
             ),
-            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"function","key":["function","public","samizdat_refresh_6f55347e002d28fb",""],"hash":"bf37f8523bb3d895793ad940723b63536737995deed002fa6dd8d235e603f0f0","deps":[["relation","public","CustomerTotals",""]]}',
+            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"function","key":["function","public","samizdat_refresh_6f55347e002d28fb",""],"hash":"847b48111ef5f073b25167373a3153b71abddf420a2e4758797627574d26d6e1","deps":[["relation","public","CustomerTotals",""]]}',
             restore_with_data=False,
         )
     op.drop_samizdat(
@@ -323,10 +343,10 @@ def downgrade() -> None:
                 '        CREATE VIEW "public"."OrderLines" AS\n'
                 '        SELECT o.id, c.name AS customer, c.country, o.amount, public.with_vat(o.amount) AS gross\n'
                 '        FROM orders o JOIN customers c ON c.id = o.customer_id\n'
-                '        \n'
+                '        ;\n'
                 '    '
             ),
-            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"view","key":["relation","public","OrderLines",""],"hash":"b587f37658a9a9b013d9a4a78ccb9fb78b10c697a7f2b54a393b094d5153e2cc","deps":[["function","public","with_vat","amount numeric"]]}',
+            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"view","key":["relation","public","OrderLines",""],"hash":"77cf1a1927b8c690200f940b9ef4b9093ce561185f563450ac780a8347bb84ed","deps":[["function","public","with_vat","amount numeric"]]}',
             restore_with_data=False,
         )
     op.drop_samizdat(
