@@ -19,7 +19,8 @@ from .urls import mask_url
 #: The driver every CLI connection uses.
 DRIVER = "postgresql+psycopg"
 
-_EXAMPLE = "postgresql://USER:PASSWORD@HOST/DBNAME"
+# No password in it: the CLI masks every password-like part of what it prints.
+_EXAMPLE = "postgresql://USER@HOST/DBNAME"
 _PLACEHOLDER_DRIVERS = {"driver"}
 
 

@@ -184,7 +184,7 @@ def _check_concurrently(conn: Connection, target: str) -> None:
     # that path can stand in for the function); the query itself runs pinned (see pinned.py).
     lookup = (
         "SELECT pg_catalog.set_config('alembic_samizdat.target', COALESCE(CAST(CAST(pg_catalog.to_regclass("
-        f"{quote_literal(target)}) AS pg_catalog.oid) AS pg_catalog.text), '0'), true)"
+        f"{quote_literal(target)}) AS pg_catalog.oid) AS pg_catalog.text), '0'), false)"
     )
     found = pinned.query(conn, _ONE_SQL, before=lookup)
     row = found[0] if found else None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from typing import Any
 
 from sqlalchemy import Connection
@@ -74,13 +75,16 @@ def inline(sql: str, params: Mapping[str, object]) -> str:
 def query(
     connection: Connection, sql: str, params: Mapping[str, object] | None = None, *, before: str = ""
 ) -> Sequence[Any]:
-    """The rows of one query of ours, run with ``search_path`` pinned (one round trip).
+    """The rows of one query of ours, run with ``search_path`` pinned (one round trip on psycopg 3).
 
     Values are written in as literals: a batch of several statements has no bound parameters. ``before`` is one
     statement (no rows wanted; every name in it qualified) that runs under the session's own path first, e.g. to
     look up a name the caller gave.
     """
-    batch = wrap(inline(sql, params or {}))
+    text = inline(sql, params or {})
+    if connection.dialect.driver != "psycopg":
+        return _query_in_steps(connection, text, before)
+    batch = wrap(text)
     skip = PIN_RESULTS
     if before:
         batch = f"{before};\n{batch}"
@@ -101,6 +105,29 @@ def query(
         return list(cursor.fetchall())
     finally:
         result.close()
+
+
+def _query_in_steps(connection: Connection, text: str, before: str) -> Sequence[Any]:
+    """:func:`query` for drivers that give no access to a batch's middle result (psycopg2 returns the last one;
+    asyncpg sends one statement at a time): the path is pinned for the session around the query and put back
+    after it, in a few more round trips. A failed query in a transaction undoes the pin with the transaction."""
+    options = {"no_parameters": True}
+    if before:
+        connection.exec_driver_sql(before, execution_options=options)
+    session_path = connection.exec_driver_sql(
+        "SELECT pg_catalog.current_setting('search_path')", execution_options=options
+    ).scalar()
+    connection.exec_driver_sql(
+        f"SELECT pg_catalog.set_config('search_path', '{PINNED_PATH}', false)", execution_options=options
+    ).close()
+    try:
+        return list(connection.exec_driver_sql(text, execution_options=options).all())
+    finally:
+        with suppress(Exception):
+            connection.exec_driver_sql(
+                f"SELECT pg_catalog.set_config('search_path', {literal(str(session_path))}, false)",
+                execution_options=options,
+            ).close()
 
 
 def _await(awaitable: Any) -> Any:

@@ -200,7 +200,7 @@ def test_alembic_init_placeholder_in_alembic_ini_is_one_line(tmp_path: Path) -> 
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1, done.stderr
     assert "sqlalchemy.url" in done.stderr and "driver://user:***@localhost/dbname" in done.stderr
-    assert "postgresql://USER:PASSWORD@HOST/DBNAME" in done.stderr
+    assert "postgresql://USER@HOST/DBNAME" in done.stderr
 
 
 def test_alembic_init_placeholder_url_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -210,7 +210,7 @@ def test_alembic_init_placeholder_url_is_one_line(tmp_path: Path, capsys: pytest
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert "driver://user:***@localhost/dbname" in err and "pass@" not in err
-    assert "postgresql://USER:PASSWORD@HOST/DBNAME" in err
+    assert "postgresql://USER@HOST/DBNAME" in err
 
 
 def test_other_databases_are_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
