@@ -22,15 +22,18 @@ from .execute import (
     Discipline,
     OnAction,
     apply_actions,
+    apply_in_transaction,
     autocommit,
     collect_notices,
     create_failed,
     diagnose_function,
     lock_timeout_statement,
+    refused_in_place,
     run_batch,
     send,
 )
 from .graph import Graph
+from .keys import Key
 from .model import Samizdat
 from .planner import (
     Action,
@@ -236,18 +239,30 @@ def _run_inner(
                 applied: list[Action] = []
                 try:
                     state = _lock_and_read(conn, graph, registry.scope, session_lock=True, adopt=adopt)
-                    plan = make_plan(state)
-                    for unit in checkpoint_units(plan.actions):
+                    plan = first = make_plan(state)
+                    refused: dict[Key, str] = {}
+                    while True:
                         try:
-                            applied.extend(_apply_unit(conn, unit, on_action))
+                            for unit in checkpoint_units(plan.actions):
+                                applied.extend(_apply_unit(conn, unit, on_action))
+                            break
                         except _UnitFailed as failed:
                             action, exc = failed.action, failed.error
+                            why = refused_in_place(action, exc)
+                            if why is not None and graph is not None and action.key not in refused:
+                                # The unit was rolled back whole; what committed before it stays, the rest is
+                                # planned again from the database with this object rebuilt.
+                                refused[action.key] = why
+                                state = read_state(conn, registry.scope, graph.nodes, adopt=adopt)
+                                plan = plan_sync(graph, state, rebuild=refused)
+                                continue
                             better = (
                                 diagnose_function(conn, action, in_autocommit=True) if create_failed(action) else None
                             )
                             if better is not None:
                                 raise better from exc.__cause__
                             raise exc from exc.__cause__
+                    return SyncResult(_as_run(first, applied, refused), discipline, tuple(applied), True)
                 finally:
                     try:
                         conn.exec_driver_sql(f"SELECT pg_advisory_unlock({LOCK_KEY})")
@@ -255,7 +270,6 @@ def _run_inner(
                             conn.exec_driver_sql("RESET lock_timeout")
                     except Exception:
                         pass
-                return SyncResult(plan, discipline, tuple(applied), True)
         nested = connection.in_transaction()
         tx = connection.begin_nested() if nested else connection.begin()
         failed_action: Action | None = None
@@ -268,11 +282,28 @@ def _run_inner(
             if setting:
                 run_batch(connection, None, setting)
             state = _lock_and_read(connection, graph, registry.scope, session_lock=False, adopt=adopt)
-            plan = make_plan(state)
+            plan = first = make_plan(state)
             applied = []
-            for action in plan.actions:
-                failed_action = action
-                applied.extend(apply_actions(connection, [action], on_action=on_action))
+            refused = {}
+            pending = list(plan.actions)
+            while pending:
+                action = failed_action = pending.pop(0)
+                try:
+                    apply_in_transaction(connection, action)
+                except ExecutionError as exc:
+                    why = refused_in_place(action, exc)
+                    if why is None or graph is None or action.key in refused:
+                        raise
+                    # Rolled back to the savepoint: plan the rest again, from inside this transaction.
+                    refused[action.key] = why
+                    state = read_state(connection, registry.scope, graph.nodes, adopt=adopt)
+                    plan = plan_sync(graph, state, rebuild=refused)
+                    pending = list(plan.actions)
+                    continue
+                applied.append(action)
+                if on_action is not None:
+                    on_action(action)
+            plan = _as_run(first, applied, refused)
             failed_action = None
             if discipline is Discipline.DRYRUN:
                 tx.rollback()
@@ -296,6 +327,11 @@ def _run_inner(
             tx.rollback()
             raise
         return SyncResult(plan, discipline, tuple(applied), discipline is Discipline.JUMBO)
+
+
+def _as_run(first: Plan, applied: list[Action], refused: dict[Key, str]) -> Plan:
+    """The plan as it ran: the first one, or, after a refused in-place replacement, the actions that ran."""
+    return Plan(first.differences, tuple(applied), first.warnings) if refused else first
 
 
 class _UnitFailed(Exception):

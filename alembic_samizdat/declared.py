@@ -10,7 +10,7 @@ import threading
 import weakref
 from collections.abc import Iterable, Mapping, MutableMapping, MutableSequence, MutableSet
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import DeclarationError
 from .identifiers import check_identifier, qualified, quote_ident
@@ -53,6 +53,9 @@ class Declared:
     #: The owner of a generated sidekick.
     generated_by: Key | None = None
     source: type[Samizdat] | None = field(default=None, compare=False)
+    #: ``sql`` with ``CREATE OR REPLACE`` for its head, when the kind can be replaced in place (views, functions,
+    #: triggers) and the head is the class's own ``${preamble}``; derived from ``sql``, so not compared.
+    replace_sql: str | None = field(default=None, compare=False)
 
     def fingerprint(self) -> dict[str, object]:
         """Everything that shapes the object; its hash is what the signature records."""
@@ -185,8 +188,33 @@ def _table_refs(entries: object, owner: type[Samizdat], attribute: str) -> tuple
     return tuple(sorted(set(out)))
 
 
+def or_replace(sql: str, preamble: str) -> str | None:
+    """``sql`` with its preamble turned into ``CREATE OR REPLACE …``, or ``None`` when that cannot be done.
+
+    Only the text the class itself produced as ``${preamble}`` is rewritten, never SQL the user wrote, so a
+    ``create()`` that does not use the preamble (or a constraint trigger, which PostgreSQL cannot replace)
+    simply is never replaced in place.
+    """
+    if not preamble.startswith(("CREATE VIEW ", "CREATE FUNCTION ", "CREATE TRIGGER ")):
+        return None
+    at = sql.find(preamble)
+    if at < 0:
+        return None
+    return f"{sql[:at]}CREATE OR REPLACE {preamble[len('CREATE ') :]}{sql[at + len(preamble) :]}"
+
+
 def declare(cls: type[Samizdat]) -> Declared:
     """Build the :class:`Declared` of one concrete samizdat class, validating every attribute."""
+    item = _declare(cls)
+    if item.kind is Kind.MATVIEW:
+        return item
+    replace_sql = or_replace(item.sql, cls.preamble())
+    if replace_sql is None:
+        return item
+    return replace(item, replace_sql=replace_sql)
+
+
+def _declare(cls: type[Samizdat]) -> Declared:
     if cls.is_abstract():
         raise DeclarationError(f"{cls.label()} is abstract (no sql_template); it declares no object")
     deps = cls.deps_on

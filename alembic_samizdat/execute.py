@@ -62,6 +62,46 @@ def lock_timeout_statement(seconds: float | None, *, local: bool) -> str | None:
     return f"SET {'LOCAL ' if local else ''}lock_timeout = {int(seconds * 1000)}"
 
 
+#: How PostgreSQL refuses a ``CREATE OR REPLACE`` that dropping and creating would do: invalid_table_definition
+#: (a view's columns renamed, retyped or dropped), invalid_function_definition (a function's result type, OUT
+#: or argument names, defaults), wrong_object_type (a function became a procedure), feature_not_supported and
+#: object_not_in_prerequisite_state (e.g. a constraint trigger).
+REFUSED_IN_PLACE = frozenset({"42P16", "42P13", "42809", "0A000", "55000"})
+
+#: The savepoint that lets a refused in-place replacement fall back inside a transaction.
+REPLACE_SAVEPOINT = "samizdat_replace"
+
+
+def refused_in_place(action: Action, exc: BaseException) -> str | None:
+    """Why PostgreSQL refused to replace ``action``'s object in place, when that is what ``exc`` says."""
+    if action.verb is not Verb.REPLACE:
+        return None
+    cause = exc.__cause__ if isinstance(exc, SamizdatError) else exc
+    if cause is None or sqlstate(cause) not in REFUSED_IN_PLACE:
+        return None
+    return f"PostgreSQL refused to replace it in place ({first_line(cause)})"
+
+
+def apply_in_transaction(connection: Connection, action: Action) -> None:
+    """Run one action inside an open transaction; a replacement runs in a savepoint, rolled back on failure.
+
+    The savepoint travels in the action's own batch, so a replacement costs no extra round trip.
+    """
+    if action.verb is not Verb.REPLACE:
+        run_batch(connection, action, action.sql)
+        return
+    try:
+        run_batch(
+            connection,
+            action,
+            f"SAVEPOINT {REPLACE_SAVEPOINT};\n{action.sql}\nRELEASE SAVEPOINT {REPLACE_SAVEPOINT};",
+        )
+    except ExecutionError:
+        with suppress(DBAPIError):
+            send(connection, f"ROLLBACK TO SAVEPOINT {REPLACE_SAVEPOINT}; RELEASE SAVEPOINT {REPLACE_SAVEPOINT}")
+        raise
+
+
 #: duplicate_function, duplicate_table, duplicate_object.
 _ALREADY_EXISTS = {"42723", "42P07", "42710"}
 

@@ -505,7 +505,13 @@ def test_plan_changed_root_recreates_dependents_in_order_without_cascade() -> No
     old = type("PBase", (SamizdatView,), {"sql_template": "${preamble} SELECT 2 AS x ${postamble}", "__module__": "m"})
     rows[0] = obj_row(declare(old), oid=100)
     graph = make_registry(*P_CLASSES).graph()
-    plan = plan_sync(graph, state_of(rows))
+    # First choice: replace it in place; the materialized view above it then holds old data and is refreshed.
+    in_place = plan_sync(graph, state_of(rows))
+    assert [(a.verb.value, a.key.name) for a in in_place.actions] == [("replace", "PBase"), ("refresh", "PMat")]
+    assert in_place.actions[0].statements[0].startswith('CREATE OR REPLACE VIEW "public"."PBase" AS')
+    # When PostgreSQL refuses that (or in_place=False), the stack is rebuilt.
+    plan = plan_sync(graph, state_of(rows), rebuild={PBase.key(): "refused"})
+    assert plan_sync(graph, state_of(rows), in_place=False).actions == plan.actions
     summary = [(a.verb.value, a.key.name) for a in plan.actions]
     assert summary == [
         ("drop", "PMat"),
