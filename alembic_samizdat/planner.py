@@ -480,7 +480,7 @@ def _by_unit(
                 if dep in members:
                     parent[find(dep)] = find(key)
     numbers: dict[Key, int] = {}
-    for action in creates + drops:
+    for action in drops + creates:
         numbers.setdefault(find(action.key), len(numbers))
     grouped: dict[int, list[Action]] = defaultdict(list)
     for action in drops + creates:  # within a stack: drops first, each list already in a valid order

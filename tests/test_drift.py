@@ -88,10 +88,9 @@ def test_a_hand_edit_is_reported_and_sync_puts_it_back(engine: sa.Engine, synced
     assert any("changed by hand" in d.describe() and name in d.describe() for d in result.differences)
 
     outcome = sync(engine, synced)
-    recreated = {a.key.name for a in outcome.applied if a.verb.value == "create"}
-    assert name in recreated
-    if name == "Cheap":
-        assert "cheapest" in recreated  # its dependent comes back with it
+    replaced = {a.key.name for a in outcome.applied if a.verb.value == "replace"}
+    assert name in replaced
+    assert not any(a.verb.value == "drop" for a in outcome.applied)  # put back in place, dependents untouched
     assert diff_database(engine, synced).exit_code == 0
     assert {"Cheap": view_sql(engine, '"Cheap"'), "cheapest": view_sql(engine, "cheapest")} == before
     # The definitions are the declared ones again: the trigger fires, the function is the template's.
