@@ -28,6 +28,7 @@ from .execute import (
     create_failed,
     diagnose_function,
     lock_timeout_statement,
+    probe_in_place,
     refused_in_place,
     run_batch,
     send,
@@ -208,8 +209,15 @@ def _run_inner(
     """Lock, read, plan (sync when ``graph`` is given, else nuke) and apply under ``discipline``."""
     discipline = Discipline(discipline)
 
-    def make_plan(state: DatabaseState) -> Plan:
-        made = plan_sync(graph, state) if graph is not None else plan_nuke(state)
+    def make_plan(state: DatabaseState, connection: Connection) -> Plan:
+        if graph is None:
+            made = plan_nuke(state)
+        else:
+            made = plan_sync(graph, state)
+            refused: dict[Key, str] = {}
+            while found := probe_in_place(connection, made, state):
+                refused.update(found)
+                made = plan_sync(graph, state, rebuild=refused)
         if on_plan is not None:
             on_plan(made)
         return made
@@ -239,7 +247,7 @@ def _run_inner(
                 applied: list[Action] = []
                 try:
                     state = _lock_and_read(conn, graph, registry.scope, session_lock=True, adopt=adopt)
-                    plan = first = make_plan(state)
+                    plan = first = make_plan(state, conn)
                     refused: dict[Key, str] = {}
                     while True:
                         try:
@@ -282,7 +290,7 @@ def _run_inner(
             if setting:
                 run_batch(connection, None, setting)
             state = _lock_and_read(connection, graph, registry.scope, session_lock=False, adopt=adopt)
-            plan = first = make_plan(state)
+            plan = first = make_plan(state, connection)
             applied = []
             refused = {}
             pending = list(plan.actions)

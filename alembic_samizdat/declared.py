@@ -188,27 +188,37 @@ def _table_refs(entries: object, owner: type[Samizdat], attribute: str) -> tuple
     return tuple(sorted(set(out)))
 
 
-def or_replace(sql: str, preamble: str) -> str | None:
+def replace_head(kind: Kind, key: Key) -> str | None:
+    """How the preamble of an object that ``CREATE OR REPLACE`` can replace begins (``None`` for other kinds)."""
+    if kind is Kind.VIEW:
+        return f"CREATE VIEW {qualified(key.schema, key.name)} AS"
+    if kind is Kind.FUNCTION:
+        return f"CREATE FUNCTION {qualified(key.schema, key.name)}("
+    if kind is Kind.TRIGGER:
+        return f"CREATE TRIGGER {quote_ident(key.name)} "
+    return None
+
+
+def or_replace(sql: str, kind: Kind, key: Key) -> str | None:
     """``sql`` with its preamble turned into ``CREATE OR REPLACE …``, or ``None`` when that cannot be done.
 
-    Only the text the class itself produced as ``${preamble}`` is rewritten, never SQL the user wrote, so a
-    ``create()`` that does not use the preamble (or a constraint trigger, which PostgreSQL cannot replace)
-    simply is never replaced in place.
+    Only the text our own preamble starts with is rewritten, never SQL the user wrote.
     """
-    if not preamble.startswith(("CREATE VIEW ", "CREATE FUNCTION ", "CREATE TRIGGER ")):
+    head = replace_head(kind, key)
+    at = sql.find(head) if head is not None else -1
+    if head is None or at < 0:
         return None
-    at = sql.find(preamble)
-    if at < 0:
-        return None
-    return f"{sql[:at]}CREATE OR REPLACE {preamble[len('CREATE ') :]}{sql[at + len(preamble) :]}"
+    return f"{sql[:at]}CREATE OR REPLACE {sql[at + len('CREATE ') :]}"
 
 
 def declare(cls: type[Samizdat]) -> Declared:
     """Build the :class:`Declared` of one concrete samizdat class, validating every attribute."""
     item = _declare(cls)
-    if item.kind is Kind.MATVIEW:
+    head = replace_head(item.kind, item.key)
+    # A class whose preamble is not ours (a constraint trigger, which PostgreSQL cannot replace) never is.
+    if head is None or not cls.preamble().startswith(head):
         return item
-    replace_sql = or_replace(item.sql, cls.preamble())
+    replace_sql = or_replace(item.sql, item.kind, item.key)
     if replace_sql is None:
         return item
     return replace(item, replace_sql=replace_sql)

@@ -15,6 +15,8 @@ from enum import StrEnum
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
+from .catalog import DatabaseState
+from .declared import or_replace
 from .errors import (
     ExecutionError,
     FunctionSignatureMismatchError,
@@ -23,8 +25,8 @@ from .errors import (
     first_line,
 )
 from .identifiers import qualified
-from .keys import Kind
-from .planner import Action, Verb
+from .keys import Key, Kind
+from .planner import Action, Plan, Verb
 from .preserve import MESSAGE_PREFIX
 from .privileges import INSUFFICIENT_PRIVILEGE, PrivilegeContext, missing_privilege
 
@@ -79,7 +81,7 @@ def refused_in_place(action: Action, exc: BaseException) -> str | None:
     cause = exc.__cause__ if isinstance(exc, SamizdatError) else exc
     if cause is None or sqlstate(cause) not in REFUSED_IN_PLACE:
         return None
-    return f"PostgreSQL refused to replace it in place ({first_line(cause)})"
+    return refusal_reason(cause)
 
 
 def apply_in_transaction(connection: Connection, action: Action) -> None:
@@ -100,6 +102,63 @@ def apply_in_transaction(connection: Connection, action: Action) -> None:
         with suppress(DBAPIError):
             send(connection, f"ROLLBACK TO SAVEPOINT {REPLACE_SAVEPOINT}; RELEASE SAVEPOINT {REPLACE_SAVEPOINT}")
         raise
+
+
+def probe_in_place(
+    connection: Connection, plan: Plan, state: DatabaseState, *, both_ways: bool = False
+) -> dict[Key, str]:
+    """Ask PostgreSQL which in-place replacements of ``plan`` it refuses, in a transaction (or savepoint)
+    that is always rolled back; ``both_ways`` also tries putting each previous definition back (what an Alembic
+    downgrade does), in reverse order.
+
+    The plan then shows what will happen (``replace`` or a rebuild, and why) before anything runs; the locks
+    the tries take are held only for the tries.
+    """
+    replaces = [action for action in plan.actions if action.verb is Verb.REPLACE]
+    if not replaces:
+        return {}
+    nested = connection.in_transaction() and not _autocommit(connection)
+    send(connection, "SAVEPOINT samizdat_probe" if nested else "BEGIN")
+    refused: dict[Key, str] = {}
+    try:
+        for action in replaces:
+            why = _refusal(connection, action.statements[0])
+            if why is not None:
+                refused[action.key] = why
+        for action in reversed(replaces) if both_ways else ():
+            obj = state.managed[action.key]
+            previous = obj.signature.sql if obj.signature is not None else None
+            back = or_replace(previous, Kind(obj.kind), action.key) if previous is not None else None
+            if action.key in refused or back is None:
+                continue
+            why = _refusal(connection, back)
+            if why is not None:
+                refused[action.key] = f"{why}, going back on downgrade"
+    finally:
+        send(connection, "ROLLBACK TO SAVEPOINT samizdat_probe; RELEASE samizdat_probe" if nested else "ROLLBACK")
+    return refused
+
+
+def _autocommit(connection: Connection) -> bool:
+    return connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+
+
+def _refusal(connection: Connection, sql: str) -> str | None:
+    send(connection, "SAVEPOINT samizdat_try")
+    try:
+        send(connection, sql)
+    except DBAPIError as exc:
+        send(connection, "ROLLBACK TO SAVEPOINT samizdat_try")
+        # Any other error (e.g. an object the plan creates first is missing here) is not a refusal: running
+        # the plan reports it.
+        return refusal_reason(exc) if sqlstate(exc) in REFUSED_IN_PLACE else None
+    send(connection, "RELEASE samizdat_try")
+    return None
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """Why a replacement was refused, for the action that rebuilds instead."""
+    return f"PostgreSQL refused to replace it in place ({first_line(exc)})"
 
 
 #: duplicate_function, duplicate_table, duplicate_object.

@@ -159,21 +159,23 @@ def test_a_rebuilt_stack_is_one_checkpoint_unit(engine: sa.Engine) -> None:
 
 
 def test_a_failure_in_the_middle_of_a_checkpoint_run_leaves_whole_units(engine: sa.Engine) -> None:
-    a_old = chain("SELECT 1 AS id, 'x' AS k", depth=3, prefix="a")
+    g_old = chain("SELECT 1 AS id, 'x' AS k", depth=3, prefix="g")
     b_old = chain("SELECT 1 AS id, 'x' AS k", depth=3, prefix="b")
-    sync(engine, make_registry(*a_old, *b_old))
+    sync(engine, make_registry(*g_old, *b_old))
     b_names = [f"b{i}" for i in range(4)]
     b_before = oids(engine, b_names)
-    # a0 keeps its columns (replaced in place, committed); b0 loses one, so its stack is rebuilt in one unit,
-    # and the new b3 is broken: that unit fails whole.
-    a_new = chain("SELECT 2 AS id, 'y' AS k", depth=3, prefix="a")
+    # Both roots lose a column, so each stack is rebuilt as one unit (g's runs first, dependents-first drop
+    # order); the new b3 is broken, so b's unit fails whole.
+    g_new = chain("SELECT 2 AS id", depth=3, prefix="g")
     b_new = chain("SELECT 2 AS id", depth=2, prefix="b")
     b3 = view("b3", "SELECT * FROM b2, no_such_table", deps_on={b_new[-1]})
+    done: list[str] = []
     with pytest.raises(ExecutionError) as caught:
-        sync(engine, make_registry(*a_new, *b_new, b3))
+        sync(engine, make_registry(*g_new, *b_new, b3), on_action=lambda a: done.append(a.key.name))
     assert "no_such_table" in str(caught.value)
     assert "were rolled back" in str(caught.value)
-    assert scalar(engine, "SELECT id FROM a3") == 2
+    assert sorted(set(done)) == ["g0", "g1", "g2", "g3"]
+    assert scalar(engine, "SELECT id FROM g3") == 2
     # Every object of the failed unit is there, as it was: none missing, none half-replaced.
     assert oids(engine, b_names) == b_before
     assert scalar(engine, "SELECT k FROM b3") == "x"
