@@ -13,7 +13,7 @@ from contextlib import contextmanager, suppress
 from enum import StrEnum
 
 from sqlalchemy import Connection, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from .catalog import DatabaseState
 from .declared import or_replace
@@ -99,7 +99,7 @@ def apply_in_transaction(connection: Connection, action: Action) -> None:
             f"SAVEPOINT {REPLACE_SAVEPOINT};\n{action.sql}\nRELEASE SAVEPOINT {REPLACE_SAVEPOINT};",
         )
     except ExecutionError:
-        with suppress(DBAPIError):
+        with suppress(SQLAlchemyError):
             send(connection, f"ROLLBACK TO SAVEPOINT {REPLACE_SAVEPOINT}; RELEASE SAVEPOINT {REPLACE_SAVEPOINT}")
         raise
 
@@ -117,6 +117,17 @@ def probe_in_place(
     replaces = [action for action in plan.actions if action.verb is Verb.REPLACE]
     if not replaces:
         return {}
+    try:
+        return _probe(connection, replaces, state, both_ways=both_ways)
+    except SQLAlchemyError as exc:
+        raise ExecutionError(
+            f"trying the in-place replacements failed: {first_line(exc)}. Nothing was changed",
+            sql=replaces[0].statements[0],
+            action=replaces[0].describe(),
+        ) from exc
+
+
+def _probe(connection: Connection, replaces: list[Action], state: DatabaseState, *, both_ways: bool) -> dict[Key, str]:
     nested = connection.in_transaction() and not _autocommit(connection)
     send(connection, "SAVEPOINT samizdat_probe" if nested else "BEGIN")
     refused: dict[Key, str] = {}
@@ -134,8 +145,12 @@ def probe_in_place(
             why = _refusal(connection, back)
             if why is not None:
                 refused[action.key] = f"{why}, going back on downgrade"
-    finally:
-        send(connection, "ROLLBACK TO SAVEPOINT samizdat_probe; RELEASE samizdat_probe" if nested else "ROLLBACK")
+    except BaseException:
+        # A connection lost in the middle cannot roll back; the error that lost it is the one to report.
+        with suppress(SQLAlchemyError):
+            send(connection, "ROLLBACK TO SAVEPOINT samizdat_probe; RELEASE samizdat_probe" if nested else "ROLLBACK")
+        raise
+    send(connection, "ROLLBACK TO SAVEPOINT samizdat_probe; RELEASE samizdat_probe" if nested else "ROLLBACK")
     return refused
 
 

@@ -24,7 +24,7 @@ from .graph import Graph, reachable, topological_order
 from .identifiers import qualified, quote_ident
 from .keys import Key, Kind, normalize_signature
 from .preserve import capture_statement, restore_statement
-from .signature import clear_stale_statement, definition_hash, sign_statement
+from .signature import clear_stale_statement, definition_hash, mark_stale_statement, sign_statement
 
 
 class Verb(StrEnum):
@@ -299,6 +299,13 @@ def plan_sync(
     to_drop = start | reachable(start, drop_next)
     # A candidate that something below it makes recreate anyway is recreated with it.
     replaced = candidates - to_drop
+    # Materialized views above a replacement hold data of the old definition until refreshed: the replacement
+    # marks them stale in its own transaction, so a run that stops before the refresh leaves it to the next.
+    outdated = {
+        k
+        for k in reachable(replaced, lambda k: graph.dependents.get(k, ()))
+        if graph.nodes[k].kind is Kind.MATVIEW and k in managed and k not in to_drop and managed[k].populated
+    }
     # Dropped and created again: what users attached to them is captured and restored (preserve.py).
     recreated = {k for k in to_drop if k in graph.nodes and managed[k].keeps is not False}
     _refuse_unmanaged_dependents(to_drop, state, recreated)
@@ -371,10 +378,12 @@ def plan_sync(
             assert item.replace_sql is not None
             # Grants, owner and whatever users attached stay with the object; only declared grants change.
             to_grant, to_revoke, _ = grant_changes(item, managed[key])
+            above = sorted(reachable([key], lambda k: graph.dependents.get(k, ())) & outdated)
             statements = (
                 item.replace_sql,
                 sign_statement(item, scope, graph.deps.get(key, ())),
                 *grant_statements(item, to_grant, to_revoke),
+                *(mark_stale_statement(k) for k in above),
             )
             why = f"{reasons[key]}: {REPLACED_IN_PLACE}"
             creates.append(Action(Verb.REPLACE, key, item.kind.value, item.label, statements, why, item))
@@ -417,7 +426,9 @@ def plan_sync(
                     key,
                     item.kind.value,
                     item.label,
-                    (refresh_statement(key),),
+                    (refresh_statement(key), clear_stale_statement(key))
+                    if key in outdated
+                    else (refresh_statement(key),),
                     "reads a materialized view refreshed, or an object replaced, below it",
                     item,
                 )
