@@ -297,6 +297,17 @@ def plan_sync(
         return found
 
     to_drop = start | reachable(start, drop_next)
+    while True:
+        # A candidate whose old definition read something dropped here (PostgreSQL records no dependency for
+        # the calls in a SQL function's body) goes with it, so that no order leaves it calling a missing object.
+        tied = {
+            k
+            for k in candidates - to_drop
+            if managed[k].signature is not None and set(managed[k].signature.deps) & to_drop
+        }
+        if not tied:
+            break
+        to_drop |= tied | reachable(tied, drop_next)
     # A candidate that something below it makes recreate anyway is recreated with it.
     replaced = candidates - to_drop
     # Materialized views above a replacement hold data of the old definition until refreshed: the replacement
