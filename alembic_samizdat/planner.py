@@ -122,6 +122,10 @@ def _stale(obj: DbObject) -> bool:
     return obj.signature is not None and obj.signature.stale
 
 
+def _signed_deps(obj: DbObject) -> tuple[Key, ...]:
+    return obj.signature.deps if obj.signature is not None else ()
+
+
 def _signature_matches(obj: DbObject, declared: Declared) -> bool:
     return obj.signature is not None and obj.signature.hash == definition_hash(declared)
 
@@ -300,11 +304,7 @@ def plan_sync(
     while True:
         # A candidate whose old definition read something dropped here (PostgreSQL records no dependency for
         # the calls in a SQL function's body) goes with it, so that no order leaves it calling a missing object.
-        tied = {
-            k
-            for k in candidates - to_drop
-            if managed[k].signature is not None and set(managed[k].signature.deps) & to_drop
-        }
+        tied = {k for k in candidates - to_drop if set(_signed_deps(managed[k])) & to_drop}
         if not tied:
             break
         to_drop |= tied | reachable(tied, drop_next)
