@@ -3,21 +3,28 @@ replaces them, and a change PostgreSQL can make in place leaves everything above
 
 from __future__ import annotations
 
+import importlib
+import io
+import re
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psycopg
 import pytest
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
 
-from alembic_samizdat import sync
+from alembic_samizdat import plan, sync
 from alembic_samizdat.errors import ExecutionError
 from alembic_samizdat.model import Samizdat
 from alembic_samizdat.planner import Verb
 from tests.conftest import libpq_dsn
-from tests.helpers import function, make_registry, relation_oid, rows, run_sql, scalar, trigger, view
+from tests.helpers import alembic_project, function, make_registry, relation_oid, rows, run_sql, scalar, trigger, view
 
 DEPTH = 20
 READERS = 8
@@ -256,3 +263,122 @@ def test_trigger_condition_changed_is_replaced_in_place(engine: sa.Engine, disci
     assert not sync(
         engine, make_registry(trigger("tg", template, on_table="t", condition="AFTER INSERT OR UPDATE"))
     ).plan
+
+
+# --- alembic upgrade and downgrade -----------------------------------------------------------------------------
+
+CHAIN_MODULE = """
+from sqlalchemy import MetaData
+
+from alembic_samizdat import SamizdatRegistry, SamizdatView
+
+metadata = MetaData()
+registry = SamizdatRegistry(metadata)
+classes = [type("v0", (SamizdatView,), {"sql_template": "${preamble} ROOT ${postamble}", "__module__": __name__})]
+for level in range(1, DEPTH + 1):
+    body = "${preamble} SELECT * FROM v" + str(level - 1) + " ${postamble}"
+    attrs = {"sql_template": body, "deps_on": {classes[-1]}, "__module__": __name__}
+    classes.append(type(f"v{level}", (SamizdatView,), attrs))
+registry.register_all(*classes)
+"""
+
+
+class ChainProject:
+    """An Alembic project whose ``chainmod`` module declares the chain with a given root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.config = alembic_project(root, "chainmod")
+
+    def write(self, root_select: str) -> None:
+        source = CHAIN_MODULE.replace("ROOT", root_select).replace("DEPTH", str(DEPTH))
+        (self.root / "chainmod.py").write_text(source)
+        sys.modules.pop("chainmod", None)
+
+    def revision(self, message: str) -> str:
+        sys.modules.pop("chainmod", None)
+        script = command.revision(self.config, message=message, autogenerate=True)
+        assert script is not None and not isinstance(script, list)
+        return Path(script.path).read_text()
+
+    def run(self, verb: str, target: str) -> None:
+        sys.modules.pop("chainmod", None)
+        getattr(command, verb)(self.config, target)
+
+
+@pytest.fixture
+def chain_project(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ChainProject]:
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield ChainProject(tmp_path)
+    sys.modules.pop("chainmod", None)
+
+
+def _upgrade_ops(script: str) -> list[str]:
+    upgrade = script.split("def upgrade()")[1].split("def downgrade()")[0]
+    return [line.strip().split("(")[0] for line in upgrade.splitlines() if line.strip().startswith("op.")]
+
+
+@pytest.mark.parametrize(
+    ("new_root", "in_place"),
+    [
+        (ROOT_SELECT.format(floor=100), True),
+        ("SELECT g AS id FROM generate_series(1, 200) AS g WHERE g > 50", False),
+    ],
+    ids=["columns kept", "column dropped"],
+)
+def test_alembic_upgrade_and_downgrade_under_readers(
+    chain_project: ChainProject, engine: sa.Engine, db_url: str, new_root: str, in_place: bool
+) -> None:
+    chain_project.write(ROOT_SELECT.format(floor=0))
+    chain_project.revision("chain")
+    chain_project.run("upgrade", "head")
+    names = [f"v{i}" for i in range(DEPTH + 1)]
+    before = oids(engine, names)
+    chain_project.write(new_root)
+    script = chain_project.revision("new root")
+    ops = _upgrade_ops(script)
+    if in_place:
+        # Asked at autogenerate time: PostgreSQL replaces the root in place, there and back.
+        assert ops == ["op.replace_samizdat"]
+        assert "replaced in place" in script
+    else:
+        assert "op.replace_samizdat" not in ops
+        assert ops.count("op.drop_samizdat") == DEPTH + 1 and ops.count("op.create_samizdat") == DEPTH + 1
+        assert "cannot drop columns from view" in script
+    readers = Readers(libpq_dsn(db_url), f"SELECT count(*) FROM v{DEPTH}")
+    with readers.running():
+        chain_project.run("upgrade", "head")
+        expected = 100 if in_place else 150
+        assert scalar(engine, f"SELECT count(*) FROM v{DEPTH}") == expected
+        chain_project.run("downgrade", "-1")
+    assert readers.errors == []
+    assert all(readers.reads)
+    assert scalar(engine, f"SELECT count(*) FROM v{DEPTH}") == 200
+    if in_place:
+        assert oids(engine, names) == before
+    # Back where it started, signatures included: nothing to do.
+    chain_project.write(ROOT_SELECT.format(floor=0))
+    assert not plan(engine, importlib.import_module("chainmod").registry)
+
+
+def test_alembic_offline_sql_replaces_in_place(chain_project: ChainProject, engine: sa.Engine) -> None:
+    chain_project.write(ROOT_SELECT.format(floor=0))
+    first = re.search(r"^revision: str = '(\w+)'", chain_project.revision("chain"), re.M)
+    assert first is not None
+    chain_project.run("upgrade", "head")
+    before = oids(engine, [f"v{i}" for i in range(DEPTH + 1)])
+    chain_project.write(ROOT_SELECT.format(floor=100))
+    chain_project.revision("new root")
+    buffer = io.StringIO()
+    sys.modules.pop("chainmod", None)
+    offline = Config(chain_project.config.config_file_name, output_buffer=buffer, stdout=io.StringIO())
+    offline.set_main_option("script_location", chain_project.config.get_main_option("script_location") or "")
+    command.upgrade(offline, f"{first.group(1)}:head", sql=True)
+    sql = buffer.getvalue()
+    assert 'CREATE OR REPLACE VIEW "public"."v0" AS' in sql and "DROP VIEW" not in sql
+    # The offline script is what runs: applied as is, it gives the same result as online.
+    with engine.begin() as conn:
+        conn.exec_driver_sql(sql, execution_options={"no_parameters": True})
+    assert scalar(engine, f"SELECT count(*) FROM v{DEPTH}") == 100
+    assert oids(engine, [f"v{i}" for i in range(DEPTH + 1)]) == before
