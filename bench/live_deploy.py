@@ -21,6 +21,7 @@ The report is a Markdown table on stdout; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import statistics
 import sys
@@ -164,12 +165,14 @@ def alembic_upgrade(url: str, depth: int) -> Callable[[SamizdatRegistry, str], C
 
     def prepare(_: SamizdatRegistry, select: str) -> Callable[[], None]:
         write(select)
-        command.revision(config, message="change", autogenerate=True)
+        with contextlib.redirect_stdout(sys.stderr):  # Alembic's "Generating …" is progress, not the report
+            command.revision(config, message="change", autogenerate=True)
         return lambda: command.upgrade(config, "head")
 
     def start(select: str) -> None:
         write(select)
-        command.revision(config, message="start", autogenerate=True)
+        with contextlib.redirect_stdout(sys.stderr):
+            command.revision(config, message="start", autogenerate=True)
         command.upgrade(config, "head")
 
     prepare.start = start  # type: ignore[attr-defined]
@@ -196,6 +199,7 @@ class Row:
     errors: list[int] = field(default_factory=list)
     reads: list[int] = field(default_factory=list)
     longest: list[float] = field(default_factory=list)
+    median: list[float] = field(default_factory=list)
     wall: list[float] = field(default_factory=list)
     example: str = ""
 
@@ -250,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                     row.errors.append(len(readers.errors))
                     row.reads.append(len(readers.durations))
                     row.longest.append(max(readers.durations, default=0.0))
+                    row.median.append(statistics.median(readers.durations) if readers.durations else 0.0)
                     row.wall.append(wall)
                     row.example = row.example or (readers.errors[0] if readers.errors else "")
                     engine.dispose()
@@ -257,12 +262,16 @@ def main(argv: list[str] | None = None) -> int:
             f"\n{args.depth + 1} views, {args.readers} readers of the top one, {args.rows} rows, "
             f"median of {args.repeat} runs\n"
         )
-        print("| scenario | root change | failed reads | reads during the change | longest read (ms) | change (ms) |")
-        print("|---|---|---:|---:|---:|---:|")
+        print(
+            "| scenario | root change | failed reads | reads during the change | median read (ms) "
+            "| longest read (ms) | change (ms) |"
+        )
+        print("|---|---|---:|---:|---:|---:|---:|")
         for row in rows.values():
             print(
                 f"| {row.scenario} | {row.change} | {statistics.median(row.errors):.0f} | "
-                f"{statistics.median(row.reads):.0f} | {statistics.median(row.longest) * 1000:.0f} | "
+                f"{statistics.median(row.reads):.0f} | {statistics.median(row.median) * 1000:.0f} | "
+                f"{statistics.median(row.longest) * 1000:.0f} | "
                 f"{statistics.median(row.wall) * 1000:.0f} |"
             )
         examples = {row.example for row in rows.values() if row.example}
