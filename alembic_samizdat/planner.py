@@ -1,11 +1,12 @@
 """The planner: declared graph × database state → differences and an ordered plan. Pure: no I/O.
 
 Rules: a changed view, function or trigger is replaced in place (``CREATE OR REPLACE``), its dependents
-untouched; when that cannot be (a materialized view, a kind change, or PostgreSQL refusing the replacement at
-run time, see :func:`plan_sync`'s ``rebuild``) the object is dropped and recreated with everything that
-depends on it (through ``deps_on`` and through the catalog's dependency edges); drops never cascade, so an object we do not manage that depends
-on one we must drop stops the plan before anything changes; a declared name taken by an object we did not
-sign stops it too. Materialized views that are created, or found unpopulated, are refreshed last, in
+untouched; when that cannot be (a materialized view, a kind change, or PostgreSQL refusing the replacement,
+see :func:`plan_sync`'s ``rebuild``) the object is dropped and recreated with everything that depends on it
+(through ``deps_on`` and through the catalog's dependency edges), drops and creates of one stack forming one
+unit (see :func:`checkpoint_units`); drops never cascade, so an object we do not manage that depends on one we
+must drop stops the plan before anything changes; a declared name taken by an object we did not sign stops it
+too. Materialized views that are created, or found unpopulated, are refreshed last, in
 dependency order.
 """
 
