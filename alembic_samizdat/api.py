@@ -400,8 +400,10 @@ def sync(
 ) -> SyncResult:
     """Make the database match the declarations.
 
-    ``discipline``: ``checkpoint`` (commit per action), ``jumbo`` (one transaction) or ``dryrun`` (one
-    transaction, rolled back). ``lock_timeout`` (seconds) bounds every lock wait; by default the server's
+    ``discipline``: ``checkpoint`` (commit per unit: a replacement, a refresh, or a rebuilt stack whole, so
+    readers never find an object missing), ``jumbo`` (one transaction) or ``dryrun`` (one transaction, rolled
+    back). Changed views, functions and triggers are replaced in place when PostgreSQL accepts it (see
+    docs/deploying.md). ``lock_timeout`` (seconds) bounds every lock wait; by default the server's
     setting applies. ``adopt="dbsamizdat"`` takes over objects DBSamizdat signed (unchanged ones are only
     re-signed; see :mod:`alembic_samizdat.adopt`). ``on_plan`` sees the plan before it runs, ``on_action`` each completed action. Raises a :class:`~alembic_samizdat.errors.SamizdatError` subclass on any problem.
     """

@@ -1,8 +1,10 @@
 """Applying a plan on a SQLAlchemy ``Connection`` under a transaction discipline.
 
 Each action's statements go to the server as one batch: one round trip, and (a property of PostgreSQL's
-simple query protocol) one implicit transaction when no transaction is open. That makes ``checkpoint``
-cost one round trip per action with create-and-sign atomic, and ``jumbo`` one transaction around them all.
+simple query protocol) one implicit transaction when no transaction is open. That makes a one-action
+``checkpoint`` unit cost one round trip with create-and-sign atomic, and ``jumbo`` one transaction around them
+all. In-place replacements are tried first in a transaction that is rolled back (:func:`probe_in_place`), so
+the plan says before it runs whether an object is replaced or rebuilt.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ LOCK_KEY = int.from_bytes(hashlib.sha256(b"alembic_samizdat").digest()[:8], "big
 class Discipline(StrEnum):
     """Transaction disciplines (as in DBSamizdat)."""
 
-    #: Commit after every action; a failure leaves the database at the last completed action.
+    #: Commit after every unit (a replacement, a refresh, or a rebuilt stack whole: see
+    #: :func:`~alembic_samizdat.planner.checkpoint_units`); a failure leaves the units before it.
     CHECKPOINT = "checkpoint"
     #: One transaction for the whole run; a failure changes nothing.
     JUMBO = "jumbo"
@@ -253,7 +256,7 @@ def autocommit(connection: Connection, *, purpose: str = "sync") -> Iterator[Con
             hint = "refresh runs each view in its own transaction; pass an Engine or a Connection outside a transaction"
         else:
             hint = (
-                "the checkpoint discipline commits after every action; pass an Engine, a Connection outside a "
+                "the checkpoint discipline commits after every unit; pass an Engine, a Connection outside a "
                 "transaction, or use the jumbo discipline"
             )
         raise SamizdatError(f"this connection is inside a transaction: {hint}")
