@@ -136,7 +136,7 @@ def _probe(connection: Connection, replaces: list[Action], state: DatabaseState,
     refused: dict[Key, str] = {}
     try:
         for action in replaces:
-            why = _refusal(connection, action.statements[0])
+            why = _refusal(connection, action, action.statements[0])
             if why is not None:
                 refused[action.key] = why
         for action in reversed(replaces) if both_ways else ():
@@ -145,7 +145,7 @@ def _probe(connection: Connection, replaces: list[Action], state: DatabaseState,
             back = or_replace(previous, Kind(obj.kind), action.key) if previous is not None else None
             if action.key in refused or back is None:
                 continue
-            why = _refusal(connection, back)
+            why = _refusal(connection, action, back)
             if why is not None:
                 refused[action.key] = f"{why}, going back on downgrade"
     except BaseException:
@@ -161,12 +161,15 @@ def _autocommit(connection: Connection) -> bool:
     return connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
 
 
-def _refusal(connection: Connection, sql: str) -> str | None:
+def _refusal(connection: Connection, action: Action, sql: str) -> str | None:
     send(connection, "SAVEPOINT samizdat_try")
     try:
         send(connection, sql)
     except DBAPIError as exc:
         send(connection, "ROLLBACK TO SAVEPOINT samizdat_try")
+        if sqlstate(exc) == "55P03":
+            # The run would wait for the same lock: report it now rather than wait twice.
+            raise _describe_failure(action, exc, sql) from exc
         # Any other error (e.g. an object the plan creates first is missing here) is not a refusal: running
         # the plan reports it.
         return refusal_reason(exc) if sqlstate(exc) in REFUSED_IN_PLACE else None

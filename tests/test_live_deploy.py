@@ -20,11 +20,22 @@ from alembic import command
 from alembic.config import Config
 
 from alembic_samizdat import plan, sync
-from alembic_samizdat.errors import ExecutionError
+from alembic_samizdat.errors import ExecutionError, LockTimeoutError, UnmanagedDependentError
 from alembic_samizdat.model import Samizdat
 from alembic_samizdat.planner import Verb
 from tests.conftest import libpq_dsn
-from tests.helpers import alembic_project, function, make_registry, relation_oid, rows, run_sql, scalar, trigger, view
+from tests.helpers import (
+    alembic_project,
+    function,
+    make_registry,
+    relation_oid,
+    rows,
+    run_sql,
+    scalar,
+    trigger,
+    view,
+    view_definition,
+)
 
 DEPTH = 20
 READERS = 8
@@ -186,6 +197,29 @@ def test_a_failure_in_the_middle_of_a_checkpoint_run_leaves_whole_units(engine: 
     # Every object of the failed unit is there, as it was: none missing, none half-replaced.
     assert oids(engine, b_names) == b_before
     assert scalar(engine, "SELECT k FROM b3") == "x"
+
+
+def test_a_reader_holding_a_lock_makes_the_replacement_time_out_naming_it(engine: sa.Engine, db_url: str) -> None:
+    sync(engine, make_registry(*chain(ROOT_SELECT.format(floor=0), depth=2)))
+    definition = view_definition(engine, "v0")
+    with psycopg.connect(libpq_dsn(db_url)) as reader:
+        reader.execute("SELECT count(*) FROM v2").fetchall()  # its transaction stays open: it holds v0
+        with pytest.raises(LockTimeoutError, match=r'replace view "public"."v0"'):
+            sync(engine, make_registry(*chain(ROOT_SELECT.format(floor=9), depth=2)), lock_timeout=0.2)
+        reader.rollback()
+    assert view_definition(engine, "v0") == definition
+
+
+def test_a_users_view_on_top_does_not_stop_a_replacement_in_place(engine: sa.Engine) -> None:
+    sync(engine, make_registry(*chain(ROOT_SELECT.format(floor=0), depth=2)))
+    run_sql(engine, 'CREATE VIEW "users view" AS SELECT id FROM v2')
+    result = sync(engine, make_registry(*chain(ROOT_SELECT.format(floor=190), depth=2)))
+    assert [a.verb for a in result.applied] == [Verb.REPLACE]
+    assert scalar(engine, 'SELECT count(*) FROM "users view"') == 10
+    # A change that needs a rebuild would drop it: refused before anything changes, naming it.
+    with pytest.raises(UnmanagedDependentError, match="users view"):
+        sync(engine, make_registry(*chain("SELECT g AS id FROM generate_series(1, 9) AS g", depth=2)))
+    assert scalar(engine, 'SELECT count(*) FROM "users view"') == 10
 
 
 # --- functions and triggers ----------------------------------------------------------------------------------
