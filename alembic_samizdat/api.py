@@ -28,7 +28,7 @@ from .execute import (
     create_failed,
     diagnose_function,
     lock_timeout_statement,
-    probe_in_place,
+    plan_asking_postgres,
     refused_in_place,
     run_batch,
     send,
@@ -210,14 +210,7 @@ def _run_inner(
     discipline = Discipline(discipline)
 
     def make_plan(state: DatabaseState, connection: Connection) -> Plan:
-        if graph is None:
-            made = plan_nuke(state)
-        else:
-            made = plan_sync(graph, state)
-            refused: dict[Key, str] = {}
-            while found := probe_in_place(connection, made, state):
-                refused.update(found)
-                made = plan_sync(graph, state, rebuild=refused)
+        made = plan_nuke(state) if graph is None else plan_asking_postgres(connection, graph, state)
         if on_plan is not None:
             on_plan(made)
         return made
@@ -430,12 +423,17 @@ def nuke(
 
 
 def plan(bind: Bind, declarations: Declarations, *, scope: str | None = None) -> Plan:
-    """The plan a sync would run now, without running it."""
+    """The plan a sync would run now, without running it.
+
+    Replacements in place are tried in a savepoint that is rolled back (PostgreSQL decides which it accepts),
+    so they take their objects' locks for as long as the tries last.
+    """
     registry = as_registry(declarations, scope=scope)
     graph = registry.graph()
     with _connected(bind) as connection, _read_only(connection):
         state = read_state(connection, registry.scope, graph.nodes)
-    return plan_sync(graph, state)
+        # Replacements are tried (and rolled back) so that the plan says replace or rebuild as a sync would.
+        return plan_asking_postgres(connection, graph, state)
 
 
 def diff_database(bind: Bind, declarations: Declarations, *, scope: str | None = None) -> DiffResult:

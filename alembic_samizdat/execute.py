@@ -10,7 +10,7 @@ the plan says before it runs whether an object is replaced or rebuilt.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from enum import StrEnum
 
@@ -26,9 +26,10 @@ from .errors import (
     SamizdatError,
     first_line,
 )
+from .graph import Graph
 from .identifiers import qualified
 from .keys import Key, Kind
-from .planner import Action, Plan, Verb
+from .planner import Action, Plan, Verb, plan_sync
 from .preserve import MESSAGE_PREFIX
 from .privileges import INSUFFICIENT_PRIVILEGE, PrivilegeContext, missing_privilege
 
@@ -128,6 +129,24 @@ def probe_in_place(
             sql=replaces[0].statements[0],
             action=replaces[0].describe(),
         ) from exc
+
+
+def plan_asking_postgres(
+    connection: Connection,
+    graph: Graph,
+    state: DatabaseState,
+    *,
+    force: Iterable[Key] = (),
+    both_ways: bool = False,
+) -> Plan:
+    """:func:`~alembic_samizdat.planner.plan_sync`, with the replacements PostgreSQL refuses (see
+    :func:`probe_in_place`) planned as rebuilds instead."""
+    made = plan_sync(graph, state, force=force)
+    refused: dict[Key, str] = {}
+    while found := probe_in_place(connection, made, state, both_ways=both_ways):
+        refused.update(found)
+        made = plan_sync(graph, state, force=force, rebuild=refused)
+    return made
 
 
 def _probe(connection: Connection, replaces: list[Action], state: DatabaseState, *, both_ways: bool) -> dict[Key, str]:

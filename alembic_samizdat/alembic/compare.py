@@ -18,7 +18,7 @@ from alembic.operations import ops as alembic_ops
 from sqlalchemy import MetaData
 
 from ..catalog import DatabaseState, read_state
-from ..execute import probe_in_place
+from ..execute import plan_asking_postgres
 from ..graph import Graph
 from ..identifiers import quote_literal
 from ..keys import Key, Kind
@@ -184,14 +184,8 @@ def compare_samizdats(autogen_context: AutogenContext, upgrade_ops: alembic_ops.
     plan = plan_sync(graph, state, force=force)
     if any(action.key in state.managed for action in plan.actions):
         state = read_state(connection, registry.scope, graph.nodes, full_comments=True)
-        plan = plan_sync(graph, state, force=force)
-        refused: dict[Key, str] = {}
-        while True:
-            found = probe_in_place(connection, plan, state, both_ways=True)
-            if not found:
-                break
-            refused.update(found)
-            plan = plan_sync(graph, state, force=force, rebuild=refused)
+        # Replace in place, or rebuild: PostgreSQL is asked now, there and back (see execute.probe_in_place).
+        plan = plan_asking_postgres(connection, graph, state, force=force, both_ways=True)
     for warning in plan.warnings:
         log.warning("samizdat: %s", warning)
     drops, creates = plan_to_ops(plan, graph, state)
