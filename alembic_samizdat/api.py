@@ -22,15 +22,19 @@ from .execute import (
     Discipline,
     OnAction,
     apply_actions,
+    apply_in_transaction,
     autocommit,
     collect_notices,
     create_failed,
     diagnose_function,
     lock_timeout_statement,
+    plan_asking_postgres,
+    refused_in_place,
     run_batch,
     send,
 )
 from .graph import Graph
+from .keys import Key
 from .model import Samizdat
 from .planner import (
     Action,
@@ -221,8 +225,8 @@ def _run_inner(
     """Lock, read, plan (sync when ``graph`` is given, else nuke) and apply under ``discipline``."""
     discipline = Discipline(discipline)
 
-    def make_plan(state: DatabaseState) -> Plan:
-        made = plan_sync(graph, state) if graph is not None else plan_nuke(state)
+    def make_plan(state: DatabaseState, connection: Connection) -> Plan:
+        made = plan_nuke(state) if graph is None else plan_asking_postgres(connection, graph, state)
         if on_plan is not None:
             on_plan(made)
         return made
@@ -259,18 +263,36 @@ def _run_inner(
                 applied: list[Action] = []
                 try:
                     state = _lock_and_read(conn, graph, registry, session_lock=True, adopt=adopt)
-                    plan = make_plan(state)
-                    for unit in checkpoint_units(plan.actions):
+                    plan = first = make_plan(state, conn)
+                    refused: dict[Key, str] = {}
+                    while True:
                         try:
-                            applied.extend(_apply_unit(conn, unit, on_action))
+                            for unit in checkpoint_units(plan.actions):
+                                applied.extend(_apply_unit(conn, unit, on_action))
+                            break
                         except _UnitFailed as failed:
                             action, exc = failed.action, failed.error
+                            why = refused_in_place(action, exc)
+                            if why is not None and graph is not None and action.key not in refused:
+                                # The unit was rolled back whole; what committed before it stays, the rest is
+                                # planned again from the database with this object rebuilt.
+                                refused[action.key] = why
+                                state = read_state(
+                                    conn,
+                                    registry.scope,
+                                    graph.nodes,
+                                    adopt=adopt,
+                                    trusted_owners=registry.trusted_owners,
+                                )
+                                plan = plan_sync(graph, state, rebuild=refused)
+                                continue
                             better = (
                                 diagnose_function(conn, action, in_autocommit=True) if create_failed(action) else None
                             )
                             if better is not None:
                                 raise better from exc.__cause__
                             raise exc from exc.__cause__
+                    return SyncResult(_as_run(first, applied, refused), discipline, tuple(applied), True)
                 except ExecutionError as exc:
                     if not isinstance(exc, CatalogReadError):
                         exc.tell_state(checkpoint_state(len(applied)))
@@ -284,7 +306,6 @@ def _run_inner(
                             conn.exec_driver_sql("RESET lock_timeout")
                     except Exception:
                         pass
-                return SyncResult(plan, discipline, tuple(applied), True)
         nested = connection.in_transaction()
         tx = connection.begin_nested() if nested else connection.begin()
         failed_action: Action | None = None
@@ -297,11 +318,30 @@ def _run_inner(
             if setting:
                 run_batch(connection, None, setting)
             state = _lock_and_read(connection, graph, registry, session_lock=False, adopt=adopt)
-            plan = make_plan(state)
+            plan = first = make_plan(state, connection)
             applied = []
-            for action in plan.actions:
-                failed_action = action
-                applied.extend(apply_actions(connection, [action], on_action=on_action))
+            refused = {}
+            pending = list(plan.actions)
+            while pending:
+                action = failed_action = pending.pop(0)
+                try:
+                    apply_in_transaction(connection, action)
+                except ExecutionError as exc:
+                    why = refused_in_place(action, exc)
+                    if why is None or graph is None or action.key in refused:
+                        raise
+                    # Rolled back to the savepoint: plan the rest again, from inside this transaction.
+                    refused[action.key] = why
+                    state = read_state(
+                        connection, registry.scope, graph.nodes, adopt=adopt, trusted_owners=registry.trusted_owners
+                    )
+                    plan = plan_sync(graph, state, rebuild=refused)
+                    pending = list(plan.actions)
+                    continue
+                applied.append(action)
+                if on_action is not None:
+                    on_action(action)
+            plan = _as_run(first, applied, refused)
             failed_action = None
             if discipline is Discipline.DRYRUN:
                 tx.rollback()
@@ -352,6 +392,11 @@ def one_transaction_state(discipline: Discipline, nested: bool, *, interrupted: 
     where = "rolled back to where this run began (a savepoint)" if nested else "rolled back"
     tail = "; sync again does the whole run" if interrupted else ""
     return f"Nothing was applied: the whole run (jumbo: one transaction) was {where}{tail}"
+
+
+def _as_run(first: Plan, applied: list[Action], refused: dict[Key, str]) -> Plan:
+    """The plan as it ran: the first one, or, after a refused in-place replacement, the actions that ran."""
+    return Plan(first.differences, tuple(applied), first.warnings) if refused else first
 
 
 class _UnitFailed(Exception):
@@ -412,8 +457,10 @@ def sync(
 ) -> SyncResult:
     """Make the database match the declarations.
 
-    ``discipline``: ``checkpoint`` (commit per action), ``jumbo`` (one transaction) or ``dryrun`` (one
-    transaction, rolled back). ``lock_timeout`` (seconds) bounds every lock wait; by default the server's
+    ``discipline``: ``checkpoint`` (commit per unit: a replacement, a refresh, or a rebuilt stack whole, so
+    readers never find an object missing), ``jumbo`` (one transaction) or ``dryrun`` (one transaction, rolled
+    back). Changed views, functions and triggers are replaced in place when PostgreSQL accepts it (see
+    docs/deploying.md). ``lock_timeout`` (seconds) bounds every lock wait; by default the server's
     setting applies. ``adopt="dbsamizdat"`` takes over objects DBSamizdat signed (unchanged ones are only
     re-signed; see :mod:`alembic_samizdat.adopt`). ``on_plan`` sees the plan before it runs, ``on_action`` each completed action. Raises a :class:`~alembic_samizdat.errors.SamizdatError` subclass on any problem.
     """
@@ -440,12 +487,17 @@ def nuke(
 
 
 def plan(bind: Bind, declarations: Declarations, *, scope: str | None = None) -> Plan:
-    """The plan a sync would run now, without running it."""
+    """The plan a sync would run now, without running it.
+
+    Replacements in place are tried in a savepoint that is rolled back (PostgreSQL decides which it accepts),
+    so they take their objects' locks for as long as the tries last.
+    """
     registry = as_registry(declarations, scope=scope)
     graph = registry.graph()
     with _connected(bind) as connection, _read_only(connection):
         state = read_state(connection, registry.scope, graph.nodes, trusted_owners=registry.trusted_owners)
-    return plan_sync(graph, state)
+        # Replacements are tried (and rolled back) so that the plan says replace or rebuild as a sync would.
+        return plan_asking_postgres(connection, graph, state)
 
 
 def diff_database(bind: Bind, declarations: Declarations, *, scope: str | None = None) -> DiffResult:

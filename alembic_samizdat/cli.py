@@ -171,8 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--txdiscipline",
         choices=[d.value for d in Discipline],
         default=Discipline.CHECKPOINT.value,
-        help="checkpoint: commit after each action (default); jumbo: one transaction; dryrun: one transaction, "
-        "rolled back",
+        help="checkpoint: commit after each replacement, refresh or rebuilt stack (default); jumbo: one "
+        "transaction; dryrun: one transaction, rolled back",
     )
     p.add_argument(
         "-m",

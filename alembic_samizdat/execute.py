@@ -1,21 +1,25 @@
 """Applying a plan on a SQLAlchemy ``Connection`` under a transaction discipline.
 
 Each action's statements go to the server as one batch: one round trip, and (a property of PostgreSQL's
-simple query protocol) one implicit transaction when no transaction is open. That makes ``checkpoint``
-cost one round trip per action with create-and-sign atomic, and ``jumbo`` one transaction around them all.
+simple query protocol) one implicit transaction when no transaction is open. That makes a one-action
+``checkpoint`` unit cost one round trip with create-and-sign atomic, and ``jumbo`` one transaction around them
+all. In-place replacements are tried first in a transaction that is rolled back (:func:`probe_in_place`), so
+the plan says before it runs whether an object is replaced or rebuilt.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from enum import StrEnum
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from . import pinned
+from .catalog import DatabaseState
+from .declared import or_replace
 from .errors import (
     ExecutionError,
     FunctionSignatureMismatchError,
@@ -23,9 +27,10 @@ from .errors import (
     SamizdatError,
     first_line,
 )
+from .graph import Graph
 from .identifiers import qualified
-from .keys import Kind
-from .planner import Action, Verb
+from .keys import Key, Kind
+from .planner import Action, Plan, Verb, plan_sync
 from .preserve import MESSAGE_PREFIX
 from .privileges import INSUFFICIENT_PRIVILEGE, PrivilegeContext, missing_privilege
 
@@ -36,7 +41,8 @@ LOCK_KEY = int.from_bytes(hashlib.sha256(b"alembic_samizdat").digest()[:8], "big
 class Discipline(StrEnum):
     """Transaction disciplines (as in DBSamizdat)."""
 
-    #: Commit after every action; a failure leaves the database at the last completed action.
+    #: Commit after every unit (a replacement, a refresh, or a rebuilt stack whole: see
+    #: :func:`~alembic_samizdat.planner.checkpoint_units`); a failure leaves the units before it.
     CHECKPOINT = "checkpoint"
     #: One transaction for the whole run; a failure changes nothing.
     JUMBO = "jumbo"
@@ -62,6 +68,139 @@ def lock_timeout_statement(seconds: float | None, *, local: bool) -> str | None:
     if seconds <= 0:
         raise SamizdatError(f"lock_timeout must be positive, not {seconds!r}")
     return f"SET {'LOCAL ' if local else ''}lock_timeout = {int(seconds * 1000)}"
+
+
+#: How PostgreSQL refuses a ``CREATE OR REPLACE`` that dropping and creating would do: invalid_table_definition
+#: (a view's columns renamed, retyped or dropped), invalid_function_definition (a function's result type, OUT
+#: or argument names, defaults), wrong_object_type (a function became a procedure), feature_not_supported and
+#: object_not_in_prerequisite_state (e.g. a constraint trigger).
+REFUSED_IN_PLACE = frozenset({"42P16", "42P13", "42809", "0A000", "55000"})
+
+#: The savepoint that lets a refused in-place replacement fall back inside a transaction.
+REPLACE_SAVEPOINT = "samizdat_replace"
+
+
+def refused_in_place(action: Action, exc: BaseException) -> str | None:
+    """Why PostgreSQL refused to replace ``action``'s object in place, when that is what ``exc`` says."""
+    if action.verb is not Verb.REPLACE:
+        return None
+    cause = exc.__cause__ if isinstance(exc, SamizdatError) else exc
+    if cause is None or sqlstate(cause) not in REFUSED_IN_PLACE:
+        return None
+    return refusal_reason(cause)
+
+
+def apply_in_transaction(connection: Connection, action: Action) -> None:
+    """Run one action inside an open transaction; a replacement runs in a savepoint, rolled back on failure.
+
+    The savepoint travels in the action's own batch, so a replacement costs no extra round trip.
+    """
+    if action.verb is not Verb.REPLACE:
+        run_batch(connection, action, action.sql)
+        return
+    try:
+        run_batch(
+            connection,
+            action,
+            f"SAVEPOINT {REPLACE_SAVEPOINT};\n{action.sql}\nRELEASE SAVEPOINT {REPLACE_SAVEPOINT};",
+        )
+    except ExecutionError:
+        with suppress(SQLAlchemyError):
+            send(connection, f"ROLLBACK TO SAVEPOINT {REPLACE_SAVEPOINT}; RELEASE SAVEPOINT {REPLACE_SAVEPOINT}")
+        raise
+
+
+def probe_in_place(
+    connection: Connection, plan: Plan, state: DatabaseState, *, both_ways: bool = False
+) -> dict[Key, str]:
+    """Ask PostgreSQL which in-place replacements of ``plan`` it refuses, in a transaction (or savepoint)
+    that is always rolled back; ``both_ways`` also tries putting each previous definition back (what an Alembic
+    downgrade does), in reverse order.
+
+    The plan then shows what will happen (``replace`` or a rebuild, and why) before anything runs; the locks
+    the tries take are held only for the tries.
+    """
+    replaces = [action for action in plan.actions if action.verb is Verb.REPLACE]
+    if not replaces:
+        return {}
+    try:
+        return _probe(connection, replaces, state, both_ways=both_ways)
+    except SQLAlchemyError as exc:
+        raise ExecutionError(
+            f"trying the in-place replacements failed: {first_line(exc)}. Nothing was changed",
+            sql=replaces[0].statements[0],
+            action=replaces[0].describe(),
+        ) from exc
+
+
+def plan_asking_postgres(
+    connection: Connection,
+    graph: Graph,
+    state: DatabaseState,
+    *,
+    force: Iterable[Key] = (),
+    both_ways: bool = False,
+) -> Plan:
+    """:func:`~alembic_samizdat.planner.plan_sync`, with the replacements PostgreSQL refuses (see
+    :func:`probe_in_place`) planned as rebuilds instead."""
+    made = plan_sync(graph, state, force=force)
+    refused: dict[Key, str] = {}
+    while found := probe_in_place(connection, made, state, both_ways=both_ways):
+        refused.update(found)
+        made = plan_sync(graph, state, force=force, rebuild=refused)
+    return made
+
+
+def _probe(connection: Connection, replaces: list[Action], state: DatabaseState, *, both_ways: bool) -> dict[Key, str]:
+    nested = connection.in_transaction() and not _autocommit(connection)
+    send(connection, "SAVEPOINT samizdat_probe" if nested else "BEGIN")
+    refused: dict[Key, str] = {}
+    try:
+        for action in replaces:
+            why = _refusal(connection, action, action.statements[0])
+            if why is not None:
+                refused[action.key] = why
+        for action in reversed(replaces) if both_ways else ():
+            obj = state.managed[action.key]
+            previous = obj.signature.sql if obj.signature is not None else None
+            back = or_replace(previous, Kind(obj.kind), action.key) if previous is not None else None
+            if action.key in refused or back is None:
+                continue
+            why = _refusal(connection, action, back)
+            if why is not None:
+                refused[action.key] = f"{why}, going back on downgrade"
+    except BaseException:
+        # A connection lost in the middle cannot roll back; the error that lost it is the one to report.
+        with suppress(SQLAlchemyError):
+            send(connection, "ROLLBACK TO SAVEPOINT samizdat_probe; RELEASE samizdat_probe" if nested else "ROLLBACK")
+        raise
+    send(connection, "ROLLBACK TO SAVEPOINT samizdat_probe; RELEASE samizdat_probe" if nested else "ROLLBACK")
+    return refused
+
+
+def _autocommit(connection: Connection) -> bool:
+    return connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+
+
+def _refusal(connection: Connection, action: Action, sql: str) -> str | None:
+    send(connection, "SAVEPOINT samizdat_try")
+    try:
+        send(connection, sql)
+    except DBAPIError as exc:
+        send(connection, "ROLLBACK TO SAVEPOINT samizdat_try")
+        if sqlstate(exc) == "55P03":
+            # The run would wait for the same lock: report it now rather than wait twice.
+            raise _describe_failure(action, exc, sql) from exc
+        # Any other error (e.g. an object the plan creates first is missing here) is not a refusal: running
+        # the plan reports it.
+        return refusal_reason(exc) if sqlstate(exc) in REFUSED_IN_PLACE else None
+    send(connection, "RELEASE samizdat_try")
+    return None
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """Why a replacement was refused, for the action that rebuilds instead."""
+    return f"PostgreSQL refused to replace it in place ({first_line(exc)})"
 
 
 #: duplicate_function, duplicate_table, duplicate_object.
@@ -166,7 +305,7 @@ def autocommit(connection: Connection, *, purpose: str = "sync") -> Iterator[Con
             hint = "refresh runs each view in its own transaction; pass an Engine or a Connection outside a transaction"
         else:
             hint = (
-                "the checkpoint discipline commits after every action; pass an Engine, a Connection outside a "
+                "the checkpoint discipline commits after every unit; pass an Engine, a Connection outside a "
                 "transaction, or use the jumbo discipline"
             )
         raise SamizdatError(f"this connection is inside a transaction: {hint}")

@@ -295,6 +295,8 @@ def simulate(before: SamizdatRegistry, after: SamizdatRegistry, applied: list[Ac
         elif action.verb is Verb.CREATE:
             expected[ident] = new[ident]
             populated[ident] = False
+        elif action.verb is Verb.REPLACE:
+            expected[ident] = new[ident]  # in place: a view stays populated, there is nothing else to populate
         else:
             populated[ident] = True
     return expected, populated
@@ -353,7 +355,8 @@ def test_killed_sync_leaves_a_stated_state_and_the_next_sync_converges(
         sync(engine, v2)
         problems += [f"{where}, then synced: {p}" for p in converged(engine, v2) + data_problems(engine, "v2")]
     assert problems == [], "\n".join(problems)
-    assert discipline is not Discipline.CHECKPOINT or partial >= total // 2
+    # A kill in the middle of a unit (a rebuilt stack) or of the replacement tries leaves nothing partial.
+    assert discipline is not Discipline.CHECKPOINT or partial >= total // 3
 
 
 ATTACHED = (
@@ -717,7 +720,10 @@ def test_eight_concurrent_syncs_of_the_same_version_do_the_work_once(engine: sa.
     )
     workers = [i for i, r in results.items() if r.applied]
     assert len(workers) == 1, {i: r.summary() for i, r in results.items()}
-    creates = [a.key for a in results[workers[0]].applied if a.verb is Verb.CREATE]
-    assert sorted(creates) == sorted(set(creates)) and len(creates) == len(registry.graph().nodes)
+    # Every object created or replaced once, by one worker.
+    creates = [a.key for a in results[workers[0]].applied if a.verb in (Verb.CREATE, Verb.REPLACE)]
+    assert sorted(creates) == sorted(set(creates))
+    wanted = {d.key for d in results[workers[0]].differences if d.what.value != "excess in the database"}
+    assert set(creates) == wanted and len(wanted) >= 6
     assert converged(engine, registry) == []
     assert data_problems(engine, "v2") == []

@@ -112,7 +112,8 @@ def roles(db_url: str, engine: sa.Engine) -> Iterator[Roles]:
 def reports(total: str = "sum(amount)") -> SamizdatRegistry:
     """A view (granted to PUBLIC), a materialized view and a function in schema "reports", reading data.orders.
 
-    ``total`` is the view's expression: changing it makes the next sync drop and recreate the view.
+    ``total`` is the view's expression: changing it replaces the view in place, and changing its type makes
+    the next sync drop and recreate the view.
     """
     return make_registry(*report_classes(total))
 
@@ -212,7 +213,9 @@ def test_minimum_is_enough_for_sync_diff_refresh_nuke(roles: Roles) -> None:
     # A change recreates the view (capture and restore use a temporary table: TEMPORARY, which PUBLIC has).
     changed = reports("sum(amount) + 0")
     assert diff_database(reader, trusting(reports("sum(amount) + 0"), roles.migrator)).exit_code == 103
-    assert any(a.verb.value == "drop" for a in sync(migrator, changed, discipline="jumbo").applied)
+    assert any(a.verb.value == "replace" for a in sync(migrator, changed, discipline="jumbo").applied)
+    retyped = reports("sum(amount)::float8")
+    assert any(a.verb.value == "drop" for a in sync(migrator, retyped, discipline="jumbo").applied)
     assert scalar(roles.admin, 'SELECT total FROM reports."Total"') == 42
     assert len(nuke(migrator, changed).applied) == 3
     assert rows(roles.admin, "SELECT relname FROM pg_class WHERE relnamespace = 'reports'::regnamespace") == []
@@ -313,7 +316,7 @@ def test_recreate_needs_ownership_and_temporary(roles: Roles) -> None:
     roles.sql(*MINIMUM)
     migrator = roles.engine(roles.migrator)
     assert sync(migrator, reports()).committed
-    changed = reports("sum(amount) - 0")
+    changed = reports("sum(amount)::float8")  # a new column type: recreated, not replaced in place
     # Keeping grants and indexes across the recreate needs a temporary table.
     roles.sql("REVOKE TEMPORARY ON DATABASE {db} FROM PUBLIC".replace("{db}", f'"{make_url(roles.url).database}"'))
     fails(roles, lambda: sync(migrator, changed, discipline="jumbo"), "TEMPORARY on database", roles.migrator)

@@ -18,6 +18,7 @@ from alembic.operations import ops as alembic_ops
 from sqlalchemy import MetaData
 
 from ..catalog import DatabaseState, read_state
+from ..execute import plan_asking_postgres
 from ..graph import Graph
 from ..grouping import action_entries, grouped, owner
 from ..identifiers import quote_literal
@@ -25,7 +26,7 @@ from ..keys import Key, Kind
 from ..planner import Plan, Verb, grant_changes, grant_statements, plan_sync
 from ..registry import SamizdatRegistry
 from ..signature import signature_text, without_sql
-from .ops import CreateSamizdatOp, DropSamizdatOp, RefreshSamizdatOp, RegrantSamizdatOp
+from .ops import CreateSamizdatOp, DropSamizdatOp, RefreshSamizdatOp, RegrantSamizdatOp, ReplaceSamizdatOp
 
 log = logging.getLogger("alembic.samizdat")
 
@@ -165,6 +166,26 @@ def plan_to_ops(plan: Plan, graph: Graph, state: DatabaseState) -> tuple[list[An
                     reason=action.reason,
                 )
             )
+        elif action.verb is Verb.REPLACE:
+            assert action.declared is not None
+            item = action.declared
+            obj = state.managed[action.key]
+            restore, restore_signature = None, None
+            if obj.comment is not None and obj.signature is not None:
+                restore_signature, restore = without_sql(obj.comment)
+            creates.append(
+                ReplaceSamizdatOp(
+                    item.kind.value,
+                    name,
+                    item.sql,
+                    signature=signature_text(item, state.scope, include_sql=False, deps=graph.deps.get(item.key, ())),
+                    drop=item.drop_statement(),
+                    grants="\n;\n".join(st for st in action.statements if st.startswith(("GRANT ", "REVOKE "))) or None,
+                    restore=restore,
+                    restore_signature=restore_signature,
+                    reason=action.reason,
+                )
+            )
         elif action.verb is Verb.GRANT:
             assert action.declared is not None
             obj = state.managed[action.key]
@@ -205,7 +226,8 @@ def compare_samizdats(autogen_context: AutogenContext, upgrade_ops: alembic_ops.
         state = read_state(
             connection, registry.scope, graph.nodes, full_comments=True, trusted_owners=registry.trusted_owners
         )
-        plan = plan_sync(graph, state, force=force)
+        # Replace in place, or rebuild: PostgreSQL is asked now, there and back (see execute.probe_in_place).
+        plan = plan_asking_postgres(connection, graph, state, force=force, both_ways=True)
     for warning in plan.warnings:
         log.warning("samizdat: %s", warning)
     drops, creates = plan_to_ops(plan, graph, state)

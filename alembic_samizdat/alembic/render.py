@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic.autogenerate.api import AutogenContext
 from alembic.autogenerate.render import renderers
 
-from .ops import CreateSamizdatOp, DropSamizdatOp, RefreshSamizdatOp, RegrantSamizdatOp
+from .ops import CreateSamizdatOp, DropSamizdatOp, RefreshSamizdatOp, RegrantSamizdatOp, ReplaceSamizdatOp
 
 IMPORT = "import alembic_samizdat.alembic  # noqa: F401  (registers op.create_samizdat and friends)"
 
@@ -49,6 +49,26 @@ def render_create(autogen_context: AutogenContext, op: CreateSamizdatOp) -> str:
             f"drop={literal(op.drop)}",
             f"with_data={op.with_data!r}",
             *([f"grants={literal(op.grants)}"] if op.grants else []),
+        )
+    )
+
+
+@renderers.dispatch_for(ReplaceSamizdatOp)
+def render_replace(autogen_context: AutogenContext, op: ReplaceSamizdatOp) -> str:
+    """``op.replace_samizdat(...)``."""
+    autogen_context.imports.add(IMPORT)
+    return (
+        _why(op.reason)
+        + "op.replace_samizdat"
+        + _args(
+            repr(op.kind),
+            repr(op.name),
+            f"sql={literal(op.sql)}",
+            f"signature={literal(op.signature)}",
+            f"drop={literal(op.drop)}",
+            *([f"grants={literal(op.grants)}"] if op.grants else []),
+            f"restore={literal(op.restore)}",
+            f"restore_signature={literal(op.restore_signature)}",
         )
     )
 
