@@ -33,7 +33,7 @@ def cli_url(url: str) -> URL:
     """``url`` as a psycopg 3 URL, or :class:`UnusableUrlError` naming it and what to write instead."""
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
         raise UnusableUrlError(f"not a database URL: {shown(url)!r}; write e.g. {_EXAMPLE}") from exc
     backend = parsed.get_backend_name()
     if backend in _PLACEHOLDER_DRIVERS:
