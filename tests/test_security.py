@@ -716,7 +716,7 @@ from {package} import SamizdatFunction, SamizdatView
 class secret_total(SamizdatFunction):
     sql_template = """
         ${{preamble}}
-        RETURNS bigint LANGUAGE sql SECURITY DEFINER AS $$$$ SELECT count(*){extra} FROM pg_class $$$$
+        RETURNS {rtype} LANGUAGE sql SECURITY DEFINER AS $$$$ SELECT count(*)::{rtype} FROM pg_class $$$$
         ${{postamble}}
         """
 
@@ -724,7 +724,7 @@ class secret_total(SamizdatFunction):
 class Shown(SamizdatView):
     sql_template = """
         ${{preamble}}
-        SELECT 1{extra} AS one
+        SELECT 1::{rtype} AS one
         ${{postamble}}
         """
 '''
@@ -746,7 +746,7 @@ def _dbsamizdat_cli() -> str | None:
 )
 def test_adopting_and_replacing_keeps_grants_and_revokes(world: World, tmp_path: Path) -> None:
     legacy = tmp_path / "legacy.py"
-    legacy.write_text(DBSAMIZDAT_MODULE.format(package="dbsamizdat", extra=""))
+    legacy.write_text(DBSAMIZDAT_MODULE.format(package="dbsamizdat", rtype="bigint"))
     url = make_url(world.url).set(drivername="postgresql").render_as_string(hide_password=False)
     done = subprocess.run(
         [str(_dbsamizdat_cli()), "sync", url, str(legacy)], capture_output=True, text=True, timeout=120, cwd=tmp_path
@@ -759,7 +759,8 @@ def test_adopting_and_replacing_keeps_grants_and_revokes(world: World, tmp_path:
         f'GRANT SELECT ON public."Shown" TO "{world.deployer}"',
     )
     ours = tmp_path / "ours.py"
-    ours.write_text(DBSAMIZDAT_MODULE.format(package="alembic_samizdat.compat.dbsamizdat", extra=" + 0"))
+    # A new result type: PostgreSQL cannot replace either in place, so both are dropped and recreated.
+    ours.write_text(DBSAMIZDAT_MODULE.format(package="alembic_samizdat.compat.dbsamizdat", rtype="numeric"))
     registry = SamizdatRegistry()
     registry.load(str(ours))
     result = sync(world.admin, registry, adopt="dbsamizdat")
@@ -846,7 +847,7 @@ def test_alembic_paths_ignore_planted_overloads(
     cfg.output_buffer = buffer
     command.upgrade(cfg, f"{head.down_revision}:head", sql=True)
     script = buffer.getvalue()
-    assert "DROP MATERIALIZED VIEW" in script, script
+    assert "CREATE OR REPLACE VIEW" in script, script
     psql = subprocess.run(
         [psql_binary(), "-v", "ON_ERROR_STOP=1", "-X", "-q", "-f", "-", _libpq(world.url_as(world.deployer))],
         input=script,

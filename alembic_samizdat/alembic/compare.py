@@ -125,6 +125,22 @@ def _readers(graph: Graph, tables: set[tuple[str, str]]) -> set[Key]:
     return readers
 
 
+def _above(graph: Graph, key: Key) -> set[Key]:
+    """Every declared object that reads ``key``, directly or through others."""
+    readers: dict[Key, set[Key]] = {}
+    for node, deps in graph.deps.items():
+        for dep in deps:
+            readers.setdefault(dep, set()).add(node)
+    found: set[Key] = set()
+    todo = [key]
+    while todo:
+        for reader in readers.get(todo.pop(), ()):
+            if reader not in found:
+                found.add(reader)
+                todo.append(reader)
+    return found
+
+
 def plan_to_ops(plan: Plan, graph: Graph, state: DatabaseState) -> tuple[list[Any], list[Any]]:
     """(drop ops, create-and-refresh ops) of a plan, in execution order."""
     drops: list[Any] = []
@@ -173,6 +189,10 @@ def plan_to_ops(plan: Plan, graph: Graph, state: DatabaseState) -> tuple[list[An
             restore, restore_signature = None, None
             if obj.comment is not None and obj.signature is not None:
                 restore_signature, restore = without_sql(obj.comment)
+            # The way back must refresh what reads it after replacing it; the upgrade's refresh operations run
+            # after this one, so in the downgrade they run before it.
+            above = _above(graph, action.key)
+            refreshes = [a.sql for a in plan.actions if a.verb is Verb.REFRESH and a.key in above]
             creates.append(
                 ReplaceSamizdatOp(
                     item.kind.value,
@@ -184,6 +204,7 @@ def plan_to_ops(plan: Plan, graph: Graph, state: DatabaseState) -> tuple[list[An
                     restore=restore,
                     restore_signature=restore_signature,
                     reason=action.reason,
+                    restore_refresh="\n;\n".join(refreshes) or None,
                 )
             )
         elif action.verb is Verb.GRANT:

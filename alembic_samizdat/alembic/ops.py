@@ -241,6 +241,8 @@ class ReplaceSamizdatOp(MigrateOperation):
         restore: str | None = None,
         restore_signature: str | None = None,
         reason: str | None = None,
+        refresh: str | None = None,
+        restore_refresh: str | None = None,
     ) -> None:
         self.kind = kind
         self.name = name
@@ -252,6 +254,11 @@ class ReplaceSamizdatOp(MigrateOperation):
         self.restore_signature = restore_signature
         #: Why autogenerate wrote this operation (rendered as a comment, not an argument).
         self.reason = reason
+        #: Refreshes of the materialized views above it, run right after it (a downgrade's replacement back:
+        #: the upgrade's own refresh operations come after it, so in a downgrade they come before).
+        self.refresh = refresh
+        #: What :attr:`refresh` is for the way back (:meth:`reverse`).
+        self.restore_refresh = restore_refresh
 
     @classmethod
     def replace_samizdat(
@@ -266,6 +273,8 @@ class ReplaceSamizdatOp(MigrateOperation):
         grants: str | None = None,
         restore: str | None = None,
         restore_signature: str | None = None,
+        refresh: str | None = None,
+        restore_refresh: str | None = None,
     ) -> Any:
         """``op.replace_samizdat(kind, name, sql, signature=…, drop=…, restore=…, restore_signature=…)``."""
         op = cls(
@@ -277,6 +286,8 @@ class ReplaceSamizdatOp(MigrateOperation):
             grants=grants,
             restore=restore,
             restore_signature=restore_signature,
+            refresh=refresh,
+            restore_refresh=restore_refresh,
         )
         return operations.invoke(op)
 
@@ -290,6 +301,8 @@ class ReplaceSamizdatOp(MigrateOperation):
             drop=self.drop,
             restore=self.sql,
             restore_signature=self.signature,
+            refresh=self.restore_refresh,
+            restore_refresh=self.refresh,
         )
 
     def to_diff_tuple(self) -> tuple[str, str, str]:
@@ -420,6 +433,8 @@ def _replace(operations: Operations, op: ReplaceSamizdatOp) -> None:
     run_sql(operations, replace_batch(op.kind, op.name, op.sql, op.signature, op.drop), what=what)
     if op.grants:
         run_sql(operations, op.grants.rstrip().rstrip(";") + ";", what=what)
+    if op.refresh:
+        run_sql(operations, op.refresh.rstrip().rstrip(";") + ";", what=what)
 
 
 @Operations.implementation_for(DropSamizdatOp)

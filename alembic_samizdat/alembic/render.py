@@ -69,6 +69,8 @@ def render_replace(autogen_context: AutogenContext, op: ReplaceSamizdatOp) -> st
             *([f"grants={literal(op.grants)}"] if op.grants else []),
             f"restore={literal(op.restore)}",
             f"restore_signature={literal(op.restore_signature)}",
+            *([f"refresh={literal(op.refresh)}"] if op.refresh else []),
+            *([f"restore_refresh={literal(op.restore_refresh)}"] if op.restore_refresh else []),
         )
     )
 
