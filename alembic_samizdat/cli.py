@@ -280,7 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p, defaults=False, database=False)
     p.add_argument("path", nargs="?", default="samizdats.py", help="file to create (default: samizdats.py)")
+    _add_worker_parsers(sub, target_help)
     return parser
+
+
+def _add_worker_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], target_help: str) -> None:
+    """``worker`` and ``status`` (deferred autorefresh), defined in :mod:`.cli_worker`."""
+    from .cli_worker import add_parsers
+
+    add_parsers(sub, target_help)
 
 
 def _split_target(target: Sequence[str], *, need_modules: bool, command: str) -> tuple[str | None, list[str]]:
@@ -632,6 +640,18 @@ def cmd_init(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace, out: Output) -> int:
+    from .cli_worker import cmd_worker as run
+
+    return run(args, out)
+
+
+def cmd_status(args: argparse.Namespace, out: Output) -> int:
+    from .cli_worker import cmd_status as run
+
+    return run(args, out)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "sync": cmd_sync,
     "diff": cmd_diff,
@@ -640,6 +660,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "printdot": cmd_printdot,
     "adopt": cmd_adopt,
     "init": cmd_init,
+    "worker": cmd_worker,
+    "status": cmd_status,
 }
 
 

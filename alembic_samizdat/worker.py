@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -368,7 +369,7 @@ class Worker:
                     self._listen()
                     self._serve()
                     backoff = 0.2
-                except (DBAPIError, OSError) as exc:
+                except (DBAPIError, psycopg.Error, OSError) as exc:
                     log.warning("connection lost (%s); reconnecting in %.1f s", first_line(exc), backoff)
                 except RefreshError as exc:
                     log.error("%s; retrying in %.1f s", exc, backoff)
