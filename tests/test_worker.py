@@ -435,3 +435,61 @@ def test_generated_sql_is_immune_to_search_path(engine: sa.Engine) -> None:
         conn.exec_driver_sql("INSERT INTO src VALUES (1)")
         conn.commit()
     assert [v.marks for v in stale_views(engine, make_registry(deferred))] == [1]
+
+
+ALEMBIC_MODULE = """
+from sqlalchemy import Column, Integer, MetaData, Table
+
+from alembic_samizdat import SamizdatMaterializedView, SamizdatRegistry
+
+metadata = MetaData()
+registry = SamizdatRegistry(metadata)
+Table("src", metadata, Column("x", Integer))
+
+
+@registry.register
+class Totals(SamizdatMaterializedView):
+    refresh_triggers = {{"src"}}
+    refresh_mode = "{mode}"
+    sql_template = "${{preamble}} SELECT count(*) AS n FROM src ${{postamble}}"
+"""
+
+
+def test_alembic_creates_and_switches_deferred_triggers(
+    tmp_path: Path, db_url: str, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from alembic import command
+    from helpers import alembic_project
+
+    name = f"deferred_shop_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = alembic_project(tmp_path, name)
+
+    def write(mode: str) -> SamizdatRegistry:
+        (tmp_path / f"{name}.py").write_text(ALEMBIC_MODULE.format(mode=mode))
+        sys.modules.pop(name, None)
+        return registry_from_modules([name])
+
+    try:
+        deferred = write("deferred")
+        command.revision(cfg, message="deferred", autogenerate=True)
+        command.upgrade(cfg, "head")
+        insert(engine, 2)
+        assert scalar(engine, 'SELECT n FROM "Totals"') == 0
+        assert [v.marks for v in stale_views(engine, deferred)] == [2]
+        Worker(engine, deferred).refresh_round()
+        assert scalar(engine, 'SELECT n FROM "Totals"') == 2
+        command.check(cfg)  # the deferred sidekicks match the declarations
+        immediate = write("immediate")
+        command.revision(cfg, message="immediate", autogenerate=True)
+        command.upgrade(cfg, "head")
+        insert(engine, 1)
+        assert scalar(engine, 'SELECT n FROM "Totals"') == 3
+        assert diff_database(engine, immediate).differences == ()
+        command.downgrade(cfg, "-1")
+        insert(engine, 1)
+        assert scalar(engine, 'SELECT n FROM "Totals"') == 3  # deferred again: marked, not refreshed
+        assert [v.marks for v in stale_views(engine, deferred)] == [1]
+    finally:
+        sys.modules.pop(name, None)
