@@ -158,14 +158,15 @@ def test_worker_catches_up_on_marks_written_while_none_ran(engine: sa.Engine, st
 
 def test_burst_of_1000_inserts_makes_a_handful_of_refreshes(engine: sa.Engine, stack: SamizdatRegistry) -> None:
     before = refreshes(engine)
-    with running(engine, stack, debounce=0.3, max_delay=10.0):
+    with running(engine, stack, debounce=0.5, max_delay=10.0):
         insert(engine, 1000)
         wait_until(lambda: fresh(engine), "the views are fresh after the burst")
         wait_until(lambda: not stale_views(engine, stack), "the marks are consumed")
     assert counts(engine) == (1000, 1000, 1000)
     done = refreshes(engine) - before
-    # Immediate autorefresh would have refreshed 1,000 times.
-    assert 1 <= done <= 5, done
+    # Immediate autorefresh would have refreshed 1,000 times; a pause of the writer longer than the debounce (a
+    # loaded machine) may add a refresh during the burst.
+    assert 1 <= done <= 10, done
 
 
 def test_status_and_worker_on_the_command_line(
@@ -493,3 +494,19 @@ def test_alembic_creates_and_switches_deferred_triggers(
         assert [v.marks for v in stale_views(engine, deferred)] == [1]
     finally:
         sys.modules.pop(name, None)
+
+
+def test_a_view_added_above_later_is_marked_too(engine: sa.Engine) -> None:
+    run_sql(engine, "CREATE TABLE src (x int)")
+    base = matview("V", "SELECT count(*) AS n FROM src", refresh_triggers={"src"}, refresh_mode="deferred")
+    sync(engine, make_registry(base))
+    insert(engine, 1)
+    top = matview("W", 'SELECT n FROM "V"', deps_on={base})
+    both = make_registry(base, top)
+    sync(engine, both)  # replaces V's marking function: its marks now name W too
+    assert diff_database(engine, both).differences == ()
+    insert(engine, 1)
+    assert [(v.key.name, v.marks) for v in stale_views(engine, both)] == [("V", 2), ("W", 1)]
+    Worker(engine, both).refresh_round()
+    assert (scalar(engine, 'SELECT n FROM "V"'), scalar(engine, 'SELECT n FROM "W"')) == (2, 2)
+    assert stale_views(engine, both) == []
