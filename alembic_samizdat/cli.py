@@ -288,7 +288,7 @@ def _add_worker_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     """``worker`` and ``status`` (deferred autorefresh), defined in :mod:`.cli_worker`."""
     from .cli_worker import add_parsers
 
-    add_parsers(sub, target_help)
+    add_parsers(sub, target_help, lambda p: _common(p, defaults=False), _examples)
 
 
 def _split_target(target: Sequence[str], *, need_modules: bool, command: str) -> tuple[str | None, list[str]]:
@@ -641,15 +641,23 @@ def cmd_init(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, out: Output) -> int:
-    from .cli_worker import cmd_worker as run
+    from .cli_worker import serve
 
-    return run(args, out)
+    if args.debounce < 0 or args.max_delay < 0 or args.jobs < 1:
+        raise CliError("--debounce and --max-delay take 0 or more seconds, --jobs 1 or more")
+    url, registry = _target(args)
+    registry.graph()
+    with _engine_for(url, args, out, allow_embedded=False) as engine:
+        return serve(engine, registry, args, log=out.log, quiet=out.quiet)
 
 
 def cmd_status(args: argparse.Namespace, out: Output) -> int:
-    from .cli_worker import cmd_status as run
+    from .cli_worker import status
 
-    return run(args, out)
+    url, registry = _target(args)
+    registry.graph()
+    with _engine_for(url, args, out, allow_embedded=False) as engine:
+        return status(engine, registry, out.info)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {

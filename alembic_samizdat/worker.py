@@ -32,15 +32,26 @@ from sqlalchemy.exc import DBAPIError
 from . import pinned
 from .api import Declarations, as_registry
 from .deferred import MARKS_TABLE, channel, consume_and_refresh_statement, marks_table
-from .errors import SamizdatError, first_line
+from .errors import NoDeferredViewsError, RefreshError, SamizdatError, first_line
 from .graph import Graph
 from .identifiers import quote_ident
 from .keys import Key, Kind
 from .planner import Action, Verb
 from .refresh_plan import Concurrently, Schedule, choose_concurrently
-from .refresher import RefreshError, RefreshResult, _Run, read_view_states, refresh_serial, refresh_threaded
+from .refresher import RefreshResult, _Run, read_view_states, refresh_serial, refresh_threaded
 from .registry import SamizdatRegistry
 from .signature import clear_stale_statement
+
+__all__ = [
+    "NoDeferredViewsError",
+    "Refreshed",
+    "RoundResult",
+    "StaleView",
+    "Worker",
+    "run_worker",
+    "run_worker_async",
+    "stale_views",
+]
 
 log = logging.getLogger("alembic_samizdat.worker")
 
@@ -53,10 +64,6 @@ DEFAULT_POLL = 60.0
 MAX_BACKOFF = 5.0
 #: Longest blocking wait, so that a stop request is seen promptly (seconds).
 _SLICE = 0.2
-
-
-class NoDeferredViewsError(SamizdatError):
-    """The worker was given declarations without any materialized view in ``refresh_mode = "deferred"``."""
 
 
 @dataclass(frozen=True)
