@@ -209,6 +209,12 @@ class Worker:
             raise SamizdatError("debounce and max_delay must be 0 or more seconds, and poll more than 0")
         if jobs < 1:
             raise SamizdatError(f"jobs must be 1 or more, not {jobs}")
+        if engine.dialect.driver != "psycopg":
+            # LISTEN is read through psycopg 3's notifies(); the other drivers have no equivalent we use.
+            raise SamizdatError(
+                f"the worker needs an engine on psycopg 3 (postgresql+psycopg://), not {engine.dialect.driver!r}: "
+                "create one with sqlalchemy.create_engine(url.set(drivername='postgresql+psycopg'))"
+            )
         self.engine = engine
         self.registry = as_registry(declarations, scope=scope)
         self.graph = self.registry.graph()

@@ -24,7 +24,7 @@ import pytest
 import sqlalchemy as sa
 from helpers import make_registry, matview, rows, run_sql, scalar
 
-from alembic_samizdat import SamizdatRegistry
+from alembic_samizdat import SamizdatError, SamizdatRegistry
 from alembic_samizdat.api import diff_database, sync
 from alembic_samizdat.cli import main
 from alembic_samizdat.deferred import LOCK_NAMESPACE, MARKS_TABLE, view_lock_key
@@ -510,3 +510,13 @@ def test_a_view_added_above_later_is_marked_too(engine: sa.Engine) -> None:
     Worker(engine, both).refresh_round()
     assert (scalar(engine, 'SELECT n FROM "V"'), scalar(engine, 'SELECT n FROM "W"')) == (2, 2)
     assert stale_views(engine, both) == []
+
+
+def test_worker_on_another_driver_says_which_it_needs(db_url: str) -> None:
+    pytest.importorskip("psycopg2")
+    other = sa.create_engine(sa.make_url(db_url).set(drivername="postgresql+psycopg2"))
+    try:
+        with pytest.raises(SamizdatError, match=r"needs an engine on psycopg 3"):
+            Worker(other, make_registry(matview("V", "SELECT 1 AS n", refresh_triggers={"t"}, refresh_mode="deferred")))
+    finally:
+        other.dispose()
