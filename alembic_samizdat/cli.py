@@ -90,7 +90,7 @@ def _connection_reason(exc: DBAPIError) -> str:
 
 
 #: Subcommands that connect to a database and read a registry: where -c, --scope and --connect-timeout apply.
-DATABASE_COMMANDS = ("sync", "diff", "nuke", "refresh", "adopt")
+DATABASE_COMMANDS = ("sync", "diff", "nuke", "refresh", "adopt", "worker", "status")
 
 
 def _common(parser: argparse.ArgumentParser, *, defaults: bool, database: bool = True) -> None:
@@ -280,7 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p, defaults=False, database=False)
     p.add_argument("path", nargs="?", default="samizdats.py", help="file to create (default: samizdats.py)")
+    _add_worker_parsers(sub, target_help)
     return parser
+
+
+def _add_worker_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], target_help: str) -> None:
+    """``worker`` and ``status`` (deferred autorefresh), defined in :mod:`.cli_worker`."""
+    from .cli_worker import add_parsers
+
+    add_parsers(sub, target_help, lambda p: _common(p, defaults=False), _examples)
 
 
 def _split_target(target: Sequence[str], *, need_modules: bool, command: str) -> tuple[str | None, list[str]]:
@@ -632,6 +640,26 @@ def cmd_init(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace, out: Output) -> int:
+    from .cli_worker import serve
+
+    if args.debounce < 0 or args.max_delay < 0 or args.jobs < 1:
+        raise CliError("--debounce and --max-delay take 0 or more seconds, --jobs 1 or more")
+    url, registry = _target(args)
+    registry.graph()
+    with _engine_for(url, args, out, allow_embedded=False) as engine:
+        return serve(engine, registry, args, log=out.log, quiet=out.quiet)
+
+
+def cmd_status(args: argparse.Namespace, out: Output) -> int:
+    from .cli_worker import status
+
+    url, registry = _target(args)
+    registry.graph()
+    with _engine_for(url, args, out, allow_embedded=False) as engine:
+        return status(engine, registry, out.info)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "sync": cmd_sync,
     "diff": cmd_diff,
@@ -640,6 +668,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "printdot": cmd_printdot,
     "adopt": cmd_adopt,
     "init": cmd_init,
+    "worker": cmd_worker,
+    "status": cmd_status,
 }
 
 

@@ -51,6 +51,9 @@ class Declared:
     function_arguments: str = ""
     #: Populate on creation (materialized views); not part of the hash, so changing it recreates nothing.
     with_data: bool = True
+    #: ``"immediate"`` or ``"deferred"`` (materialized views); shapes only the generated sidekicks, whose names
+    #: differ by mode, so it is not part of the view's own hash: switching modes never recreates the view.
+    refresh_mode: str = "immediate"
     #: Declared privileges as (role, privilege); ``PUBLIC`` for everyone. Not part of the hash.
     grants: tuple[tuple[str, str], ...] = ()
     #: The owner of a generated sidekick.
@@ -278,6 +281,8 @@ def _declare(cls: type[Samizdat]) -> Declared:
             raise DeclarationError(f"{cls.label()}.refresh_concurrently must be True or False")
         if not isinstance(cls.with_data, bool):
             raise DeclarationError(f"{cls.label()}.with_data must be True or False")
+        refresh_triggers = _table_refs(cls.refresh_triggers, cls, "refresh_triggers")
+        _check_refresh_mode(cls, refresh_triggers)
         return Declared(
             key,
             cls.kind,
@@ -287,12 +292,30 @@ def _declare(cls: type[Samizdat]) -> Declared:
             implicit,
             unmanaged,
             refresh_concurrently=cls.refresh_concurrently,
-            refresh_triggers=_table_refs(cls.refresh_triggers, cls, "refresh_triggers"),
+            refresh_triggers=refresh_triggers,
             with_data=cls.with_data,
+            refresh_mode=cls.refresh_mode,
             grants=grants,
             source=cls,
         )
     return Declared(key, cls.kind, cls.label(), sql, refs, implicit, unmanaged, grants=grants, source=cls)
+
+
+REFRESH_MODES = ("immediate", "deferred")
+
+
+def _check_refresh_mode(cls: type[SamizdatMaterializedView], refresh_triggers: tuple[tuple[str, str], ...]) -> None:
+    mode = cls.refresh_mode
+    if mode not in REFRESH_MODES:
+        raise DeclarationError(
+            f"{cls.label()}.refresh_mode must be 'immediate' (refresh inside the writing transaction) or "
+            f"'deferred' (mark stale; `samizdat worker` refreshes), not {mode!r}"
+        )
+    if mode == "deferred" and not refresh_triggers:
+        raise DeclarationError(
+            f"{cls.label()}.refresh_mode = 'deferred' needs refresh_triggers: name the tables whose writes mark "
+            "the view stale (views above a deferred view are marked with it and need no mode of their own)"
+        )
 
 
 _FOR_EACH_ROW = re.compile(r"\bFOR\s+EACH\s+ROW\b", re.IGNORECASE)

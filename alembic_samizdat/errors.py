@@ -221,6 +221,10 @@ class ColumnDriftError(SamizdatError):
     """A model declares columns that its view does not have (or has with an incompatible type)."""
 
 
+class NoDeferredViewsError(SamizdatError):
+    """The worker was given declarations without any materialized view in ``refresh_mode = "deferred"``."""
+
+
 class AlembicConfigError(SamizdatError):
     """The Alembic configuration could not give a database and a registry."""
 

@@ -206,6 +206,10 @@ class SamizdatMaterializedView(Samizdat):
     #: Populate the view when it is created (by sync or a migration). ``False`` leaves a large view empty
     #: until ``samizdat refresh``; it is then never called "not populated".
     with_data: ClassVar[bool] = True
+    #: How ``refresh_triggers`` keep the view fresh: ``"immediate"`` refreshes it inside every writing
+    #: transaction; ``"deferred"`` only marks it (and the views above it) stale, and ``samizdat worker``
+    #: refreshes what is marked, debounced (docs/refresh.md).
+    refresh_mode: ClassVar[str] = "immediate"
 
     @classmethod
     def preamble(cls) -> str:

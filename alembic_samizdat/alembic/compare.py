@@ -18,6 +18,7 @@ from alembic.operations import ops as alembic_ops
 from sqlalchemy import MetaData
 
 from ..catalog import DatabaseState, read_state
+from ..deferred import MARKS_TABLE
 from ..execute import plan_asking_postgres
 from ..graph import Graph
 from ..grouping import action_entries, grouped, owner
@@ -53,7 +54,7 @@ def _table_key(schema: str | None, name: str, default_schema: str) -> tuple[str,
 def _drop_view_mapped_tables(
     upgrade_ops: alembic_ops.UpgradeOps, relations: set[tuple[str, str]], default: str
 ) -> None:
-    """ORM models whose table is a managed view: never create (or index) a table for them."""
+    """ORM models whose table is a managed view: never create (or index) a table for them; nor drop a marks table."""
     kept: list[Any] = []
     table_ops = (
         alembic_ops.CreateTableOp,
@@ -62,7 +63,11 @@ def _drop_view_mapped_tables(
         alembic_ops.ModifyTableOps,
     )
     for op in upgrade_ops.ops:
-        if isinstance(op, table_ops) and _table_key(op.schema, op.table_name, default) in relations:
+        if isinstance(op, table_ops) and (
+            _table_key(op.schema, op.table_name, default) in relations
+            # Deferred autorefresh's marks tables are the tool's, never the metadata's (see deferred.py).
+            or op.table_name == MARKS_TABLE
+        ):
             continue
         kept.append(op)
     upgrade_ops.ops = kept
