@@ -77,6 +77,8 @@ class Action:
     declared: Declared | None = None
     #: A drop that first captures what users attached to the object (see preserve.py), to restore at its create.
     captures: bool = False
+    #: The object whose recreate or drop brings this one along (``None`` when the object itself differs).
+    cause: Key | None = None
 
     @property
     def sql(self) -> str:
@@ -216,6 +218,14 @@ def grant_statements(
     return out
 
 
+#: How a reason reads after the name of the object that caused a dependent's recreate.
+_ROOT_PHRASES = {
+    DiffKind.CHANGED.value: "changed",
+    DiffKind.DRIFTED.value: "was changed by hand in the database (drift)",
+    DiffKind.EXCESS_DB.value: "is dropped (no longer declared)",
+    "reads a table that this migration alters": "reads a table that this migration alters",
+}
+
 #: Said of a declared object whose name an object signed by DBSamizdat holds.
 DBSAMIZDAT_NOTE = (
     "the database holds DBSamizdat's object of this name: `samizdat sync --adopt dbsamizdat` takes it over"
@@ -283,11 +293,23 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
             start.add(key)
             reasons[key] = "reads a table that this migration alters"
 
+    causes: dict[Key, Key] = {}
+
+    def root_reason(key: Key) -> str:
+        seen = {key}
+        while key in causes and causes[key] not in seen:
+            key = causes[key]
+            seen.add(key)
+        return f"{key.display()} {_ROOT_PHRASES.get(reasons[key], reasons[key])}"
+
     def drop_next(key: Key) -> list[Key]:
         declared_deps = [d for d in graph.dependents.get(key, ()) if d in managed]
         found = declared_deps + catalog_dependents(key)
         for dep in found:
-            reasons.setdefault(dep, f"depends on {key.display()}, which is recreated or dropped")
+            if dep not in reasons:
+                causes[dep] = key
+                via = "" if key not in causes else ", which is recreated too"
+                reasons[dep] = f"recreated because {root_reason(key)} (it depends on {key.display()}{via})"
         return found
 
     to_drop = start | reachable(start, drop_next)
@@ -342,6 +364,7 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
                 (capture, obj.drop_statement()) if capture else (obj.drop_statement(),),
                 reasons[key],
                 captures=capture is not None,
+                cause=causes.get(key),
             )
         )
     to_create = [k for k in graph.order if k not in managed or k in to_drop]
@@ -374,6 +397,7 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
                 statements,
                 reasons.get(key, "missing from the database"),
                 item,
+                cause=causes.get(key),
             )
         )
     creating = set(to_create)
