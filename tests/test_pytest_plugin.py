@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from alembic_samizdat.testing import SamizdatsOutOfSync, assert_in_sync
-from tests.helpers import make_registry, view
+from helpers import make_registry, view
 
 pytest_plugins = ["pytester"]
 
