@@ -12,8 +12,7 @@ import sys
 from typing import Any
 
 from . import api, lineage, report
-from .adopt import AdoptionRefusedError
-from .errors import SamizdatError
+from .errors import AdoptionRefusedError, SamizdatError
 from .execute import Discipline
 from .keys import Key
 from .planner import Action, Plan

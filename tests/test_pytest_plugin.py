@@ -6,9 +6,9 @@ import textwrap
 
 import pytest
 import sqlalchemy as sa
+from helpers import make_registry, view
 
 from alembic_samizdat.testing import SamizdatsOutOfSync, assert_in_sync
-from helpers import make_registry, view
 
 pytest_plugins = ["pytester"]
 
