@@ -90,7 +90,7 @@ def _connection_reason(exc: DBAPIError) -> str:
 
 
 #: Subcommands that connect to a database and read a registry: where -c, --scope and --connect-timeout apply.
-DATABASE_COMMANDS = ("sync", "diff", "nuke", "refresh", "adopt", "explain", "deps")
+DATABASE_COMMANDS = ("sync", "diff", "nuke", "refresh", "adopt", "explain")
 
 
 def _common(parser: argparse.ArgumentParser, *, defaults: bool, database: bool = True) -> None:
