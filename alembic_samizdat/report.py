@@ -293,7 +293,11 @@ def _why(action: Action, difference: Difference | None, graph: Graph, state: Dat
         declared = graph.nodes.get(action.key)
         have = sorted(obj.grants or ()) if obj is not None else []
         want = sorted(declared.grants) if declared is not None else []
-        return f"grants differ: declared {want or 'none'}, in the database {have or 'none'}"
+
+        def shown(grants: list[tuple[str, str]]) -> str:
+            return ", ".join(f"{privilege} to {role}" for role, privilege in grants) or "none"
+
+        return f"grants differ: declared {shown(want)}; in the database {shown(have)}"
     return action.reason
 
 
@@ -341,7 +345,9 @@ def explain_text(plan: Plan, graph: Graph, state: DatabaseState, only: Sequence[
         blocks.append("\n".join(lines))
     if not blocks:
         return (
-            "nothing to do: the database matches the declarations" if not wanted else "none of these objects is touched"
+            "nothing to do: the database matches the declarations\n"
+            if not wanted
+            else "none of these objects is touched by the next sync\n"
         )
     for warning in plan.warnings:
         blocks.append(f"warning: {warning}")

@@ -270,6 +270,23 @@ def test_explain_unified_diff(
     assert plus and "WHERE total > 0" in plus[0]
 
 
+def test_explain_grants(orders: sa.Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    v1 = write(tmp_path, "shop_g1", V1)
+    assert main(["sync", "-q", db_url, v1]) == 0
+    granted = V1.replace(
+        "class Lines(SamizdatView):", 'class Lines(SamizdatView):\n    grants = {"PUBLIC": ["SELECT"]}'
+    )
+    v2 = write(tmp_path, "shop_g2", granted)
+    capsys.readouterr()
+    assert main(["explain", db_url, v2]) == 0
+    assert capsys.readouterr().out == (
+        'view "public"."Lines" (shop_g2.Lines) is re-granted\n'
+        "  because grants differ: declared SELECT to PUBLIC; in the database none\n"
+    )
+    assert main(["explain", db_url, v2, "CustomerTotals"]) == 0
+    assert capsys.readouterr().out == "none of these objects is touched by the next sync\n"
+
+
 def test_deps_declared_and_catalog(
     orders: sa.Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -286,6 +303,10 @@ def test_deps_declared_and_catalog(
     with orders.begin() as conn:
         # An unmanaged view reading the managed one: only the catalog knows it.
         conn.exec_driver_sql('CREATE VIEW big_customers AS SELECT customer FROM "CustomerTotals" WHERE total > 5')
+        # A function whose body PostgreSQL parsed (BEGIN ATOMIC) records what it reads.
+        conn.exec_driver_sql(
+            'CREATE FUNCTION all_amounts() RETURNS bigint LANGUAGE sql BEGIN ATOMIC SELECT sum(amount) FROM "Lines"; END'
+        )
     capsys.readouterr()
     assert main(["deps", "orders", db_url, v1, "--down", "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -296,6 +317,8 @@ def test_deps_declared_and_catalog(
     assert ('"public"."big_customers"', '"public"."CustomerTotals"') in edges
     kinds = {n["name"]: n["kind"] for n in doc["nodes"]}
     assert kinds['"public"."big_customers"'] == "view"
+    assert kinds['"public"."all_amounts"()'] == "function"
+    assert ('"public"."all_amounts"()', '"public"."Lines"') in edges
 
     # From the catalog alone (no modules): the same chain.
     assert main(["deps", "public.big_customers", db_url, "--up"]) == 0

@@ -82,6 +82,8 @@ def render_refresh(autogen_context: AutogenContext, op: RefreshSamizdatOp) -> st
 def render_regrant(autogen_context: AutogenContext, op: RegrantSamizdatOp) -> str:
     """``op.regrant_samizdat(...)``."""
     autogen_context.imports.add(IMPORT)
-    return _why(op.reason) + "op.regrant_samizdat" + _args(
-        repr(op.kind), repr(op.name), f"sql={literal(op.sql)}", f"reverse_sql={literal(op.reverse_sql)}"
+    return (
+        _why(op.reason)
+        + "op.regrant_samizdat"
+        + _args(repr(op.kind), repr(op.name), f"sql={literal(op.sql)}", f"reverse_sql={literal(op.reverse_sql)}")
     )
