@@ -38,6 +38,7 @@ from .errors import (
     ThrowawayServerError,
     TriggerTargetError,
     UnknownNodeError,
+    UnknownObjectError,
     UnmanagedDependentError,
     UnusableUrlError,
 )
@@ -122,6 +123,7 @@ __all__ = [
     "ThrowawayServerError",
     "TriggerTargetError",
     "UnknownNodeError",
+    "UnknownObjectError",
     "UnmanagedDependentError",
     "UnusableUrlError",
     "diff_database",

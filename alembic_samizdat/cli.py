@@ -397,7 +397,7 @@ def _trusting(registry: SamizdatRegistry, args: argparse.Namespace) -> SamizdatR
 
 def cmd_sync(args: argparse.Namespace, out: Output) -> int:
     if args.format == "json":
-        return cli_reports.sync_json(args, out)
+        return cli_reports.sync_json(args, out, _front())
     url, registry = _target(args)
     registry.graph()  # every declaration check runs before we connect
     embedded = url is None
@@ -478,7 +478,7 @@ def _target(args: argparse.Namespace, *, need_modules: bool = True) -> tuple[str
 
 def cmd_diff(args: argparse.Namespace, out: Output) -> int:
     if args.format == "json":
-        return cli_reports.diff_json(args, out)
+        return cli_reports.diff_json(args, out, _front())
     url, registry = _target(args)
     registry.graph()
     with _engine_for(url, args, out, allow_embedded=False) as engine:
@@ -495,7 +495,7 @@ def cmd_diff(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_nuke(args: argparse.Namespace, out: Output) -> int:
     if args.format == "json":
-        return cli_reports.nuke_json(args, out)
+        return cli_reports.nuke_json(args, out, _front())
     url, registry = _target(args, need_modules=False)
     with _engine_for(url, args, out, allow_embedded=False) as engine:
         result = api.nuke(
@@ -507,7 +507,7 @@ def cmd_nuke(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_refresh(args: argparse.Namespace, out: Output) -> int:
     if args.format == "json":
-        return cli_reports.refresh_json(args, out)
+        return cli_reports.refresh_json(args, out, _front())
     if args.belownodes and not args.target:
         # `--belownodes A B URL mod.py`: argparse gave everything to the option; take back what is not a node.
         nodes = list(args.belownodes)
@@ -547,7 +547,7 @@ def _progress_line(done: int, total: int, current: str | None, elapsed: float) -
 
 def cmd_adopt(args: argparse.Namespace, out: Output) -> int:
     if args.format == "json":
-        return cli_reports.adopt_json(args, out)
+        return cli_reports.adopt_json(args, out, _front())
     url, registry = _target(args)
     registry.graph()
     with _engine_for(url, args, out, allow_embedded=False) as engine:
@@ -656,9 +656,14 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "printdot": cmd_printdot,
     "adopt": cmd_adopt,
     "init": cmd_init,
-    "explain": cli_reports.cmd_explain,
-    "deps": cli_reports.cmd_deps,
+    "explain": lambda args, out: cli_reports.cmd_explain(args, out, _front()),
+    "deps": lambda args, out: cli_reports.cmd_deps(args, out, _front()),
 }
+
+
+def _front() -> cli_reports.Front:
+    """The helpers the report commands use (passed in, so that they need not import this module)."""
+    return cli_reports.Front(_target, _engine_for, _load, looks_like_url, CliError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

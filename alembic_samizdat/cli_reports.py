@@ -9,28 +9,42 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
+
+from sqlalchemy import Engine
 
 from . import api, lineage, report
 from .errors import AdoptionRefusedError, SamizdatError
 from .execute import Discipline
 from .keys import Key
 from .planner import Action, Plan
+from .registry import SamizdatRegistry
 
 
-def _cli() -> Any:
-    from . import cli  # the CLI imports this module: import it back lazily
+@dataclass(frozen=True)
+class Front:
+    """What the commands here use of :mod:`alembic_samizdat.cli` (which passes it in: no import cycle)."""
 
-    return cli
+    #: ``(args, need_modules=…) -> (url, registry)``: from -c, or from the URL and modules given.
+    _target: Callable[..., tuple[str | None, SamizdatRegistry]]
+    #: ``(url, args, out, allow_embedded=…)``: a context manager giving a connected engine.
+    _engine_for: Callable[..., AbstractContextManager[Engine]]
+    #: ``(modules, args) -> registry``.
+    _load: Callable[..., SamizdatRegistry]
+    looks_like_url: Callable[[str], bool]
+    #: The exception class of usage errors (exit status 2).
+    CliError: type[SamizdatError]
 
 
 def _scope(args: argparse.Namespace) -> str | None:
     return getattr(args, "scope", None)
 
 
-def diff_json(args: argparse.Namespace, out: Any) -> int:
+def diff_json(args: argparse.Namespace, out: Any, cli: Front) -> int:
     """``diff --format json``."""
-    cli = _cli()
     url, registry = cli._target(args)
     registry.graph()
     with cli._engine_for(url, args, out, allow_embedded=False) as engine:
@@ -39,9 +53,8 @@ def diff_json(args: argparse.Namespace, out: Any) -> int:
     return made.exit_code
 
 
-def sync_json(args: argparse.Namespace, out: Any) -> int:
+def sync_json(args: argparse.Namespace, out: Any, cli: Front) -> int:
     """``sync --format json`` (any discipline; with ``-t dryrun`` nothing changes)."""
-    cli = _cli()
     if args.write_migration_file == "-":
         raise cli.CliError("--format json prints the report on stdout: write the SQL to a file (-m plan.sql)")
     url, registry = cli._target(args)
@@ -81,9 +94,8 @@ def sync_json(args: argparse.Namespace, out: Any) -> int:
     return 0
 
 
-def nuke_json(args: argparse.Namespace, out: Any) -> int:
+def nuke_json(args: argparse.Namespace, out: Any, cli: Front) -> int:
     """``nuke --format json``."""
-    cli = _cli()
     url, registry = cli._target(args, need_modules=False)
     with cli._engine_for(url, args, out, allow_embedded=False) as engine:
         with engine.connect() as connection:
@@ -100,9 +112,8 @@ def nuke_json(args: argparse.Namespace, out: Any) -> int:
     return 0
 
 
-def refresh_json(args: argparse.Namespace, out: Any) -> int:
+def refresh_json(args: argparse.Namespace, out: Any, cli: Front) -> int:
     """``refresh --format json``."""
-    cli = _cli()
     url, registry = cli._target(args)
     registry.graph()
     done: list[Action] = []
@@ -127,9 +138,8 @@ def refresh_json(args: argparse.Namespace, out: Any) -> int:
     return 0
 
 
-def adopt_json(args: argparse.Namespace, out: Any) -> int:
+def adopt_json(args: argparse.Namespace, out: Any, cli: Front) -> int:
     """``adopt --format json``; a refusal prints its document, then fails as without JSON."""
-    cli = _cli()
     url, registry = cli._target(args)
     graph = registry.graph()
     with cli._engine_for(url, args, out, allow_embedded=False) as engine:
@@ -182,9 +192,8 @@ def _is_module(value: str) -> bool:
         return False
 
 
-def cmd_explain(args: argparse.Namespace, out: Any) -> int:
+def cmd_explain(args: argparse.Namespace, out: Any, cli: Front) -> int:
     """``samizdat explain [DBURL] MODULE… [OBJECT…]``."""
-    cli = _cli()
     target = list(args.target)
     objects: list[str] = []
     if getattr(args, "config", None):
@@ -202,9 +211,8 @@ def cmd_explain(args: argparse.Namespace, out: Any) -> int:
     return 0
 
 
-def cmd_deps(args: argparse.Namespace, out: Any) -> int:
+def cmd_deps(args: argparse.Namespace, out: Any, cli: Front) -> int:
     """``samizdat deps OBJECT [DBURL] [MODULE…]``."""
-    cli = _cli()
     if args.depth is not None and args.depth < 1:
         raise cli.CliError("--depth must be at least 1")
     graph = None
@@ -223,10 +231,7 @@ def cmd_deps(args: argparse.Namespace, out: Any) -> int:
             found = lineage.build(graph, connection)
     else:
         found = lineage.build(graph, None)
-    try:
-        root = found.find(args.object)
-    except lineage.UnknownObjectError as exc:
-        raise SamizdatError(str(exc)) from exc
+    root = found.find(args.object)
     directions = ["up"] if args.up and not args.down else ["down"] if args.down and not args.up else ["up", "down"]
     walks = [lineage.walk(found, root, direction=d, depth=args.depth) for d in directions]
     render = {"text": lineage.render_text, "json": lineage.render_json, "dot": lineage.render_dot}[args.format]

@@ -16,14 +16,10 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection
 
 from . import pinned
-from .errors import SamizdatError
+from .errors import UnknownObjectError
 from .graph import Graph
 from .identifiers import qualified, quote_ident
 from .keys import Key
-
-
-class UnknownObjectError(SamizdatError):
-    """``samizdat deps`` was asked about an object that neither the declarations nor the catalog know."""
 
 
 @dataclass
@@ -34,6 +30,8 @@ class Node:
     kind: str
     #: The declaring class, for managed objects.
     label: str = ""
+    #: Other names a user may give: the bare name, ``schema.name``, the class and its module path.
+    aliases: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -46,13 +44,16 @@ class Lineage:
     #: Where each edge was learnt: "declared", "catalog" or both.
     sources: dict[tuple[str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
 
-    def add_node(self, name: str, kind: str, label: str = "") -> None:
+    def add_node(self, name: str, kind: str, label: str = "", aliases: Iterable[str] = ()) -> None:
         """Add or complete a node (a declared label wins over the catalog's none)."""
         node = self.nodes.get(name)
         if node is None:
-            self.nodes[name] = Node(name, kind, label)
+            node = self.nodes[name] = Node(name, kind, label)
         elif label and not node.label:
             node.label = label
+        node.aliases.update(a for a in aliases if a)
+        if label:
+            node.aliases.update((label, label.rsplit(".", 1)[-1]))
 
     def add_edge(self, reader: str, read: str, source: str, columns: Iterable[str] = ()) -> None:
         """``reader`` reads ``read``."""
@@ -70,25 +71,22 @@ class Lineage:
         return out
 
     def find(self, wanted: str) -> str:
-        """The node named ``wanted``: its display, ``schema.name``, bare name, or class label."""
+        """The node named ``wanted``: its display, ``schema.name``, bare name, or class."""
         if wanted in self.nodes:
             return wanted
-        hits = []
-        for name, node in self.nodes.items():
-            bare = node.name.split("(", 1)[0]
-            plain = bare.replace('"', "")
-            if (
-                wanted in (plain, plain.split(".", 1)[-1], node.label, node.label.rsplit(".", 1)[-1]) and node.label
-            ) or wanted in (plain, plain.split(".", 1)[-1]):
-                hits.append(name)
+        hits = sorted(name for name, node in self.nodes.items() if wanted in node.aliases)
         if len(hits) == 1:
             return hits[0]
         if not hits:
             raise UnknownObjectError(
-                f"no object {wanted!r} in the declarations{' or the database' if self.nodes else ''}; "
-                "name it as schema.name, its class, or as `samizdat diff` prints it"
+                f"no object {wanted!r} in the declarations or the database; name it as schema.name, by its class, "
+                "or as `samizdat diff` prints it"
             )
-        raise UnknownObjectError(f"{wanted!r} is ambiguous: {', '.join(sorted(hits))}; give its schema or signature")
+        raise UnknownObjectError(f"{wanted!r} is ambiguous: {', '.join(hits)}; give its schema or signature")
+
+
+def _aliases(schema: str, name: str) -> tuple[str, str]:
+    return (name, f"{schema}.{name}")
 
 
 def _table_name(schema: str, name: str) -> str:
@@ -99,18 +97,18 @@ def from_graph(graph: Graph, lineage: Lineage | None = None) -> Lineage:
     """The edges the declarations give: ``deps_on``, ``deps_on_unmanaged`` and triggers' tables."""
     out = lineage if lineage is not None else Lineage()
     for key, item in graph.nodes.items():
-        out.add_node(key.display(), item.kind.value, item.label)
+        out.add_node(key.display(), item.kind.value, item.label, _aliases(key.schema, key.name))
     for key, item in graph.nodes.items():
         reader = key.display()
         for dep in graph.deps.get(key, ()):
             out.add_edge(reader, dep.display(), "declared")
         for schema, name in item.unmanaged:
             table = _table_name(schema, name)
-            out.add_node(table, "table")
+            out.add_node(table, "table", aliases=_aliases(schema, name))
             out.add_edge(reader, table, "declared")
         if item.trigger_table is not None:
             table = _table_name(*item.trigger_table)
-            out.add_node(table, "table")
+            out.add_node(table, "table", aliases=_aliases(*item.trigger_table))
             out.add_edge(reader, table, "declared")
     return out
 
@@ -194,8 +192,8 @@ def from_catalog(connection: Connection, lineage: Lineage | None = None) -> Line
             column = ""  # a trigger's column dependencies are its UPDATE OF list, not reads
         reader_name = _display(rkind, rschema, rname, rextra)
         read_name = _display(kind, schema, name, extra)
-        out.add_node(reader_name, _RELKINDS.get(rkind, rkind))
-        out.add_node(read_name, _RELKINDS.get(kind, kind))
+        out.add_node(reader_name, _RELKINDS.get(rkind, rkind), aliases=_aliases(rschema, rname))
+        out.add_node(read_name, _RELKINDS.get(kind, kind), aliases=_aliases(schema, name))
         out.add_edge(reader_name, read_name, "catalog", [column])
     return out
 

@@ -303,6 +303,11 @@ def test_deps_declared_and_catalog(
     with orders.begin() as conn:
         # An unmanaged view reading the managed one: only the catalog knows it.
         conn.exec_driver_sql('CREATE VIEW big_customers AS SELECT customer FROM "CustomerTotals" WHERE total > 5')
+        # A trigger on the table: found under the table, and its name does not make "orders" ambiguous.
+        conn.exec_driver_sql(
+            "CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;"
+            "CREATE TRIGGER orders_touch BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION touch()"
+        )
         # A function whose body PostgreSQL parsed (BEGIN ATOMIC) records what it reads.
         conn.exec_driver_sql(
             'CREATE FUNCTION all_amounts() RETURNS bigint LANGUAGE sql BEGIN ATOMIC SELECT sum(amount) FROM "Lines"; END'
@@ -319,6 +324,8 @@ def test_deps_declared_and_catalog(
     assert kinds['"public"."big_customers"'] == "view"
     assert kinds['"public"."all_amounts"()'] == "function"
     assert ('"public"."all_amounts"()', '"public"."Lines"') in edges
+    assert ('"orders_touch" ON "public"."orders"', '"public"."orders"') in edges
+    assert kinds['"orders_touch" ON "public"."orders"'] == "trigger"
 
     # From the catalog alone (no modules): the same chain.
     assert main(["deps", "public.big_customers", db_url, "--up"]) == 0
