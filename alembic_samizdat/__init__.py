@@ -39,6 +39,7 @@ from .errors import (
     ThrowawayServerError,
     TriggerTargetError,
     UnknownNodeError,
+    UnknownObjectError,
     UnmanagedDependentError,
     UnusableUrlError,
 )
@@ -124,6 +125,7 @@ __all__ = [
     "ThrowawayServerError",
     "TriggerTargetError",
     "UnknownNodeError",
+    "UnknownObjectError",
     "UnmanagedDependentError",
     "UnusableUrlError",
     "diff_database",

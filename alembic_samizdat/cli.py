@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
-from . import api
+from . import api, cli_reports
 from .dot import to_dot
 from .drivers import UnusableUrlError, cli_url, psycopg2_urls_use_psycopg, shown
 from .errors import AdoptionRefusedError, ConnectionFailedError, Interrupted, SamizdatError, first_line
@@ -90,7 +90,7 @@ def _connection_reason(exc: DBAPIError) -> str:
 
 
 #: Subcommands that connect to a database and read a registry: where -c, --scope and --connect-timeout apply.
-DATABASE_COMMANDS = ("sync", "diff", "nuke", "refresh", "adopt", "worker", "status")
+DATABASE_COMMANDS = ("sync", "diff", "nuke", "refresh", "adopt", "explain", "worker", "status")
 
 
 def _common(parser: argparse.ArgumentParser, *, defaults: bool, database: bool = True) -> None:
@@ -186,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["dbsamizdat"],
         help="take over objects signed by DBSamizdat: unchanged ones are re-signed in place, the rest replaced",
     )
+    cli_reports.add_format_option(p)
 
     p = sub.add_parser(
         "diff",
@@ -198,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p, defaults=False)
     p.add_argument("target", nargs="*", metavar="[DBURL] MODULE", help=target_help + " (none with -c)")
+    cli_reports.add_format_option(p)
 
     p = sub.add_parser(
         "nuke",
@@ -220,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="default jumbo: all or nothing",
     )
     p.add_argument("--lock-timeout", type=float, metavar="SECONDS", help="give up waiting for a lock after this long")
+    cli_reports.add_format_option(p)
 
     p = sub.add_parser(
         "refresh",
@@ -248,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="REFRESH … CONCURRENTLY: auto (when the class asks and PostgreSQL allows), always (error if not "
         "possible), never",
     )
+    cli_reports.add_format_option(p)
 
     p = sub.add_parser(
         "adopt",
@@ -257,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p, defaults=False)
     p.add_argument("target", nargs="*", metavar="[DBURL] MODULE", help=target_help + " (none with -c)")
+    cli_reports.add_format_option(p)
 
     p = sub.add_parser(
         "printdot",
@@ -281,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, defaults=False, database=False)
     p.add_argument("path", nargs="?", default="samizdats.py", help="file to create (default: samizdats.py)")
     _add_worker_parsers(sub, target_help)
+    cli_reports.add_parsers(sub, _common, _examples)
     return parser
 
 
@@ -398,6 +404,8 @@ def _trusting(registry: SamizdatRegistry, args: argparse.Namespace) -> SamizdatR
 
 
 def cmd_sync(args: argparse.Namespace, out: Output) -> int:
+    if args.format == "json":
+        return cli_reports.sync_json(args, out, _front())
     url, registry = _target(args)
     registry.graph()  # every declaration check runs before we connect
     embedded = url is None
@@ -477,6 +485,8 @@ def _target(args: argparse.Namespace, *, need_modules: bool = True) -> tuple[str
 
 
 def cmd_diff(args: argparse.Namespace, out: Output) -> int:
+    if args.format == "json":
+        return cli_reports.diff_json(args, out, _front())
     url, registry = _target(args)
     registry.graph()
     with _engine_for(url, args, out, allow_embedded=False) as engine:
@@ -492,6 +502,8 @@ def cmd_diff(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_nuke(args: argparse.Namespace, out: Output) -> int:
+    if args.format == "json":
+        return cli_reports.nuke_json(args, out, _front())
     url, registry = _target(args, need_modules=False)
     with _engine_for(url, args, out, allow_embedded=False) as engine:
         result = api.nuke(
@@ -502,6 +514,8 @@ def cmd_nuke(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_refresh(args: argparse.Namespace, out: Output) -> int:
+    if args.format == "json":
+        return cli_reports.refresh_json(args, out, _front())
     if args.belownodes and not args.target:
         # `--belownodes A B URL mod.py`: argparse gave everything to the option; take back what is not a node.
         nodes = list(args.belownodes)
@@ -540,6 +554,8 @@ def _progress_line(done: int, total: int, current: str | None, elapsed: float) -
 
 
 def cmd_adopt(args: argparse.Namespace, out: Output) -> int:
+    if args.format == "json":
+        return cli_reports.adopt_json(args, out, _front())
     url, registry = _target(args)
     registry.graph()
     with _engine_for(url, args, out, allow_embedded=False) as engine:
@@ -670,7 +686,14 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "init": cmd_init,
     "worker": cmd_worker,
     "status": cmd_status,
+    "explain": lambda args, out: cli_reports.cmd_explain(args, out, _front()),
+    "deps": lambda args, out: cli_reports.cmd_deps(args, out, _front()),
 }
+
+
+def _front() -> cli_reports.Front:
+    """The helpers the report commands use (passed in, so that they need not import this module)."""
+    return cli_reports.Front(_target, _engine_for, _load, looks_like_url, CliError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -683,7 +706,7 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = args.verbose or 0
-    to_stdout_too = getattr(args, "write_migration_file", None) == "-"
+    to_stdout_too = getattr(args, "write_migration_file", None) == "-" or getattr(args, "format", None) == "json"
     out = Output(quiet=bool(args.quiet), verbose=verbose, log=sys.stderr if to_stdout_too else sys.stdout)
     try:
         return COMMANDS[args.command](args, out)

@@ -205,6 +205,10 @@ class UnknownNodeError(SamizdatError):
     """A ``belownodes`` entry names neither a samizdat nor a table that a samizdat reads."""
 
 
+class UnknownObjectError(SamizdatError):
+    """``samizdat deps`` was given a name that neither the declarations nor the catalog know (or several)."""
+
+
 class ConcurrentRefreshError(SamizdatError):
     """``concurrently="always"`` was asked for a view that PostgreSQL cannot refresh concurrently."""
 

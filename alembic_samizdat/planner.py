@@ -84,6 +84,8 @@ class Action:
     captures: bool = False
     #: Actions sharing a unit number commit together under ``checkpoint`` (see :func:`checkpoint_units`).
     unit: int | None = None
+    #: The object whose recreate or drop brings this one along (``None`` when the object itself differs).
+    cause: Key | None = None
 
     @property
     def sql(self) -> str:
@@ -227,6 +229,14 @@ def grant_statements(
     return out
 
 
+#: How a reason reads after the name of the object that caused a dependent's recreate.
+_ROOT_PHRASES = {
+    DiffKind.CHANGED.value: "changed",
+    DiffKind.DRIFTED.value: "was changed by hand in the database (drift)",
+    DiffKind.EXCESS_DB.value: "is dropped (no longer declared)",
+    "reads a table that this migration alters": "reads a table that this migration alters",
+}
+
 #: Said of a declared object whose name an object signed by DBSamizdat holds.
 DBSAMIZDAT_NOTE = (
     "the database holds DBSamizdat's object of this name: `samizdat sync --adopt dbsamizdat` takes it over"
@@ -324,11 +334,23 @@ def plan_sync(
     candidates = in_place_candidates(graph, state, differences) - set(force) - set(rebuild or ()) if in_place else set()
     start -= candidates
 
+    causes: dict[Key, Key] = {}
+
+    def root_reason(key: Key) -> str:
+        seen = {key}
+        while key in causes and causes[key] not in seen:
+            key = causes[key]
+            seen.add(key)
+        return f"{key.display()} {_ROOT_PHRASES.get(reasons[key], reasons[key])}"
+
     def drop_next(key: Key) -> list[Key]:
         declared_deps = [d for d in graph.dependents.get(key, ()) if d in managed]
         found = declared_deps + catalog_dependents(key)
         for dep in found:
-            reasons.setdefault(dep, f"depends on {key.display()}, which is recreated or dropped")
+            if dep not in reasons:
+                causes[dep] = key
+                via = "" if key not in causes else ", which is recreated too"
+                reasons[dep] = f"recreated because {root_reason(key)} (it depends on {key.display()}{via})"
         return found
 
     to_drop = start | reachable(start, drop_next)
@@ -400,6 +422,7 @@ def plan_sync(
                 (capture, obj.drop_statement()) if capture else (obj.drop_statement(),),
                 reasons[key],
                 captures=capture is not None,
+                cause=causes.get(key),
             )
         )
     to_create = [k for k in graph.order if k not in managed or k in to_drop or k in replaced]
@@ -448,6 +471,7 @@ def plan_sync(
                 statements,
                 reasons.get(key, "missing from the database"),
                 item,
+                cause=causes.get(key),
             )
         )
     actions = adopts + _by_unit(drops, creates, drop_deps, create_deps)

@@ -37,10 +37,10 @@ def import_graph() -> dict[str, set[str]]:
                 targets = [f"{source}.{alias.name}" for alias in node.names] + [source]
             elif isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
-            for target in targets:
-                if target in modules and target != name:
-                    graph[name].add(target)
-                    break
+            # Every module named (`from . import a, b` imports both); the package itself only when none is.
+            named = [t for t in targets if t in modules and t != name]
+            submodules = [t for t in named if t != targets[-1]] if isinstance(node, ast.ImportFrom) else named
+            graph[name].update(submodules or named[:1])
     return graph
 
 

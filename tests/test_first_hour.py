@@ -167,8 +167,8 @@ def test_alembic_check_prints_one_line_per_operation(example: Path, db_url: str)
     assert log[0] == 'Detected drop view "public"."OrderLines" (shop.OrderLines): changed'
     assert log[1] == 'Detected create view "public"."OrderLines" (shop.OrderLines): changed'
     totals = log.index(
-        'Detected drop matview "public"."CustomerTotals" (shop.CustomerTotals): depends on "public"."OrderLines", '
-        "which is recreated or dropped"
+        'Detected drop matview "public"."CustomerTotals" (shop.CustomerTotals): recreated because '
+        '"public"."OrderLines" changed (it depends on "public"."OrderLines")'
     )
     following = log[totals + 1 :]
     generated = following[2 : following.index(next(line for line in following[2:] if not line.startswith("    ")))]

@@ -219,9 +219,13 @@ def plan_to_ops(plan: Plan, graph: Graph, state: DatabaseState) -> tuple[list[An
             undo = grant_statements(action.declared, to_revoke, to_grant)
             if obj.comment is not None:
                 undo.append(f"COMMENT ON {obj.comment_target()} IS {quote_literal(obj.comment)}")
-            creates.append(RegrantSamizdatOp(action.kind, name, action.sql, reverse_sql="\n;\n".join(undo) + "\n;"))
+            regrant = RegrantSamizdatOp(action.kind, name, action.sql, reverse_sql="\n;\n".join(undo) + "\n;")
+            regrant.reason = action.reason
+            creates.append(regrant)
         elif action.key not in created:
-            creates.append(RefreshSamizdatOp(name, action.sql))
+            refresh = RefreshSamizdatOp(name, action.sql)
+            refresh.reason = action.reason
+            creates.append(refresh)
         top = owner(action.key, graph)
         if top is not None and len(drops) + len(creates) > before:
             made = drops[-1] if action.verb is Verb.DROP else creates[-1]

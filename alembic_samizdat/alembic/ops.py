@@ -333,6 +333,9 @@ class RefreshSamizdatOp(MigrateOperation):
     #: The declared object this generated object serves (set by autogenerate, for reports only).
     generated_for: str | None = None
 
+    #: Why autogenerate wrote it (rendered as a comment above the operation).
+    reason: str | None = None
+
     def __init__(self, name: str, sql: str) -> None:
         self.name = name
         self.sql = sql
@@ -384,6 +387,9 @@ class RegrantSamizdatOp(MigrateOperation):
 
     #: The declared object this generated object serves (set by autogenerate, for reports only).
     generated_for: str | None = None
+
+    #: Why autogenerate wrote it (rendered as a comment above the operation).
+    reason: str | None = None
 
     def __init__(self, kind: str, name: str, sql: str, *, reverse_sql: str | None = None) -> None:
         self.kind = kind

@@ -97,13 +97,15 @@ def render_drop(autogen_context: AutogenContext, op: DropSamizdatOp) -> str:
 def render_refresh(autogen_context: AutogenContext, op: RefreshSamizdatOp) -> str:
     """``op.refresh_samizdat(...)``."""
     autogen_context.imports.add(IMPORT)
-    return "op.refresh_samizdat" + _args(repr(op.name), f"sql={literal(op.sql)}")
+    return _why(op.reason) + "op.refresh_samizdat" + _args(repr(op.name), f"sql={literal(op.sql)}")
 
 
 @renderers.dispatch_for(RegrantSamizdatOp)
 def render_regrant(autogen_context: AutogenContext, op: RegrantSamizdatOp) -> str:
     """``op.regrant_samizdat(...)``."""
     autogen_context.imports.add(IMPORT)
-    return "op.regrant_samizdat" + _args(
-        repr(op.kind), repr(op.name), f"sql={literal(op.sql)}", f"reverse_sql={literal(op.reverse_sql)}"
+    return (
+        _why(op.reason)
+        + "op.regrant_samizdat"
+        + _args(repr(op.kind), repr(op.name), f"sql={literal(op.sql)}", f"reverse_sql={literal(op.reverse_sql)}")
     )
