@@ -10,81 +10,31 @@ stops with an error that mentions the flag.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
 
 from . import pinned
-from .errors import SamizdatError
+from .catalog import DbObject, read_state
+from .compat.dbsamizdat_format import (  # noqa: F401  (their old home: kept importable)
+    DBSAMIZDAT_PREFIX,
+    HASH_PREFIX,
+    dbsamizdat_hash,
+    dbsamizdat_hash_of_comment,
+    is_dbsamizdat,
+)
+from .errors import (
+    AdoptionRefusedError,
+)
+from .execute import send
+from .graph import Graph
 from .identifiers import qualified, quote_ident
 from .keys import Key
-from .model import Samizdat, SamizdatFunction, SamizdatTrigger
+from .planner import declared_hits
+from .signature import sign_statement
 
-if TYPE_CHECKING:
-    from .catalog import DbObject
-    from .graph import Graph
-
-#: How every DBSamizdat signature starts (it keeps "version" first for exactly this kind of prefix test).
-DBSAMIZDAT_PREFIX = '{"dbsamizdat": {"version":'
-#: Marks, in a parsed signature's hash, that the object was signed by DBSamizdat.
-HASH_PREFIX = "dbsamizdat:"
 #: The tools whose objects ``--adopt`` can take over.
 ADOPTABLE = ("dbsamizdat",)
-
-
-def is_dbsamizdat(comment: str | None) -> bool:
-    """Whether a comment is a DBSamizdat signature."""
-    return comment is not None and comment.startswith(DBSAMIZDAT_PREFIX)
-
-
-def dbsamizdat_hash_of_comment(comment: str) -> str | None:
-    """The definition hash a DBSamizdat signature records, or ``None`` when it cannot be read."""
-    try:
-        body = json.loads(comment)
-        value = body["dbsamizdat"]["definition_hash"]
-    except (ValueError, KeyError, TypeError, RecursionError):
-        return None
-    return value if isinstance(value, str) else None
-
-
-def dbsamizdat_hash(cls: type[Samizdat] | None) -> str | None:
-    """The hash DBSamizdat 0.11 computes for a class declared the same way: md5 of the raw template, its
-    identity and (functions) its creation identity, joined by ``|``."""
-    if cls is None or cls.sql_template is None:
-        return None
-    schema = cls.schema
-    if issubclass(cls, SamizdatFunction):
-        name = cls.function_name if cls.function_name is not None else cls.__name__
-        signature = cls.function_arguments_signature
-        arguments = cls.function_arguments if cls.function_arguments is not None else signature
-        identity = f'"{schema}"."{name}"({signature})'
-        creation = f'"{schema}"."{name}"({arguments})'
-    elif issubclass(cls, SamizdatTrigger):
-        table_schema, table = cls.table()
-        identity = f'"{table_schema}.{table}"."{cls.object_name()}"'
-        creation = ""
-    else:
-        identity = f'"{schema}"."{cls.__name__}"'
-        creation = ""
-    return hashlib.md5("|".join((cls.sql_template, identity, creation)).encode("utf-8")).hexdigest()
-
-
-class AdoptionRefusedError(SamizdatError):
-    """``samizdat adopt`` found existing objects whose definition differs from the declaration."""
-
-    def __init__(self, differences: dict[str, str], reason: str | None = None) -> None:
-        self.differences = differences
-        names = ", ".join(differences)
-        super().__init__(
-            f"not adopting anything: {len(differences)} object(s) differ from their declaration ({names}); make the "
-            "classes produce the same definition (see the diff), or let `samizdat sync` replace them after dropping "
-            "them yourself"
-            if reason is None
-            else f"not adopting anything: {reason} ({names})"
-        )
 
 
 @dataclass(frozen=True)
@@ -121,6 +71,18 @@ def _definition(connection: Connection, obj: DbObject) -> str | None:
     return None if value is None else str(value)
 
 
+def _indexes(connection: Connection, obj: DbObject) -> set[str]:
+    """The definitions of a relation's indexes (what a template may create after ``${postamble}``)."""
+    if obj.key.namespace != "relation":
+        return set()
+    found = pinned.query(
+        connection,
+        "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i WHERE i.indrelid = to_regclass(:ident)",
+        {"ident": qualified(obj.key.schema, obj.key.name)},
+    )
+    return {str(row[0]) for row in found}
+
+
 def _rename(obj: DbObject, temporary: str) -> str:
     if obj.kind == "trigger":
         # Renaming a constraint trigger keeps its pg_constraint row's name, which the declared one needs; nothing
@@ -130,21 +92,36 @@ def _rename(obj: DbObject, temporary: str) -> str:
     return f"ALTER {target} RENAME TO {quote_ident(temporary)}"
 
 
+def _index_renames(connection: Connection, obj: DbObject, temporary: str) -> list[str]:
+    """The statements moving a relation's indexes aside with it: a template may give one the same name again."""
+    if obj.key.namespace != "relation":
+        return []
+    indexes = [
+        row[0]
+        for row in pinned.query(
+            connection,
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE i.indrelid = to_regclass(:ident) ORDER BY 1",
+            {"ident": qualified(obj.key.schema, obj.key.name)},
+        )
+    ]
+    return [
+        f"ALTER INDEX {qualified(obj.key.schema, str(name))} RENAME TO {quote_ident(f'{temporary}_{n}')}"
+        for n, name in enumerate(indexes)
+    ]
+
+
 def adopt_unsigned(connection: Connection, graph: Graph, scope: str) -> AdoptResult:
     """Sign unsigned objects (e.g. created by alembic_utils) whose definition equals the declared one.
 
     For each declared object whose name is taken by an object without a signature, the declared object is
-    created next to it (the existing one renamed for a moment, in a savepoint that is always rolled back) and
-    PostgreSQL's own renderings of both definitions are compared. All equal: every one is signed, nothing else
-    changes. Any difference: nothing is signed and :class:`AdoptionRefusedError` carries a diff per object.
+    created next to it (the existing one and its indexes renamed for a moment, in a savepoint that is always
+    rolled back) and PostgreSQL's own renderings of both definitions are compared; every index the template
+    creates (after ``${postamble}``) must exist too, while indexes made by hand do not stand in the way. All
+    equal: every one is signed, nothing else changes. Any difference: nothing is signed and
+    :class:`AdoptionRefusedError` carries a diff per object.
     Runs in the caller's transaction (commit it to keep the signatures).
     """
-    # Imported here: catalog and planner import this module for DBSamizdat signatures.
-    from .catalog import read_state
-    from .execute import send
-    from .planner import declared_hits
-    from .signature import sign_statement
-
     state = read_state(connection, scope, graph.nodes)
     candidates: list[tuple[Key, DbObject]] = []
     for other in state.others:
@@ -174,17 +151,24 @@ def adopt_unsigned(connection: Connection, graph: Graph, scope: str) -> AdoptRes
     differences: dict[str, str] = {}
     for key, obj in candidates:
         item = graph.nodes[key]
-        before = _definition(connection, obj)
+        before, indexes = _definition(connection, obj), _indexes(connection, obj)
         savepoint = connection.begin_nested()
         try:
-            send(connection, _rename(obj, "samizdat_adopt_" + uuid.uuid4().hex[:12]))
+            temporary = "samizdat_adopt_" + uuid.uuid4().hex[:12]
+            for statement in (*_index_renames(connection, obj, temporary), _rename(obj, temporary)):
+                send(connection, statement)
             send(connection, item.sql)
-            after = _definition(connection, obj)
+            after, created = _definition(connection, obj), _indexes(connection, obj)
         finally:
             savepoint.rollback()
-        if before != after or item.kind.value != obj.kind:
+        # Every index the template creates must exist; others (made by hand) are kept by any later replacement.
+        if before != after or item.kind.value != obj.kind or created - indexes:
             diff = difflib.unified_diff(
-                (before or "").splitlines(), (after or "").splitlines(), "in the database", "declared", lineterm=""
+                [*(before or "").splitlines(), *sorted(created & indexes)],
+                [*(after or "").splitlines(), *sorted(created)],
+                "in the database",
+                "declared",
+                lineterm="",
             )
             differences[f"{item.label} {key.display()}"] = "\n".join(diff) or f"{obj.kind} vs {item.kind.value}"
     if differences:

@@ -15,9 +15,16 @@ def setup(plugin: Any) -> None:
     from alembic.util import DispatchPriority
 
     plugin.add_autogenerate_comparator(_compare, "schema", priority=DispatchPriority.LAST)
+    plugin.add_autogenerate_comparator(_exclude, "schema", priority=DispatchPriority.FIRST)
 
 
 def _compare(autogen_context: Any, upgrade_ops: Any, schemas: Any) -> Any:
     from .alembic.compare import compare_samizdats
 
     return compare_samizdats(autogen_context, upgrade_ops, schemas)
+
+
+def _exclude(autogen_context: Any, upgrade_ops: Any, schemas: Any) -> Any:
+    from .alembic.compare import exclude_view_mapped_tables
+
+    return exclude_view_mapped_tables(autogen_context, upgrade_ops, schemas)

@@ -16,21 +16,25 @@ from sqlalchemy.exc import DBAPIError
 
 from .adopt import ADOPTABLE, AdoptResult, adopt_unsigned
 from .catalog import DatabaseState, read_state
-from .errors import ExecutionError, SamizdatError, first_line
+from .errors import CatalogReadError, ExecutionError, Interrupted, SamizdatError, first_line
 from .execute import (
     LOCK_KEY,
     Discipline,
     OnAction,
     apply_actions,
+    apply_in_transaction,
     autocommit,
     collect_notices,
     create_failed,
     diagnose_function,
     lock_timeout_statement,
+    plan_asking_postgres,
+    refused_in_place,
     run_batch,
     send,
 )
 from .graph import Graph
+from .keys import Key
 from .model import Samizdat
 from .planner import (
     Action,
@@ -221,8 +225,8 @@ def _run_inner(
     """Lock, read, plan (sync when ``graph`` is given, else nuke) and apply under ``discipline``."""
     discipline = Discipline(discipline)
 
-    def make_plan(state: DatabaseState) -> Plan:
-        made = plan_sync(graph, state) if graph is not None else plan_nuke(state)
+    def make_plan(state: DatabaseState, connection: Connection) -> Plan:
+        made = plan_nuke(state) if graph is None else plan_asking_postgres(connection, graph, state)
         if on_plan is not None:
             on_plan(made)
         return made
@@ -259,18 +263,42 @@ def _run_inner(
                 applied: list[Action] = []
                 try:
                     state = _lock_and_read(conn, graph, registry, session_lock=True, adopt=adopt)
-                    plan = make_plan(state)
-                    for unit in checkpoint_units(plan.actions):
+                    plan = first = make_plan(state, conn)
+                    refused: dict[Key, str] = {}
+                    while True:
                         try:
-                            applied.extend(_apply_unit(conn, unit, on_action))
+                            for unit in checkpoint_units(plan.actions):
+                                applied.extend(_apply_unit(conn, unit, on_action))
+                            break
                         except _UnitFailed as failed:
                             action, exc = failed.action, failed.error
+                            why = refused_in_place(action, exc)
+                            if why is not None and graph is not None and action.key not in refused:
+                                # The unit was rolled back whole; what committed before it stays, the rest is
+                                # planned again from the database with this object rebuilt.
+                                refused[action.key] = why
+                                state = read_state(
+                                    conn,
+                                    registry.scope,
+                                    graph.nodes,
+                                    adopt=adopt,
+                                    trusted_owners=registry.trusted_owners,
+                                )
+                                plan = plan_sync(graph, state, rebuild=refused)
+                                continue
                             better = (
                                 diagnose_function(conn, action, in_autocommit=True) if create_failed(action) else None
                             )
                             if better is not None:
                                 raise better from exc.__cause__
                             raise exc from exc.__cause__
+                    return SyncResult(_as_run(first, applied, refused), discipline, tuple(applied), True)
+                except ExecutionError as exc:
+                    if not isinstance(exc, CatalogReadError):
+                        exc.tell_state(checkpoint_state(len(applied)))
+                    raise
+                except KeyboardInterrupt as exc:
+                    raise Interrupted(checkpoint_state(len(applied), interrupted=True)) from exc
                 finally:
                     try:
                         conn.exec_driver_sql(f"SELECT pg_catalog.pg_advisory_unlock({LOCK_KEY})")
@@ -278,7 +306,6 @@ def _run_inner(
                             conn.exec_driver_sql("RESET lock_timeout")
                     except Exception:
                         pass
-                return SyncResult(plan, discipline, tuple(applied), True)
         nested = connection.in_transaction()
         tx = connection.begin_nested() if nested else connection.begin()
         failed_action: Action | None = None
@@ -291,11 +318,30 @@ def _run_inner(
             if setting:
                 run_batch(connection, None, setting)
             state = _lock_and_read(connection, graph, registry, session_lock=False, adopt=adopt)
-            plan = make_plan(state)
+            plan = first = make_plan(state, connection)
             applied = []
-            for action in plan.actions:
-                failed_action = action
-                applied.extend(apply_actions(connection, [action], on_action=on_action))
+            refused = {}
+            pending = list(plan.actions)
+            while pending:
+                action = failed_action = pending.pop(0)
+                try:
+                    apply_in_transaction(connection, action)
+                except ExecutionError as exc:
+                    why = refused_in_place(action, exc)
+                    if why is None or graph is None or action.key in refused:
+                        raise
+                    # Rolled back to the savepoint: plan the rest again, from inside this transaction.
+                    refused[action.key] = why
+                    state = read_state(
+                        connection, registry.scope, graph.nodes, adopt=adopt, trusted_owners=registry.trusted_owners
+                    )
+                    plan = plan_sync(graph, state, rebuild=refused)
+                    pending = list(plan.actions)
+                    continue
+                applied.append(action)
+                if on_action is not None:
+                    on_action(action)
+            plan = _as_run(first, applied, refused)
             failed_action = None
             if discipline is Discipline.DRYRUN:
                 tx.rollback()
@@ -303,22 +349,54 @@ def _run_inner(
                 try:
                     tx.commit()
                 except DBAPIError as exc:
-                    raise ExecutionError(
-                        f"committing the run failed: {first_line(exc)}. PostgreSQL keeps a transaction only when its "
-                        "COMMIT completes, so nothing of this run should be in the database; `samizdat diff` shows "
-                        "the state"
-                    ) from exc
+                    error = ExecutionError(f"committing the run failed: {first_line(exc)}")
+                    error.tell_state(
+                        "PostgreSQL keeps a transaction only when its COMMIT completes, so nothing of this run should "
+                        "be in the database; `samizdat diff` shows the state, and sync again applies the run"
+                    )
+                    raise error from exc
         except ExecutionError as exc:
             tx.rollback()
             if failed_action is not None and create_failed(failed_action):
                 better = diagnose_function(connection, failed_action, in_autocommit=False)
                 if better is not None:
+                    better.tell_state(one_transaction_state(discipline, nested))
                     raise better from exc.__cause__
+            if not isinstance(exc, CatalogReadError):
+                exc.tell_state(one_transaction_state(discipline, nested))
             raise
+        except KeyboardInterrupt as exc:
+            with suppress(Exception):
+                tx.rollback()
+            raise Interrupted(one_transaction_state(discipline, nested, interrupted=True)) from exc
         except BaseException:
             tx.rollback()
             raise
         return SyncResult(plan, discipline, tuple(applied), discipline is Discipline.JUMBO)
+
+
+def checkpoint_state(kept: int, *, interrupted: bool = False) -> str:
+    """What is in the database after a ``checkpoint`` run stopped with ``kept`` actions done."""
+    if not kept:
+        return "Nothing was applied; sync again does the whole run" if interrupted else "Nothing was applied"
+    done = f"The {kept} earlier action(s) of this run are applied and kept (checkpoint)"
+    if interrupted:
+        return f"{done}, the one under way was rolled back; sync again to finish the job"
+    return f"{done}; sync again to finish the job once this is fixed"
+
+
+def one_transaction_state(discipline: Discipline, nested: bool, *, interrupted: bool = False) -> str:
+    """What is in the database after a ``jumbo`` or ``dryrun`` run stopped: nothing of it."""
+    if discipline is Discipline.DRYRUN:
+        return "Nothing was applied (dry run)"
+    where = "rolled back to where this run began (a savepoint)" if nested else "rolled back"
+    tail = "; sync again does the whole run" if interrupted else ""
+    return f"Nothing was applied: the whole run (jumbo: one transaction) was {where}{tail}"
+
+
+def _as_run(first: Plan, applied: list[Action], refused: dict[Key, str]) -> Plan:
+    """The plan as it ran: the first one, or, after a refused in-place replacement, the actions that ran."""
+    return Plan(first.differences, tuple(applied), first.warnings) if refused else first
 
 
 class _UnitFailed(Exception):
@@ -379,8 +457,10 @@ def sync(
 ) -> SyncResult:
     """Make the database match the declarations.
 
-    ``discipline``: ``checkpoint`` (commit per action), ``jumbo`` (one transaction) or ``dryrun`` (one
-    transaction, rolled back). ``lock_timeout`` (seconds) bounds every lock wait; by default the server's
+    ``discipline``: ``checkpoint`` (commit per unit: a replacement, a refresh, or a rebuilt stack whole, so
+    readers never find an object missing), ``jumbo`` (one transaction) or ``dryrun`` (one transaction, rolled
+    back). Changed views, functions and triggers are replaced in place when PostgreSQL accepts it (see
+    docs/deploying.md). ``lock_timeout`` (seconds) bounds every lock wait; by default the server's
     setting applies. ``adopt="dbsamizdat"`` takes over objects DBSamizdat signed (unchanged ones are only
     re-signed; see :mod:`alembic_samizdat.adopt`). ``on_plan`` sees the plan before it runs, ``on_action`` each completed action. Raises a :class:`~alembic_samizdat.errors.SamizdatError` subclass on any problem.
     """
@@ -407,12 +487,17 @@ def nuke(
 
 
 def plan(bind: Bind, declarations: Declarations, *, scope: str | None = None) -> Plan:
-    """The plan a sync would run now, without running it."""
+    """The plan a sync would run now, without running it.
+
+    Replacements in place are tried in a savepoint that is rolled back (PostgreSQL decides which it accepts),
+    so they take their objects' locks for as long as the tries last.
+    """
     registry = as_registry(declarations, scope=scope)
     graph = registry.graph()
     with _connected(bind) as connection, _read_only(connection):
         state = read_state(connection, registry.scope, graph.nodes, trusted_owners=registry.trusted_owners)
-    return plan_sync(graph, state)
+        # Replacements are tried (and rolled back) so that the plan says replace or rebuild as a sync would.
+        return plan_asking_postgres(connection, graph, state)
 
 
 def diff_database(bind: Bind, declarations: Declarations, *, scope: str | None = None) -> DiffResult:
@@ -480,7 +565,8 @@ async def refresh_async(
     on_action: OnAction | None = None,
     progress: Progress | None = None,
 ) -> RefreshResult:
-    """:func:`refresh` for asyncio services, on an ``AsyncEngine`` (``postgresql+psycopg://``): never blocks
+    """:func:`refresh` for asyncio services, on an ``AsyncEngine`` (``postgresql+psycopg://`` or
+    ``postgresql+asyncpg://``): never blocks
     the event loop. ``jobs`` > 1 refreshes independent views at once on that many connections.
     """
     registry = as_registry(declarations, scope=scope)

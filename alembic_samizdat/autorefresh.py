@@ -40,10 +40,17 @@ def trigger_name(view: Key, table: tuple[str, str], depth: int) -> str:
     return f"{PREFIX}r{depth:04d}_{_digest(view.schema, view.name, *table)}"
 
 
-def sidekicks(view: Declared, depth: int) -> list[Declared]:
-    """The trigger function and triggers that keep ``view`` fresh, as declarations of their own."""
+def sidekicks(view: Declared, depth: int, above: tuple[Key, ...] = ()) -> list[Declared]:
+    """The trigger function and triggers that keep ``view`` fresh, as declarations of their own.
+
+    ``above``: the materialized views reading ``view`` (a deferred view marks them stale with it).
+    """
     if not view.refresh_triggers:
         return []
+    if view.refresh_mode == "deferred":
+        from .deferred import deferred_sidekicks
+
+        return deferred_sidekicks(view, above)
     fkey = function_key(view.key)
     target = qualified(view.key.schema, view.key.name)
     if view.refresh_concurrently:

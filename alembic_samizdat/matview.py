@@ -25,7 +25,10 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, Engine
 
 from . import pinned
-from .errors import InvalidIdentifierError, SamizdatError
+from .errors import (
+    InvalidIdentifierError,
+    MatviewError,
+)
 from .identifiers import MAX_IDENTIFIER_BYTES, check_identifier, qualified, quote_ident, quote_literal
 
 if TYPE_CHECKING:
@@ -53,10 +56,6 @@ __all__ = [
 MatviewName = str | tuple[str, str]
 
 _PLAIN_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
-
-
-class MatviewError(SamizdatError):
-    """A materialized view cannot be handled as asked (e.g. refreshed ``CONCURRENTLY``); nothing was changed."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +131,7 @@ EXISTS (SELECT 1 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN 
 _ONE_SQL = f"""
 SELECT n.nspname, c.relname, c.relkind::text, c.relispopulated, {_USABLE_UNIQUE_INDEX}
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.oid = CAST(:oid AS oid)
+WHERE c.oid = CAST(current_setting('alembic_samizdat.target') AS oid)
 """
 
 _LIST_SQL = f"""
@@ -183,11 +182,11 @@ def create_matview(
 def _check_concurrently(conn: Connection, target: str) -> None:
     # The name is the caller's: it is looked up on the session's search_path (a qualified call, so nothing on
     # that path can stand in for the function); the query itself runs pinned (see pinned.py).
-    oid = conn.exec_driver_sql(
-        f"SELECT CAST(pg_catalog.to_regclass({quote_literal(target)}) AS pg_catalog.oid)",
-        execution_options={"no_parameters": True},
-    ).scalar()
-    found = pinned.query(conn, _ONE_SQL, {"oid": str(oid)}) if oid is not None else []
+    lookup = (
+        "SELECT pg_catalog.set_config('alembic_samizdat.target', COALESCE(CAST(CAST(pg_catalog.to_regclass("
+        f"{quote_literal(target)}) AS pg_catalog.oid) AS pg_catalog.text), '0'), false)"
+    )
+    found = pinned.query(conn, _ONE_SQL, before=lookup)
     row = found[0] if found else None
     if row is None:
         raise MatviewError(f"cannot refresh {target}: no such relation (check the name, schema and search_path)")

@@ -82,9 +82,12 @@ class SamizdatMeta(type):
 class Samizdat(metaclass=SamizdatMeta):
     """Base of every samizdat class. Subclass one of the concrete kinds below, not this one.
 
-    A class is *abstract* (an intermediate base, never registered) when it has no ``sql_template`` of its own
-    or its inherited one, or when it sets ``__abstract__ = True`` in its own body.
+    A class is *abstract* (an intermediate base, never registered) when it sets ``__abstract__ = True`` in its
+    own body, as SQLAlchemy spells it. Every other subclass declares an object, and one without a
+    ``sql_template`` is an error naming it (a typo such as ``sql_templte`` must not sync nothing silently).
     """
+
+    __abstract__: ClassVar[bool] = True
 
     kind: ClassVar[Kind]
     #: The SQL template; see :mod:`alembic_samizdat.template` for the placeholders.
@@ -104,9 +107,7 @@ class Samizdat(metaclass=SamizdatMeta):
     @classmethod
     def is_abstract(cls) -> bool:
         """Whether this class is an intermediate base rather than a declaration of an object."""
-        if cls.__dict__.get("__abstract__") is True:
-            return True
-        return getattr(cls, "kind", None) is None or cls.sql_template is None
+        return cls.__dict__.get("__abstract__") is True or cls is Samizdat or cls in CONCRETE_BASES
 
     @classmethod
     def object_name(cls) -> str:
@@ -143,8 +144,9 @@ class Samizdat(metaclass=SamizdatMeta):
 
     @classmethod
     def postamble(cls) -> str:
-        """The tail that ``${postamble}`` becomes."""
-        return ""
+        """The tail that ``${postamble}`` becomes: it ends the statement (as in DBSamizdat), so a template may
+        go on with more statements (indexes, comments) with or without a ``;`` of its own."""
+        return ";"
 
     @classmethod
     def requires_postamble(cls) -> bool:
@@ -155,8 +157,9 @@ class Samizdat(metaclass=SamizdatMeta):
     def create(cls) -> str:
         """The rendered SQL that creates this object (without its signature comment)."""
         if cls.is_abstract():
-            raise DeclarationError(f"{cls.label()} is abstract (it has no sql_template); it cannot be created")
-        assert cls.sql_template is not None
+            raise DeclarationError(f"{cls.label()} is abstract (__abstract__ = True); it cannot be created")
+        if cls.sql_template is None:
+            raise missing_template(cls)
         return render(
             cls.sql_template,
             {"preamble": cls.preamble(), "postamble": cls.postamble(), "samizdatname": cls._identity()},
@@ -166,9 +169,18 @@ class Samizdat(metaclass=SamizdatMeta):
         )
 
 
+def missing_template(cls: type[Samizdat]) -> DeclarationError:
+    """The error for a concrete class without ``sql_template``."""
+    return DeclarationError(
+        f"{cls.label()} has no sql_template: give it one, or mark it as an intermediate base with "
+        "__abstract__ = True in its class body"
+    )
+
+
 class SamizdatView(Samizdat):
     """A view: the template's ``${preamble}`` becomes ``CREATE VIEW "schema"."Name" AS``."""
 
+    __abstract__ = True
     kind = Kind.VIEW
 
     @classmethod
@@ -185,6 +197,7 @@ class SamizdatView(Samizdat):
 class SamizdatMaterializedView(Samizdat):
     """A materialized view; created ``WITH NO DATA`` and then populated in dependency order."""
 
+    __abstract__ = True
     kind = Kind.MATVIEW
     #: Refresh with ``CONCURRENTLY`` when PostgreSQL allows it (populated, with a unique index).
     refresh_concurrently: ClassVar[bool] = False
@@ -193,6 +206,10 @@ class SamizdatMaterializedView(Samizdat):
     #: Populate the view when it is created (by sync or a migration). ``False`` leaves a large view empty
     #: until ``samizdat refresh``; it is then never called "not populated".
     with_data: ClassVar[bool] = True
+    #: How ``refresh_triggers`` keep the view fresh: ``"immediate"`` refreshes it inside every writing
+    #: transaction; ``"deferred"`` only marks it (and the views above it) stale, and ``samizdat worker``
+    #: refreshes what is marked, debounced (docs/refresh.md).
+    refresh_mode: ClassVar[str] = "immediate"
 
     @classmethod
     def preamble(cls) -> str:
@@ -201,8 +218,8 @@ class SamizdatMaterializedView(Samizdat):
 
     @classmethod
     def postamble(cls) -> str:
-        """``WITH NO DATA``: views are populated after the whole stack exists, in dependency order."""
-        return "WITH NO DATA"
+        """``WITH NO DATA;``: views are populated after the whole stack exists, in dependency order."""
+        return "WITH NO DATA;"
 
     @classmethod
     def requires_postamble(cls) -> bool:
@@ -213,6 +230,7 @@ class SamizdatMaterializedView(Samizdat):
 class SamizdatFunction(Samizdat):
     """A function; ``${preamble}`` becomes ``CREATE FUNCTION "schema"."name"(arguments)``."""
 
+    __abstract__ = True
     kind = Kind.FUNCTION
     #: The function's name; defaults to the class name (set it to declare overloads).
     function_name: ClassVar[str | None] = None
@@ -274,6 +292,7 @@ class SamizdatProcedure(SamizdatFunction):
 class SamizdatTrigger(Samizdat):
     """A trigger on a table (or ``INSTEAD OF`` on a view); ``${preamble}`` is ``CREATE TRIGGER … ON …``."""
 
+    __abstract__ = True
     kind = Kind.TRIGGER
     #: The table: a bare name (in this class's schema), a ``(schema, name)`` tuple, or a samizdat view class.
     on_table: ClassVar[str | tuple[str, str] | type[Samizdat] | None] = None

@@ -12,12 +12,10 @@ from typing import Any
 
 from sqlalchemy import Connection, MetaData, Table, inspect
 
-from .errors import SamizdatError
+from .errors import (
+    ColumnDriftError,
+)
 from .registry import SamizdatRegistry
-
-
-class ColumnDriftError(SamizdatError):
-    """A model declares columns that its view does not have (or has with an incompatible type)."""
 
 
 def managed_relations(registry: SamizdatRegistry) -> set[tuple[str, str]]:

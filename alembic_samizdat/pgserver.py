@@ -64,7 +64,9 @@ from typing import IO, Any, Self
 
 import psycopg
 
-from .errors import SamizdatError
+from .errors import (
+    ThrowawayServerError,
+)
 
 __all__ = [
     "DEFAULT_MAJOR",
@@ -109,10 +111,6 @@ _PG_ENV_PREFIXES = ("PG",)
 _MIN_SHM_FREE = 1 << 30
 
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-
-
-class ThrowawayServerError(SamizdatError):
-    """The throwaway PostgreSQL server could not be found, installed, started or used."""
 
 
 # --------------------------------------------------------------------------------------------------------

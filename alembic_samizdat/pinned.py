@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from typing import Any
 
 from sqlalchemy import Connection
@@ -72,40 +73,74 @@ def inline(sql: str, params: Mapping[str, object]) -> str:
     return _PLACEHOLDER.sub(lambda m: literal(params[m.group(1)]), sql)
 
 
-def query(connection: Connection, sql: str, params: Mapping[str, object] | None = None) -> Sequence[Any]:
-    """The rows of one query of ours, run with ``search_path`` pinned (one round trip).
+def query(
+    connection: Connection, sql: str, params: Mapping[str, object] | None = None, *, before: str = ""
+) -> Sequence[Any]:
+    """The rows of one query of ours, run with ``search_path`` pinned (one round trip on psycopg 3).
 
-    Values are written in as literals: a batch of several statements has no bound parameters.
+    Values are written in as literals: a batch of several statements has no bound parameters. ``before`` is one
+    statement (no rows wanted; every name in it qualified) that runs under the session's own path first, e.g. to
+    look up a name the caller gave.
     """
-    batch = wrap(inline(sql, params or {}))
+    text = inline(sql, params or {})
+    if connection.dialect.driver != "psycopg":
+        return _query_in_steps(connection, text, before)
+    batch = wrap(text)
+    skip = PIN_RESULTS
+    if before:
+        batch = f"{before};\n{batch}"
+        skip += 1
     result = connection.exec_driver_sql(batch, execution_options={"no_parameters": True})
     cursor = result.cursor
     try:
         assert cursor is not None
-        driver = getattr(cursor, "_cursor", None)
-        if driver is not None and inspect.iscoroutinefunction(getattr(driver, "fetchall", None)):
-            return _async_driver_rows(driver)
-        for _ in range(PIN_RESULTS):
+        adapted = getattr(cursor, "_cursor", None)
+        if adapted is not None and inspect.iscoroutinefunction(getattr(adapted, "fetchall", None)):
+            # An AsyncEngine's cursor (psycopg's AsyncCursor inside SQLAlchemy's adapter). Its own nextset()
+            # cannot be used: 2.1's awaits psycopg's nextset(), which is not a coroutine; 2.0's passes it on
+            # without reading the next set's rows, so its fetchall() would return the pin's. Step psycopg's
+            # cursor itself: it holds every result set already.
+            for _ in range(skip):
+                moved = adapted.nextset()
+                if inspect.isawaitable(moved):
+                    _await(moved)
+            return list(_await(adapted.fetchall()))
+        for _ in range(skip):
             cursor.nextset()
         return list(cursor.fetchall())
     finally:
         result.close()
 
 
-def _async_driver_rows(driver: Any) -> list[Any]:
-    """The rows of the last result set of psycopg's ``AsyncCursor`` under SQLAlchemy's asyncio adapter.
+def _query_in_steps(connection: Connection, text: str, before: str) -> Sequence[Any]:
+    """:func:`query` for drivers that give no access to a batch's middle result (psycopg2 returns the last one;
+    asyncpg sends one statement at a time): the path is pinned for the session around the query and put back
+    after it, in a few more round trips. A failed query in a transaction undoes the pin with the transaction."""
+    options = {"no_parameters": True}
+    if before:
+        connection.exec_driver_sql(before, execution_options=options)
+    session_path = connection.exec_driver_sql(
+        "SELECT pg_catalog.current_setting('search_path')", execution_options=options
+    ).scalar()
+    connection.exec_driver_sql(
+        f"SELECT pg_catalog.set_config('search_path', '{PINNED_PATH}', false)", execution_options=options
+    ).close()
+    try:
+        return list(connection.exec_driver_sql(text, execution_options=options).all())
+    finally:
+        with suppress(Exception):
+            connection.exec_driver_sql(
+                f"SELECT pg_catalog.set_config('search_path', {literal(str(session_path))}, false)",
+                execution_options=options,
+            ).close()
 
-    The adapter's own nextset() cannot be used: 2.0's passes it to psycopg without reading the next set's rows
-    (its fetchall() then returns the pin's), and 2.1's awaits psycopg's nextset(), which is not a coroutine.
-    psycopg has every result set already, so moving on needs no I/O; only fetching is awaited.
-    """
-    from sqlalchemy.util.concurrency import await_only
 
-    for _ in range(PIN_RESULTS):
-        moved = driver.nextset()
-        if inspect.isawaitable(moved):
-            await_only(moved)
-    return list(await_only(driver.fetchall()))
+def _await(awaitable: Any) -> Any:
+    """Run a coroutine from inside SQLAlchemy's greenlet bridge (the name changed in SQLAlchemy 2.1)."""
+    from sqlalchemy import util
+
+    bridge = getattr(util, "await_", None) or util.await_only
+    return bridge(awaitable)
 
 
 def do_block(body: str, declare: str = "") -> str:

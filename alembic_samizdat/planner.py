@@ -1,28 +1,31 @@
 """The planner: declared graph × database state → differences and an ordered plan. Pure: no I/O.
 
-Rules: a changed object is dropped and recreated with everything that depends on it (through ``deps_on``
-and through the catalog's dependency edges); drops never cascade, so an object we do not manage that depends
-on one we must drop stops the plan before anything changes; a declared name taken by an object we did not
-sign stops it too. Materialized views that are created, or found unpopulated, are refreshed last, in
+Rules: a changed view, function or trigger is replaced in place (``CREATE OR REPLACE``), its dependents
+untouched; when that cannot be (a materialized view, a kind change, or PostgreSQL refusing the replacement,
+see :func:`plan_sync`'s ``rebuild``) the object is dropped and recreated with everything that depends on it
+(through ``deps_on`` and through the catalog's dependency edges), drops and creates of one stack forming one
+unit (see :func:`checkpoint_units`); drops never cascade, so an object we do not manage that depends on one we
+must drop stops the plan before anything changes; a declared name taken by an object we did not sign stops it
+too. Materialized views that are created, or found unpopulated, are refreshed last, in
 dependency order.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from .adopt import HASH_PREFIX, dbsamizdat_hash, is_dbsamizdat
 from .catalog import DatabaseState, DbObject
+from .compat.dbsamizdat_format import HASH_PREFIX, dbsamizdat_hash, is_dbsamizdat
 from .declared import Declared
 from .errors import NameClashError, UnmanagedDependentError
 from .graph import Graph, reachable, topological_order
 from .identifiers import qualified, quote_ident
-from .keys import Key, Kind, normalize_signature
+from .keys import Key, Kind, in_arguments, normalize_signature
 from .preserve import capture_statement, restore_statement
-from .signature import clear_stale_statement, definition_hash, sign_statement
+from .signature import clear_stale_statement, definition_hash, mark_stale_statement, sign_statement
 
 
 class Verb(StrEnum):
@@ -30,6 +33,8 @@ class Verb(StrEnum):
 
     DROP = "drop"
     CREATE = "create"
+    #: ``CREATE OR REPLACE``: the object keeps its identity and its dependents stay as they are.
+    REPLACE = "replace"
     REFRESH = "refresh"
     GRANT = "grant"
     ADOPT = "adopt"
@@ -55,10 +60,13 @@ class Difference:
     key: Key
     kind: str
     label: str
+    #: What else a reader should know, e.g. that an object of this name is DBSamizdat's.
+    note: str = ""
 
     def describe(self) -> str:
         """A line for humans: ``changed view "public"."v" (module.V)``."""
-        return f"{self.what.value}: {self.kind} {self.key.display()} ({self.label})"
+        note = f"; {self.note}" if self.note else ""
+        return f"{self.what.value}: {self.kind} {self.key.display()} ({self.label}){note}"
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,10 @@ class Action:
     declared: Declared | None = None
     #: A drop that first captures what users attached to the object (see preserve.py), to restore at its create.
     captures: bool = False
+    #: Actions sharing a unit number commit together under ``checkpoint`` (see :func:`checkpoint_units`).
+    unit: int | None = None
+    #: The object whose recreate or drop brings this one along (``None`` when the object itself differs).
+    cause: Key | None = None
 
     @property
     def sql(self) -> str:
@@ -114,6 +126,10 @@ def _label(declared: Declared | None, obj: DbObject | None) -> str:
 
 def _stale(obj: DbObject) -> bool:
     return obj.signature is not None and obj.signature.stale
+
+
+def _signed_deps(obj: DbObject) -> tuple[Key, ...]:
+    return obj.signature.deps if obj.signature is not None else ()
 
 
 def _signature_matches(obj: DbObject, declared: Declared) -> bool:
@@ -168,10 +184,12 @@ def declared_hits(graph: Graph, other: DbObject) -> list[Key]:
     printed = normalize_signature(other.identity_args).lower()
     if other.kind == "procedure":
         printed = _as_function_identity(printed)
+    # PostgreSQL 14+ prints a function's OUT arguments too; the declared signature holds the input ones only.
+    forms = (printed, in_arguments(printed))
     return [
         k
         for k in graph.nodes
-        if k.namespace == "function" and (k.schema, k.name) == (key.schema, key.name) and k.extra.lower() == printed
+        if k.namespace == "function" and (k.schema, k.name) == (key.schema, key.name) and k.extra.lower() in forms
     ]
 
 
@@ -211,14 +229,30 @@ def grant_statements(
     return out
 
 
+#: How a reason reads after the name of the object that caused a dependent's recreate.
+_ROOT_PHRASES = {
+    DiffKind.CHANGED.value: "changed",
+    DiffKind.DRIFTED.value: "was changed by hand in the database (drift)",
+    DiffKind.EXCESS_DB.value: "is dropped (no longer declared)",
+    "reads a table that this migration alters": "reads a table that this migration alters",
+}
+
+#: Said of a declared object whose name an object signed by DBSamizdat holds.
+DBSAMIZDAT_NOTE = (
+    "the database holds DBSamizdat's object of this name: `samizdat sync --adopt dbsamizdat` takes it over"
+)
+
+
 def diff(graph: Graph, state: DatabaseState) -> list[Difference]:
     """The objects that differ between code and database, in a stable order."""
     out: list[Difference] = []
+    theirs = {k for other in state.others if is_dbsamizdat(other.comment) for k in declared_hits(graph, other)}
     for key in graph.order:
         item = graph.nodes[key]
         obj = state.managed.get(key)
         if obj is None:
-            out.append(Difference(DiffKind.EXCESS_CODE, key, item.kind.value, item.label))
+            note = DBSAMIZDAT_NOTE if key in theirs else ""
+            out.append(Difference(DiffKind.EXCESS_CODE, key, item.kind.value, item.label, note))
         elif obj.signature is not None and obj.signature.hash.startswith(HASH_PREFIX):
             same = obj.signature.hash == HASH_PREFIX + (dbsamizdat_hash(item.source) or "")
             # DBSamizdat's hash leaves is_constraint out (it compares it apart): a flipped one is a change.
@@ -247,11 +281,36 @@ def in_sync(graph: Graph, state: DatabaseState) -> bool:
     return not _clashes(graph, state) and not diff(graph, state)
 
 
-def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) -> Plan:
+#: Why an object is replaced in place (shown by ``sync -v`` and in revisions).
+REPLACED_IN_PLACE = "replaced in place, objects that depend on it untouched"
+
+
+def in_place_candidates(graph: Graph, state: DatabaseState, differences: Iterable[Difference]) -> set[Key]:
+    """Changed objects that ``CREATE OR REPLACE`` may replace (PostgreSQL has the last word when it runs)."""
+    out = set()
+    for d in differences:
+        if d.what not in (DiffKind.CHANGED, DiffKind.DRIFTED):
+            continue
+        item = graph.nodes[d.key]
+        if item.replace_sql is not None and state.managed[d.key].kind == item.kind.value:
+            out.add(d.key)
+    return out
+
+
+def plan_sync(
+    graph: Graph,
+    state: DatabaseState,
+    *,
+    force: Iterable[Key] = (),
+    rebuild: Mapping[Key, str] | None = None,
+    in_place: bool = True,
+) -> Plan:
     """The plan that makes the database match ``graph``; raises before anything when it cannot be done safely.
 
     ``force`` names managed objects to drop and recreate even when unchanged (with their dependents), e.g.
-    because a migration alters a table they read.
+    because a migration alters a table they read. ``rebuild`` names changed objects that must be dropped and
+    recreated rather than replaced in place, with the reason (PostgreSQL refused ``CREATE OR REPLACE``);
+    ``in_place=False`` rebuilds every changed object.
     """
     clashes = _clashes(graph, state)
     if clashes:
@@ -265,19 +324,52 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
 
     start = {d.key for d in differences if d.what in (DiffKind.CHANGED, DiffKind.DRIFTED, DiffKind.EXCESS_DB)}
     reasons: dict[Key, str] = {d.key: d.what.value for d in differences}
+    for key, why in (rebuild or {}).items():
+        if key in start:
+            reasons[key] = f"{reasons[key]}; recreated because {why}"
     for key in force:
         if key in managed and key not in start:
             start.add(key)
             reasons[key] = "reads a table that this migration alters"
+    candidates = in_place_candidates(graph, state, differences) - set(force) - set(rebuild or ()) if in_place else set()
+    start -= candidates
+
+    causes: dict[Key, Key] = {}
+
+    def root_reason(key: Key) -> str:
+        seen = {key}
+        while key in causes and causes[key] not in seen:
+            key = causes[key]
+            seen.add(key)
+        return f"{key.display()} {_ROOT_PHRASES.get(reasons[key], reasons[key])}"
 
     def drop_next(key: Key) -> list[Key]:
         declared_deps = [d for d in graph.dependents.get(key, ()) if d in managed]
         found = declared_deps + catalog_dependents(key)
         for dep in found:
-            reasons.setdefault(dep, f"depends on {key.display()}, which is recreated or dropped")
+            if dep not in reasons:
+                causes[dep] = key
+                via = "" if key not in causes else ", which is recreated too"
+                reasons[dep] = f"recreated because {root_reason(key)} (it depends on {key.display()}{via})"
         return found
 
     to_drop = start | reachable(start, drop_next)
+    while True:
+        # A candidate whose old definition read something dropped here (PostgreSQL records no dependency for
+        # the calls in a SQL function's body) goes with it, so that no order leaves it calling a missing object.
+        tied = {k for k in candidates - to_drop if set(_signed_deps(managed[k])) & to_drop}
+        if not tied:
+            break
+        to_drop |= tied | reachable(tied, drop_next)
+    # A candidate that something below it makes recreate anyway is recreated with it.
+    replaced = candidates - to_drop
+    # Materialized views above a replacement hold data of the old definition until refreshed: the replacement
+    # marks them stale in its own transaction, so a run that stops before the refresh leaves it to the next.
+    outdated = {
+        k
+        for k in reachable(replaced, lambda k: graph.dependents.get(k, ()))
+        if graph.nodes[k].kind is Kind.MATVIEW and k in managed and k not in to_drop and managed[k].populated
+    }
     # Dropped and created again: what users attached to them is captured and restored (preserve.py).
     recreated = {k for k in to_drop if k in graph.nodes and managed[k].keeps is not False}
     _refuse_unmanaged_dependents(to_drop, state, recreated)
@@ -304,7 +396,7 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
                 if dep in to_drop:
                     catalog_only[dep].add(key)
         order = topological_order(to_drop, catalog_only) or sorted(to_drop)
-    actions: list[Action] = [
+    adopts: list[Action] = [
         # Unchanged since DBSamizdat created it: only our signature replaces DBSamizdat's, nothing is dropped.
         Action(
             Verb.ADOPT,
@@ -317,10 +409,11 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
         for d in differences
         if d.what is DiffKind.ADOPTABLE and d.key not in to_drop
     ]
+    drops: list[Action] = []
     for key in reversed(order):
         obj = managed[key]
         capture = capture_statement(obj.kind, obj.comment_target()) if key in recreated else None
-        actions.append(
+        drops.append(
             Action(
                 Verb.DROP,
                 key,
@@ -329,9 +422,10 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
                 (capture, obj.drop_statement()) if capture else (obj.drop_statement(),),
                 reasons[key],
                 captures=capture is not None,
+                cause=causes.get(key),
             )
         )
-    to_create = [k for k in graph.order if k not in managed or k in to_drop]
+    to_create = [k for k in graph.order if k not in managed or k in to_drop or k in replaced]
     # Creation follows deps_on, and also catalog edges that deps_on forgot (they were warned about).
     create_deps: dict[Key, set[Key]] = {k: set(graph.deps.get(k, ())) for k in to_create}
     for key in to_create:
@@ -341,9 +435,25 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
                     create_deps[dependent].add(key)
     to_create = topological_order(to_create, create_deps) or to_create
     scope = state.scope
+    creates: list[Action] = []
     for key in to_create:
         item = graph.nodes[key]
-        statements: tuple[str, ...] = (item.sql, sign_statement(item, scope, graph.deps.get(key, ())))
+        statements: tuple[str, ...]
+        if key in replaced:
+            assert item.replace_sql is not None
+            # Grants, owner and whatever users attached stay with the object; only declared grants change.
+            to_grant, to_revoke, _ = grant_changes(item, managed[key])
+            above = sorted(reachable([key], lambda k: graph.dependents.get(k, ())) & outdated)
+            statements = (
+                item.replace_sql,
+                sign_statement(item, scope, graph.deps.get(key, ())),
+                *grant_statements(item, to_grant, to_revoke),
+                *(mark_stale_statement(k) for k in above),
+            )
+            why = f"{reasons[key]}: {REPLACED_IN_PLACE}"
+            creates.append(Action(Verb.REPLACE, key, item.kind.value, item.label, statements, why, item))
+            continue
+        statements = (item.sql, sign_statement(item, scope, graph.deps.get(key, ())))
         if key in recreated and capture_statement(managed[key].kind, managed[key].comment_target()):
             statements = (*statements, restore_statement(managed[key].comment_target()))
         if item.grants or key in managed:
@@ -352,7 +462,7 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
             previous = set(old_signature.grants) if old_signature is not None else set()
             revoke = sorted(previous - set(item.grants))
             statements = (*statements, *grant_statements(item, item.grants, revoke))
-        actions.append(
+        creates.append(
             Action(
                 Verb.CREATE,
                 key,
@@ -361,15 +471,18 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
                 statements,
                 reasons.get(key, "missing from the database"),
                 item,
+                cause=causes.get(key),
             )
         )
+    actions = adopts + _by_unit(drops, creates, drop_deps, create_deps)
     creating = set(to_create)
     # A view being refreshed makes every materialized view that reads it (through any chain) out of date.
     refreshed_below: dict[Key, bool] = {}
     for key in graph.order:
         item = graph.nodes[key]
         upstream = any(refreshed_below.get(d, False) for d in graph.deps.get(key, ()))
-        refreshed_below[key] = upstream
+        # A view or function replaced in place changes what a materialized view above it holds.
+        refreshed_below[key] = upstream or key in replaced
         if item.kind is not Kind.MATVIEW:
             continue
         if upstream and key not in creating and managed[key].populated and not _stale(managed[key]):
@@ -379,8 +492,10 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
                     key,
                     item.kind.value,
                     item.label,
-                    (refresh_statement(key),),
-                    "reads a materialized view refreshed above",
+                    (refresh_statement(key), clear_stale_statement(key))
+                    if key in outdated
+                    else (refresh_statement(key),),
+                    "reads a materialized view refreshed, or an object replaced, below it",
                     item,
                 )
             )
@@ -413,13 +528,52 @@ def plan_sync(graph: Graph, state: DatabaseState, *, force: Iterable[Key] = ()) 
     return Plan(tuple(differences), tuple(actions), tuple(undeclared_dependency_warnings(graph, state)))
 
 
+def _by_unit(
+    drops: list[Action],
+    creates: list[Action],
+    drop_deps: Mapping[Key, Iterable[Key]],
+    create_deps: Mapping[Key, Iterable[Key]],
+) -> list[Action]:
+    """Drops and creates regrouped so that each connected stack comes whole: its drops, then its creates.
+
+    A stack is the objects linked by any ordering constraint of the plan (a drop that must precede another, a
+    create that must follow another, the drop and the create of one object), so stacks can run in any order,
+    and each one is a ``checkpoint`` unit: nothing of it is ever missing between two commits.
+    """
+    parent: dict[Key, Key] = {}
+
+    def find(key: Key) -> Key:
+        root = key
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while key != root:
+            parent[key], key = root, parent.get(key, key)
+        return root
+
+    members = {a.key for a in drops} | {a.key for a in creates}
+    for edges in (drop_deps, create_deps):
+        for key in members:
+            for dep in edges.get(key, ()):
+                if dep in members:
+                    parent[find(dep)] = find(key)
+    numbers: dict[Key, int] = {}
+    for action in drops + creates:
+        numbers.setdefault(find(action.key), len(numbers))
+    grouped: dict[int, list[Action]] = defaultdict(list)
+    for action in drops + creates:  # within a stack: drops first, each list already in a valid order
+        number = numbers[find(action.key)]
+        grouped[number].append(replace(action, unit=number))
+    return [action for number in sorted(grouped) for action in grouped[number]]
+
+
 def checkpoint_units(actions: Sequence[Action]) -> list[tuple[Action, ...]]:
     """The actions grouped into the transactions of the ``checkpoint`` discipline.
 
-    Each action is its own transaction, except from the drop of an object whose attachments are captured to its
-    create (and every action in between, overlapping spans merged): what was captured lives in the session, so
-    a session that died between the two would lose it. Committed together, the drop never survives without
-    the restore.
+    Actions of one stack (same ``unit``: a replaced object and everything that had to be dropped for it)
+    commit together, so a reader never finds an object missing between a drop and its create, and a failure
+    leaves whole stacks. Other actions (refreshes, grants) are their own transaction. A captured drop is
+    also held to its create when actions carry no unit: what was captured lives in the session, so a session
+    that died between the two would lose it.
     """
     ends: dict[Key, int] = {}
     for index, action in enumerate(actions):
@@ -428,17 +582,16 @@ def checkpoint_units(actions: Sequence[Action]) -> list[tuple[Action, ...]]:
     units: list[tuple[Action, ...]] = []
     index = 0
     while index < len(actions):
-        action = actions[index]
-        end = index
-        if action.verb is Verb.DROP and action.captures:
-            # Grow the span until no capture inside it is restored after it.
-            probe = index
-            end = ends.get(action.key, index)
-            while probe <= end:
-                inner = actions[probe]
-                if inner.verb is Verb.DROP and inner.captures:
-                    end = max(end, ends.get(inner.key, probe))
-                probe += 1
+        end, probe = index, index
+        while probe <= end:
+            inner = actions[probe]
+            if inner.unit is not None:
+                while end + 1 < len(actions) and actions[end + 1].unit == inner.unit:
+                    end += 1
+            if inner.verb is Verb.DROP and inner.captures:
+                # Grow the span until no capture inside it is restored after it.
+                end = max(end, ends.get(inner.key, probe))
+            probe += 1
         units.append(tuple(actions[index : end + 1]))
         index = end + 1
     return units

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .errors import SamizdatError
+from .errors import ConcurrentRefreshError, UnknownNodeError
 from .graph import Graph, reachable
 from .keys import Key, Kind
 from .planner import Action, Verb, refresh_statement
@@ -19,14 +19,6 @@ from .signature import clear_stale_statement
 
 #: A node given to ``belownodes``: a samizdat or table name, ``schema.name``, or a (schema, name) tuple.
 NodeRef = str | tuple[str, str]
-
-
-class UnknownNodeError(SamizdatError):
-    """A ``belownodes`` entry names neither a samizdat nor a table that a samizdat reads."""
-
-
-class ConcurrentRefreshError(SamizdatError):
-    """``concurrently="always"`` was asked for a view that PostgreSQL cannot refresh concurrently."""
 
 
 class Concurrently(StrEnum):

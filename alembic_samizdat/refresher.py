@@ -13,7 +13,7 @@ import heapq
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -24,7 +24,17 @@ from sqlalchemy.exc import DBAPIError
 
 from . import pinned
 from .catalog import SHORT_SIGNATURE_PARAMS, parse_comment, short_signature_sql
-from .errors import CatalogReadError, ExecutionError, InsufficientPrivilegeError, SamizdatError, first_line
+from .errors import (  # noqa: F401  (defined in errors; importable here too)
+    CatalogReadError,
+    ExecutionError,
+    ForeignViewError,
+    InsufficientPrivilegeError,
+    MissingViewError,
+    RefreshError,
+    RefreshFailure,
+    SamizdatError,
+    first_line,
+)
 from .execute import autocommit, send, sqlstate
 from .graph import Graph
 from .identifiers import qualified
@@ -40,39 +50,6 @@ if TYPE_CHECKING:
 #: Called after each view: (done, total, the view just finished or None, seconds elapsed).
 Progress = Callable[[int, int, str | None, float], None]
 OnAction = Callable[[Action], None]
-
-
-@dataclass(frozen=True)
-class RefreshFailure:
-    """One view whose refresh failed."""
-
-    key: Key
-    label: str
-    message: str
-    sql: str
-
-
-class RefreshError(ExecutionError):
-    """One or more refreshes failed; ``failures`` has each, ``not_run`` the views left unrefreshed."""
-
-    def __init__(self, failures: Sequence[RefreshFailure], not_run: Sequence[str], done: int) -> None:
-        self.failures = list(failures)
-        self.not_run = list(not_run)
-        lines = "; ".join(f"{f.label} {f.key.display()}: {f.message}" for f in self.failures)
-        tail = f"; not refreshed because of it: {', '.join(self.not_run)}" if self.not_run else ""
-        super().__init__(
-            f"{len(self.failures)} refresh(es) failed ({done} succeeded): {lines}{tail}. Failed views are marked "
-            "stale; the next sync or refresh retries them",
-            sql=self.failures[0].sql if self.failures else "",
-        )
-
-
-class MissingViewError(SamizdatError):
-    """A view to refresh does not exist in the database yet."""
-
-
-class ForeignViewError(SamizdatError):
-    """A view to refresh exists, but we did not create it (no signature, or an owner we do not trust)."""
 
 
 @dataclass

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
+import traceback
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeGuard, TypeVar
 
 from .errors import DeclarationError, ModuleLoadError
 from .identifiers import check_identifier
 from .keys import Key
-from .model import Samizdat
+from .model import Samizdat, missing_template
 
 if TYPE_CHECKING:
     from sqlalchemy import MetaData
@@ -64,9 +66,10 @@ class SamizdatRegistry:
             raise DeclarationError(f"only samizdat classes can be registered, not {cls!r}")
         if cls.is_abstract():
             raise DeclarationError(
-                f"{cls.label()} is abstract (it has no sql_template, or sets __abstract__ = True); "
-                "register the concrete classes derived from it"
+                f"{cls.label()} is abstract (__abstract__ = True); register the concrete classes derived from it"
             )
+        if cls.sql_template is None:
+            raise missing_template(cls)
         self._classes[cls] = None
         return cls
 
@@ -87,13 +90,14 @@ class SamizdatRegistry:
     def load(self, *modules: str) -> None:
         """Import modules (dotted paths or ``.py`` file paths) and register every concrete samizdat in them.
 
-        Classes a module imports from elsewhere are registered too, so dependencies come along.
+        Classes a module imports from elsewhere are registered too, and so is every class their ``deps_on``
+        names (transitively), so dependencies come along.
         """
+        found: list[type[Samizdat]] = []
         for spec in modules:
             module = _import(spec)
-            for value in list(vars(module).values()):
-                if isinstance(value, type) and issubclass(value, Samizdat) and not value.is_abstract():
-                    self.register(value)
+            found.extend(_samizdats_in(module))
+        self.register_all(*with_dependencies(found))
 
     def __iter__(self) -> Iterator[type[Samizdat]]:
         return iter(self._classes)
@@ -129,6 +133,35 @@ class SamizdatRegistry:
         return graph_of(self._classes)
 
 
+def _is_declaration(value: object) -> TypeGuard[type[Samizdat]]:
+    return isinstance(value, type) and issubclass(value, Samizdat) and not value.is_abstract()
+
+
+def _samizdats_in(module: object) -> list[type[Samizdat]]:
+    return [value for value in list(vars(module).values()) if _is_declaration(value)]
+
+
+def with_dependencies(classes: Iterable[type[Samizdat]]) -> list[type[Samizdat]]:
+    """``classes``, then every concrete samizdat class their ``deps_on`` (or a trigger's ``on_table``) names,
+    transitively: DBSamizdat's loader adds this closure, so an entry module that imports only part of a package
+    still brings every class those classes need. Malformed ``deps_on`` values are left for the declaration
+    checks to report."""
+    out: dict[type[Samizdat], None] = {}
+    pending = list(classes)
+    while pending:
+        cls = pending.pop(0)
+        if cls in out:
+            continue
+        out[cls] = None
+        refs: list[object] = []
+        deps = cls.deps_on
+        if isinstance(deps, Iterable) and not isinstance(deps, str | bytes):
+            refs.extend(deps)
+        refs.append(getattr(cls, "on_table", None))
+        pending.extend(ref for ref in refs if _is_declaration(ref) and ref not in out)
+    return list(out)
+
+
 _FILE_MODULES: dict[str, object] = {}
 
 
@@ -143,6 +176,21 @@ def _module_exists(name: str, path: str) -> bool:
     return found is not None and found.origin != path
 
 
+def _package_module(path: Path) -> str | None:
+    """The dotted name of a file inside a package (a directory with ``__init__.py``), its top package's parent
+    put on ``sys.path``: loaded so, the file's relative imports work, as with DBSamizdat's file paths."""
+    if not path.stem.isidentifier() or not (path.parent / "__init__.py").is_file():
+        return None
+    parts = [path.stem]
+    top = path.parent
+    while (top / "__init__.py").is_file() and top.name.isidentifier():
+        parts.insert(0, top.name)
+        top = top.parent
+    if str(top) not in sys.path:
+        sys.path.insert(0, str(top))
+    return ".".join(parts)
+
+
 def _import(spec: str) -> object:
     """Import a dotted module path or a ``.py`` file path, turning every failure into one clear error."""
     path = Path(spec)
@@ -153,6 +201,9 @@ def _import(spec: str) -> object:
             resolved = str(path.resolve())
             if resolved in _FILE_MODULES:
                 return _FILE_MODULES[resolved]
+            dotted = _package_module(path.resolve())
+            if dotted is not None:
+                return importlib.import_module(dotted)
             # Name the module after its file, so messages say "orders.Totals"; avoid shadowing another module.
             name = path.stem if path.stem.isidentifier() and not _module_exists(path.stem, resolved) else None
             name = name or f"samizdat_file_{len(_FILE_MODULES)}_{path.stem}"
@@ -167,15 +218,34 @@ def _import(spec: str) -> object:
             sys.modules[name] = module
             try:
                 loader_spec.loader.exec_module(module)
+            except ImportError as exc:
+                del sys.modules[name]
+                if "no known parent package" not in str(exc) or not path.resolve().parent.name.isidentifier():
+                    raise
+                # DBSamizdat imports a file as a module of its directory (a namespace package), so such files may
+                # use relative imports without an __init__.py: load it the same way.
+                top = str(path.resolve().parent.parent)
+                if top not in sys.path:
+                    sys.path.insert(0, top)
+                module = importlib.import_module(f"{path.resolve().parent.name}.{path.stem}")
             except BaseException:
                 del sys.modules[name]
                 raise
             _FILE_MODULES[resolved] = module
             return module
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            # As DBSamizdat's loader: a dotted path is found from the current directory, as `python -m` would.
+            sys.path.append(os.getcwd())
         return importlib.import_module(spec)
     except ModuleLoadError:
         raise
     except ModuleNotFoundError as exc:
+        where = _failed_import_line(exc)
+        if where is not None and not _names_spec(spec, exc.name):
+            raise ModuleLoadError(
+                f"cannot import {spec}: {where} imports {exc.name!r}, which Python cannot find here (install it "
+                "in this environment, or fix that import)"
+            ) from exc
         raise ModuleLoadError(
             f"cannot import {spec}: module {exc.name!r} not found (give a dotted module path importable from "
             "here, or a path to a .py file)"
@@ -186,7 +256,29 @@ def _import(spec: str) -> object:
         ) from exc
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
-        raise ModuleLoadError(f"cannot import {spec}: {type(exc).__name__}: {first} (-v shows the traceback)") from exc
+        where = _failed_import_line(exc) if isinstance(exc, ImportError) else None
+        at = f"{where}: " if where else ""
+        raise ModuleLoadError(
+            f"cannot import {spec}: {at}{type(exc).__name__}: {first} (-v shows the traceback)"
+        ) from exc
+
+
+def _names_spec(spec: str, missing: str | None) -> bool:
+    """Whether the missing module is the one asked for (or a package of its dotted path)."""
+    if missing is None or spec.endswith(".py") or Path(spec).is_file():
+        return False
+    return spec == missing or spec.startswith(missing + ".")
+
+
+def _failed_import_line(exc: BaseException) -> str | None:
+    """``file line N`` of the user's import statement that failed: the innermost frame outside importlib."""
+    found: str | None = None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        filename = frame.f_code.co_filename
+        if filename.startswith("<frozen") or filename == __file__ or Path(filename).parent.name == "importlib":
+            continue
+        found = f"{filename} line {lineno}"
+    return found
 
 
 def registry_from_modules(modules: list[str], *, scope: str | None = None) -> SamizdatRegistry:
@@ -208,7 +300,7 @@ def registry_from_modules(modules: list[str], *, scope: str | None = None) -> Sa
                 candidate = SamizdatRegistry.from_metadata(value)
             else:
                 candidate = None
-                if isinstance(value, type) and issubclass(value, Samizdat) and not value.is_abstract():
+                if _is_declaration(value):
                     classes.append(value)
             if candidate is not None and all(candidate is not f for f in found):
                 found.append(candidate)
@@ -220,5 +312,5 @@ def registry_from_modules(modules: list[str], *, scope: str | None = None) -> Sa
     registry = found[0] if found else SamizdatRegistry(scope=scope or DEFAULT_SCOPE)
     if scope is not None:
         registry = registry.with_scope(scope)
-    registry.register_all(*classes)
+    registry.register_all(*with_dependencies(classes))
     return registry

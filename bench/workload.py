@@ -282,9 +282,8 @@ class Workload:
             body = body.replace("$", "$$")
         if obj.kind == "matview":
             index = "CREATE UNIQUE INDEX ON ${samizdatname} (id)"
-            # DBSamizdat's postamble ends with ';' (WITH NO DATA;); ours has none, so we write the separator.
-            tail = f"${{postamble}}\n{index}" if flavour != "samizdat" else f"${{postamble}};\n{index}"
-            return f"${{preamble}}\n{body}\n{tail}"
+            # The postamble ends the statement in both tools (WITH NO DATA;): the index follows it directly.
+            return f"${{preamble}}\n{body}\n${{postamble}}\n{index}"
         return f"${{preamble}}\n{body}\n${{postamble}}"
 
     def module(self, flavour: Flavour, variant: Variant | None = None) -> str:

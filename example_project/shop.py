@@ -73,7 +73,7 @@ class CustomerTotals(SamizdatMaterializedView):
     sql_template = """
         ${preamble}
         SELECT customer, count(*) AS orders, sum(gross) AS gross FROM "OrderLines" GROUP BY customer
-        ${postamble};
+        ${postamble}
         CREATE UNIQUE INDEX ON ${samizdatname} (customer)
     """
 
@@ -126,3 +126,6 @@ class CustomerTotal(Base):
     customer: Mapped[str] = mapped_column(primary_key=True)
     orders: Mapped[int]
     gross: Mapped[Decimal]
+
+    def __repr__(self) -> str:
+        return f"CustomerTotal(customer={self.customer!r}, orders={self.orders!r}, gross={self.gross!r})"

@@ -794,13 +794,34 @@ class World:
                     reads.append(model.objs[o.target])
                 for d in reads:
                     dependents.setdefault(model.ident(d), set()).add(model.ident(o))
-        doomed = {i for i, fp in old_fp.items() if new_fp.get(i) != fp} | (self.hand_edited & set(old_fp))
-        todo = list(doomed)
-        while todo:
-            for nxt in dependents.get(todo.pop(), ()):
-                if nxt in old_fp and nxt not in doomed:
-                    doomed.add(nxt)
-                    todo.append(nxt)
+        changed = {i for i, fp in old_fp.items() if new_fp.get(i) != fp} | (self.hand_edited & set(old_fp))
+        # Replaced in place (every view here keeps its columns, hand edits included): a view, function or
+        # trigger that stays the same kind, unless something it reads or read is dropped.
+        old_kind = {old.ident(o): o.kind for o in old.objs.values()}
+        new_kind = {new.ident(o): o.kind for o in new.objs.values()}
+        replaceable = {
+            i
+            for i in changed
+            if old_kind[i] == new_kind.get(i) and old_kind[i] in ("view", "function", "trigfunc", "trigger")
+        }
+        old_reads: dict[Ident, set[Ident]] = {}
+        for o in old.objs.values():
+            reads = [old.objs[u] for u in o.deps]
+            if o.kind == "trigger" and isinstance(o.target, int):
+                reads.append(old.objs[o.target])
+            old_reads[old.ident(o)] = {old.ident(d) for d in reads}
+        doomed = changed - replaceable
+        while True:
+            todo = list(doomed)
+            while todo:
+                for nxt in dependents.get(todo.pop(), ()):
+                    if nxt in old_fp and nxt not in doomed:
+                        doomed.add(nxt)
+                        todo.append(nxt)
+            tied = {i for i in replaceable - doomed if old_reads[i] & doomed}
+            if not tied:
+                break
+            doomed |= tied
         return sorted(name for name, (_, target) in self.user_views.items() if target in doomed)
 
     def step(self, old: Model, new: Model, discipline: Discipline, dry_first: bool) -> None:
@@ -826,7 +847,7 @@ class World:
         result = sync(self.engine, registry, discipline=discipline)
         assert result.committed and result.applied == result.plan.actions, result.summary()
         # Every hand-edited object still declared was recreated (drift is reported, and sync puts it back).
-        recreated = {tuple(a.key) for a in result.applied if a.verb.value == "create"}
+        recreated = {tuple(a.key) for a in result.applied if a.verb.value in ("create", "replace")}
         kept = {new.ident(o) for o in new.objs.values()}
         assert self.hand_edited & kept <= recreated, f"not put back: {sorted((self.hand_edited & kept) - recreated)}"
         self.hand_edited = set()

@@ -370,6 +370,8 @@ def simulate(before: SamizdatRegistry, after: SamizdatRegistry, applied: list[Ac
         elif action.verb is Verb.CREATE:
             expected[ident] = new[ident]
             populated[ident] = False
+        elif action.verb is Verb.REPLACE:
+            expected[ident] = new[ident]  # in place: a view stays populated, there is nothing else to populate
         else:
             populated[ident] = True
     return expected, populated

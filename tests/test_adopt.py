@@ -137,6 +137,23 @@ def test_without_adopt_dbsamizdat_objects_are_foreign(engine: sa.Engine, created
 
 
 @needs_dbsamizdat
+def test_diff_before_adoption_names_dbsamizdats_objects(
+    engine: sa.Engine, created_by_dbsamizdat: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from alembic_samizdat.cli import main
+
+    module = created_by_dbsamizdat / "ours_diff.py"
+    module.write_text(textwrap.dedent(MODULE.format(package="alembic_samizdat.compat.dbsamizdat", bang="!")))
+    url = engine.url.render_as_string(hide_password=False)
+    assert main(["diff", url, str(module)]) == 102
+    lines = capsys.readouterr().out.splitlines()
+    taken = [line for line in lines if "DBSamizdat's object of this name" in line]
+    assert len(taken) == 5 and all("`samizdat sync --adopt dbsamizdat` takes it over" in line for line in taken)
+    assert main(["sync", "-q", "--adopt", "dbsamizdat", url, str(module)]) == 0
+    assert main(["diff", url, str(module)]) == 0
+
+
+@needs_dbsamizdat
 def test_adopt_resigns_unchanged_objects_in_place(engine: sa.Engine, created_by_dbsamizdat: Path) -> None:
     before = oids(engine)
     result = sync(engine, registry_for(created_by_dbsamizdat, "!"), adopt="dbsamizdat")
@@ -154,10 +171,11 @@ def test_adopt_resigns_unchanged_objects_in_place(engine: sa.Engine, created_by_
 def test_adopt_replaces_changed_objects(engine: sa.Engine, created_by_dbsamizdat: Path) -> None:
     before = oids(engine)
     result = sync(engine, registry_for(created_by_dbsamizdat, "?"), adopt="dbsamizdat")
-    recreated = {a.key.name for a in result.applied if a.verb.value == "create"}
-    assert {"shout", "Loud"} <= recreated  # the function changed, and Loud reads it
+    done = {(a.verb.value, a.key.name) for a in result.applied}
+    # The function changed: replaced in place; Loud reads it, so it is refreshed.
+    assert {("replace", "shout"), ("refresh", "Loud")} <= done
     after = oids(engine)
-    assert after["Salutation"] == before["Salutation"] and after["shout"] != before["shout"]
+    assert after["Salutation"] == before["Salutation"] and after["shout"] == before["shout"]
     with engine.connect() as conn:
         assert conn.exec_driver_sql('SELECT loud FROM "Loud"').scalar() == "HI ADA!?"
 
@@ -274,3 +292,106 @@ def test_adopt_objects_created_by_alembic_utils(engine: sa.Engine, db_url: str, 
     assert main(["adopt", "-q", db_url, str(module)]) == 0
     assert oids(engine) == before  # signed in place
     assert main(["diff", db_url, str(module)]) == 0
+
+
+# --- adoption on real schemas: indexes named in templates, OUT parameters ---
+
+REAL_SQL = """
+CREATE TABLE rental (id integer PRIMARY KEY, category text NOT NULL, amount numeric NOT NULL);
+INSERT INTO rental VALUES (1, 'drama', 2.5), (2, 'comedy', 3), (3, 'drama', 4);
+CREATE MATERIALIZED VIEW public.rental_by_category AS
+    SELECT category, sum(amount) AS total FROM rental GROUP BY category;
+CREATE UNIQUE INDEX rental_category ON public.rental_by_category (category);
+CREATE INDEX rental_total_by_hand ON public.rental_by_category (total);
+CREATE FUNCTION public.category_total(p_category text, OUT p_total numeric, OUT p_count bigint)
+    LANGUAGE sql STABLE AS $$ SELECT sum(amount), count(*) FROM rental WHERE category = p_category $$;
+"""
+
+REAL_MODULE = '''
+from alembic_samizdat import SamizdatFunction, SamizdatMaterializedView
+
+
+class rental_by_category(SamizdatMaterializedView):
+    deps_on_unmanaged = {"rental"}
+    refresh_concurrently = True
+    sql_template = """
+        ${preamble}
+        SELECT category, sum(amount) AS total FROM rental GROUP BY category
+        ${postamble}
+        CREATE UNIQUE INDEX rental_category ON ${samizdatname} (category)
+    """
+
+
+class category_total(SamizdatFunction):
+    # As DBSamizdat documents it: the IN arguments identify the function, the full list creates it.
+    function_arguments_signature = "p_category text"
+    function_arguments = "p_category text, OUT p_total numeric, OUT p_count bigint"
+    sql_template = """
+        ${preamble}
+        LANGUAGE sql STABLE AS $$ SELECT sum(amount), count(*) FROM rental WHERE category = p_category $$
+        ${postamble}
+    """
+'''
+
+
+def test_adopt_a_real_schema_with_a_named_index_and_out_parameters(
+    engine: sa.Engine, db_url: str, tmp_path: Path
+) -> None:
+    from alembic_samizdat.cli import main
+
+    with engine.begin() as conn:
+        conn.exec_driver_sql(REAL_SQL, execution_options={"no_parameters": True})
+    module = tmp_path / "real.py"
+    module.write_text(REAL_MODULE)
+    with engine.connect() as conn:
+        before = dict(
+            conn.exec_driver_sql(
+                "SELECT relname, oid::bigint FROM pg_class WHERE relname IN ('rental_by_category', 'rental_category') "
+                "UNION ALL SELECT proname, oid::bigint FROM pg_proc WHERE proname = 'category_total'"
+            ).all()
+        )
+    assert len(before) == 3
+    assert main(["adopt", "-q", db_url, str(module)]) == 0
+    with engine.connect() as conn:
+        signed = conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_description WHERE starts_with(description, '{\"alembic_samizdat\"') AND objoid IN "
+            "(SELECT oid FROM pg_class WHERE relname = 'rental_by_category' "
+            "UNION ALL SELECT oid FROM pg_proc WHERE proname = 'category_total')"
+        ).scalar()
+    assert signed == 2
+    assert main(["diff", db_url, str(module)]) == 0
+    registry = SamizdatRegistry()
+    registry.load(str(module))
+    assert not sync(engine, registry).plan.actions
+    with engine.connect() as conn:
+        after = dict(
+            conn.exec_driver_sql(
+                "SELECT relname, oid::bigint FROM pg_class WHERE relname IN ('rental_by_category', 'rental_category') "
+                "UNION ALL SELECT proname, oid::bigint FROM pg_proc WHERE proname = 'category_total'"
+            ).all()
+        )
+        assert conn.exec_driver_sql("SELECT * FROM category_total('drama')").one() == (6.5, 2)
+    assert after == before  # signed in place: nothing recreated
+    with engine.connect() as conn:  # the index made by hand is still there
+        assert conn.exec_driver_sql("SELECT to_regclass('rental_total_by_hand') IS NOT NULL").scalar()
+
+
+def test_adopt_compares_what_the_template_creates_after_the_postamble(
+    engine: sa.Engine, db_url: str, tmp_path: Path
+) -> None:
+    from alembic_samizdat.adopt import AdoptionRefusedError
+    from alembic_samizdat.api import adopt
+
+    with engine.begin() as conn:
+        conn.exec_driver_sql(REAL_SQL, execution_options={"no_parameters": True})
+        conn.exec_driver_sql("DROP INDEX rental_category")
+    module = tmp_path / "real_no_index.py"
+    module.write_text(REAL_MODULE)
+    registry = SamizdatRegistry()
+    registry.load(str(module))
+    with pytest.raises(AdoptionRefusedError) as caught:
+        adopt(engine, registry)
+    (name, diff), *_ = caught.value.differences.items()
+    assert "rental_by_category" in name
+    assert "+CREATE UNIQUE INDEX rental_category ON public.rental_by_category" in diff
+    assert not any(c.startswith('{"alembic_samizdat"') for c in comments(engine))  # nothing signed

@@ -35,18 +35,24 @@ def test_view_template_substitutes_the_three_placeholders() -> None:
     class Totals(SamizdatView):
         sql_template = "${preamble} SELECT 1 AS one, '${samizdatname}' AS me ${postamble}"
 
-    assert Totals.create() == 'CREATE VIEW "public"."Totals" AS SELECT 1 AS one, \'"public"."Totals"\' AS me '
+    assert Totals.create() == 'CREATE VIEW "public"."Totals" AS SELECT 1 AS one, \'"public"."Totals"\' AS me ;'
 
 
-def test_matview_postamble_is_with_no_data() -> None:
+def test_matview_postamble_is_with_no_data_and_ends_the_statement() -> None:
     class Stock(SamizdatMaterializedView):
         schema = "inventory"
-        sql_template = "${preamble}\nSELECT 1 AS x\n${postamble};\nCREATE UNIQUE INDEX ON ${samizdatname} (x)"
+        sql_template = "${preamble}\nSELECT 1 AS x\n${postamble}\nCREATE UNIQUE INDEX ON ${samizdatname} (x)"
 
     assert Stock.create() == (
         'CREATE MATERIALIZED VIEW "inventory"."Stock" AS\nSELECT 1 AS x\nWITH NO DATA;\n'
         'CREATE UNIQUE INDEX ON "inventory"."Stock" (x)'
     )
+
+    class OwnSemicolon(SamizdatMaterializedView):
+        sql_template = "${preamble}\nSELECT 1 AS x\n${postamble};\nCREATE UNIQUE INDEX ON ${samizdatname} (x)"
+
+    # The template's own ';' after the postamble makes an empty statement, which PostgreSQL ignores.
+    assert 'WITH NO DATA;;\nCREATE UNIQUE INDEX ON "public"."OwnSemicolon" (x)' in OwnSemicolon.create()
 
 
 def test_dollar_quotes_and_positional_parameters_pass_through_unchanged() -> None:
@@ -150,16 +156,26 @@ def test_non_string_template_is_a_template_error() -> None:
 def test_string_template_dialect_reads_like_dbsamizdat() -> None:
     class Compat(SamizdatFunction):
         template_dialect = TemplateDialect.STRING_TEMPLATE
+        sql_template = """
+            ${preamble} RETURNS int LANGUAGE sql AS $$$$ SELECT $1 + $_x $$$$
+              -- $BODY$ and ${unknown} pass through
+            ${postamble}
+        """
+
+    # safe_substitute: $$$$ is $$, $1, $_x, $BODY$ and unknown names stay; then DBSamizdat's tidying (common
+    # indentation and blank end lines removed, trailing newline).
+    assert Compat.create() == (
+        'CREATE FUNCTION "public"."Compat"() RETURNS int LANGUAGE sql AS $$ SELECT $1 + $_x $$\n'
+        "  -- $BODY$ and ${unknown} pass through\n;\n"
+    )
+
+    class NoPostamble(SamizdatFunction):
+        template_dialect = TemplateDialect.STRING_TEMPLATE
         sql_template = "${preamble} RETURNS int LANGUAGE sql AS $$$$ SELECT 1 $$$$"
 
-    assert Compat.create() == 'CREATE FUNCTION "public"."Compat"() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$'
-
-    class LoneDollar(SamizdatFunction):
-        template_dialect = TemplateDialect.STRING_TEMPLATE
-        sql_template = "${preamble} RETURNS int LANGUAGE sql AS $$ SELECT $1 $$"
-
-    with pytest.raises(TemplateError, match="LoneDollar"):
-        LoneDollar.create()
+    # DBSamizdat requires both placeholders in every template.
+    with pytest.raises(TemplateError, match=r"NoPostamble\.sql_template must hold \$\{postamble\}"):
+        NoPostamble.create()
 
 
 # --- identifiers ----------------------------------------------------------------------------------------------
@@ -247,7 +263,7 @@ def test_non_string_schema_is_refused() -> None:
 def test_odd_names_are_quoted(name: str, quoted: str) -> None:
     cls = type(name, (SamizdatView,), {"sql_template": "${preamble} SELECT 1 ${postamble}"})
     assert cls.db_object_identity == f'"public".{quoted}'
-    assert cls.create() == f'CREATE VIEW "public".{quoted} AS SELECT 1 '
+    assert cls.create() == f'CREATE VIEW "public".{quoted} AS SELECT 1 ;'
     odd_schema = type("v", (SamizdatView,), {"schema": name, "sql_template": "${preamble} SELECT 1 ${postamble}"})
     assert odd_schema.db_object_identity == f'{quoted}."v"'
     assert odd_schema.fq == FQTuple(name, "v")
@@ -389,13 +405,35 @@ def test_register_refuses_abstract_and_non_samizdat_classes() -> None:
     registry = SamizdatRegistry()
 
     class Base(SamizdatView):
-        pass
+        __abstract__ = True
 
     with pytest.raises(DeclarationError, match="abstract"):
         registry.register(Base)
+    with pytest.raises(DeclarationError, match="abstract"):
+        registry.register(SamizdatView)
     with pytest.raises(DeclarationError):
         registry.register(int)  # type: ignore[arg-type]
     assert len(registry) == 0
+
+
+def test_concrete_class_without_template_is_an_error_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Typo(SamizdatView):
+        sql_templte = "${preamble} SELECT 1 ${postamble}"
+
+    with pytest.raises(DeclarationError, match=r"Typo has no sql_template.*__abstract__ = True"):
+        SamizdatRegistry().register(Typo)
+    with pytest.raises(DeclarationError, match="Typo has no sql_template"):
+        Typo.create()
+    # Loading a module holding one fails the same way instead of syncing nothing.
+    monkeypatch.syspath_prepend(str(tmp_path))
+    name = _write_module(
+        tmp_path,
+        "from alembic_samizdat import SamizdatView\n\nclass Typo(SamizdatView):\n"
+        "    sql_templte = '${preamble} SELECT 1 ${postamble}'\n",
+    )
+    with pytest.raises(DeclarationError, match=r"\.Typo has no sql_template"):
+        SamizdatRegistry().load(name)
+    sys.modules.pop(name, None)
 
 
 def test_registering_invalidates_the_cached_graph() -> None:
@@ -433,7 +471,8 @@ from alembic_samizdat import SamizdatView, SamizdatMaterializedView
 
 
 class Intermediate(SamizdatView):
-    '''no sql_template: abstract'''
+    '''An intermediate base: abstract because it says so.'''
+    __abstract__ = True
 
 
 class MarkedAbstract(SamizdatView):

@@ -92,10 +92,9 @@ def test_a_hand_edit_is_reported_and_sync_puts_it_back(engine: sa.Engine, synced
     assert any("changed by hand" in d.describe() and name in d.describe() for d in result.differences)
 
     outcome = sync(engine, synced)
-    recreated = {a.key.name for a in outcome.applied if a.verb.value == "create"}
-    assert name in recreated
-    if name == "Cheap":
-        assert "cheapest" in recreated  # its dependent comes back with it
+    replaced = {a.key.name for a in outcome.applied if a.verb.value == "replace"}
+    assert name in replaced
+    assert not any(a.verb.value == "drop" for a in outcome.applied)  # put back in place, dependents untouched
     assert diff_database(engine, synced).exit_code == 0
     assert {"Cheap": view_sql(engine, '"Cheap"'), "cheapest": view_sql(engine, "cheapest")} == before
     # The definitions are the declared ones again: the trigger fires, the function is the template's.
@@ -261,7 +260,7 @@ def test_alembic_check_reports_a_hand_edit_and_a_revision_restores_it(
         project.check()
     script = project.revision("undo the hand edit")
     ops = ops_in(script)
-    assert "op.drop_samizdat" in ops and "op.create_samizdat" in ops
+    assert "op.replace_samizdat" in ops and "op.drop_samizdat" not in ops  # put back in place
     assert "changed by hand" in script
     project.upgrade()
     assert view_sql(engine, '"OrderLines"') == original

@@ -505,7 +505,16 @@ def test_plan_changed_root_recreates_dependents_in_order_without_cascade() -> No
     old = type("PBase", (SamizdatView,), {"sql_template": "${preamble} SELECT 2 AS x ${postamble}", "__module__": "m"})
     rows[0] = obj_row(declare(old), oid=100)
     graph = make_registry(*P_CLASSES).graph()
-    plan = plan_sync(graph, state_of(rows))
+    # First choice: replace it in place; the materialized view above it then holds old data and is refreshed.
+    in_place = plan_sync(graph, state_of(rows))
+    assert [(a.verb.value, a.key.name) for a in in_place.actions] == [("replace", "PBase"), ("refresh", "PMat")]
+    assert in_place.actions[0].statements[0].startswith('CREATE OR REPLACE VIEW "public"."PBase" AS')
+    # When PostgreSQL refuses that (or in_place=False), the stack is rebuilt.
+    plan = plan_sync(graph, state_of(rows), rebuild={PBase.key(): "refused"})
+    assert [(a.verb, a.key) for a in plan_sync(graph, state_of(rows), in_place=False).actions] == [
+        (a.verb, a.key) for a in plan.actions
+    ]
+    assert "recreated because refused" in plan.actions[3].reason
     summary = [(a.verb.value, a.key.name) for a in plan.actions]
     assert summary == [
         ("drop", "PMat"),
@@ -546,8 +555,11 @@ def test_plan_refuses_unmanaged_dependents_naming_them() -> None:
     old = type("PBase", (SamizdatView,), {"sql_template": "${preamble} SELECT 2 AS x ${postamble}", "__module__": "m"})
     rows[0] = obj_row(declare(old), oid=100)
     rows.append(dep_row("pg_class", 101, "pg_class", 999, "view users_own_view"))
+    # Replaced in place, a view keeps its dependents: only a rebuild has to refuse.
+    graph = make_registry(*P_CLASSES).graph()
+    assert [a.verb for a in plan_sync(graph, state_of(rows)).actions] == [Verb.REPLACE, Verb.REFRESH]
     with pytest.raises(UnmanagedDependentError, match="users_own_view"):
-        plan_sync(make_registry(*P_CLASSES).graph(), state_of(rows))
+        plan_sync(graph, state_of(rows), rebuild={PBase.key(): "PostgreSQL refused"})
 
 
 def test_plan_nuke_drops_dependents_first_and_refuses_unmanaged() -> None:
@@ -632,7 +644,7 @@ def test_undeclared_catalog_dependent_is_recreated_and_warned_about() -> None:
         obj_row(declare(hidden), oid=2),
         dep_row("pg_class", 1, "pg_class", 2, "view hidden"),
     ]
-    plan = plan_sync(make_registry(lower, hidden).graph(), state_of(rows))
+    plan = plan_sync(make_registry(lower, hidden).graph(), state_of(rows), in_place=False)
     verbs = [(a.verb.value, a.key.name) for a in plan.actions]
     assert verbs.index(("drop", "hidden")) < verbs.index(("drop", "lower"))
     assert ("create", "hidden") in verbs

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from alembic_samizdat import InsufficientPrivilegeError, SamizdatRegistry
 from alembic_samizdat.api import diff_database, nuke, refresh, refresh_async, sync
 from alembic_samizdat.cli import main
-from alembic_samizdat.errors import FunctionSignatureMismatchError
+from alembic_samizdat.errors import FunctionSignatureMismatchError, NameClashError
 from alembic_samizdat.keys import Key
 from alembic_samizdat.model import Samizdat
 from alembic_samizdat.refresher import RefreshError
@@ -109,19 +109,20 @@ def roles(db_url: str, engine: sa.Engine) -> Iterator[Roles]:
         run_sql(engine, f"DROP ROLE {names}")
 
 
-def trusting(registry: SamizdatRegistry, *owners: str) -> SamizdatRegistry:
-    """``registry`` counting the objects of ``owners`` as its own too: a role that is not a member of the role
-    that created the objects (the read-only role here) sees them as foreign otherwise (docs/security.md)."""
-    registry.trusted_owners = frozenset(owners)
-    return registry
-
-
 def reports(total: str = "sum(amount)") -> SamizdatRegistry:
     """A view (granted to PUBLIC), a materialized view and a function in schema "reports", reading data.orders.
 
-    ``total`` is the view's expression: changing it makes the next sync drop and recreate the view.
+    ``total`` is the view's expression: changing it replaces the view in place, and changing its type makes
+    the next sync drop and recreate the view.
     """
     return make_registry(*report_classes(total))
+
+
+def trusting(registry: SamizdatRegistry, *owners: str) -> SamizdatRegistry:
+    """``registry`` as a role that is not a member of the migration role sees it: trusting that role's objects
+    (a signature counts only on objects of trusted owners; docs/security.md)."""
+    registry.trusted_owners = frozenset(owners)
+    return registry
 
 
 def report_classes(total: str = "sum(amount)") -> list[type[Samizdat]]:
@@ -212,7 +213,9 @@ def test_minimum_is_enough_for_sync_diff_refresh_nuke(roles: Roles) -> None:
     # A change recreates the view (capture and restore use a temporary table: TEMPORARY, which PUBLIC has).
     changed = reports("sum(amount) + 0")
     assert diff_database(reader, trusting(reports("sum(amount) + 0"), roles.migrator)).exit_code == 103
-    assert any(a.verb.value == "drop" for a in sync(migrator, changed, discipline="jumbo").applied)
+    assert any(a.verb.value == "replace" for a in sync(migrator, changed, discipline="jumbo").applied)
+    retyped = reports("sum(amount)::float8")
+    assert any(a.verb.value == "drop" for a in sync(migrator, retyped, discipline="jumbo").applied)
     assert scalar(roles.admin, 'SELECT total FROM reports."Total"') == 42
     assert len(nuke(migrator, changed).applied) == 3
     assert rows(roles.admin, "SELECT relname FROM pg_class WHERE relnamespace = 'reports'::regnamespace") == []
@@ -228,9 +231,10 @@ def test_membership_in_the_table_owner_is_enough_for_triggers(roles: Roles) -> N
     with roles.engine(roles.reader).begin() as conn:
         conn.exec_driver_sql("INSERT INTO data.orders VALUES (3, 1)")
     assert scalar(roles.admin, 'SELECT n FROM reports."Live"') == 3
-    # Triggers belong to the table's owner, the rest to the migration role: the reader trusts both.
-    assert diff_database(roles.engine(roles.reader), trusting(registry, roles.migrator, roles.owner)).exit_code == 0
-    assert len(nuke(migrator, trusting(registry)).applied) == 4
+    assert (
+        diff_database(roles.engine(roles.reader), trusting(with_triggers(), roles.migrator, roles.owner)).exit_code == 0
+    )
+    assert len(nuke(migrator, registry).applied) == 4
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -261,7 +265,7 @@ def test_sync_names_the_missing_privilege(roles: Roles, revoke: str, privilege: 
     assert word in error.privilege, error
     if "schema" in privilege:
         assert ("USAGE" in error.privilege) != ("CREATE" in error.privilege), error
-    assert "Nothing of this action was kept" in str(error)
+    assert "Nothing was applied: the whole run (jumbo: one transaction) was rolled back" in str(error)
     # Checkpoint, one object per run, so that the failing action is the first: outside a transaction the
     # server is asked which schema privilege is missing, so exactly that one is named.
     for cls in report_classes():
@@ -296,10 +300,8 @@ def test_trigger_without_ownership_of_the_table(roles: Roles) -> None:
         'ownership of table "data"."orders"',
         roles.migrator,
     )
-    # The owner is named even inside the failed transaction.
-    assert error.fix == (
-        f'run as "{roles.owner}", or make "{roles.migrator}" a member of it: GRANT "{roles.owner}" TO "{roles.migrator}"'
-    )
+    # Inside the failed transaction a second connection looks the owner up: the fix names it.
+    assert f'GRANT "{roles.owner}" TO "{roles.migrator}"' in error.fix
     assert "TRIGGER privilege is not enough" in str(error)
 
 
@@ -314,21 +316,19 @@ def test_recreate_needs_ownership_and_temporary(roles: Roles) -> None:
     roles.sql(*MINIMUM)
     migrator = roles.engine(roles.migrator)
     assert sync(migrator, reports()).committed
-    changed = reports("sum(amount) - 0")
+    changed = reports("sum(amount)::float8")  # a new column type: recreated, not replaced in place
     # Keeping grants and indexes across the recreate needs a temporary table.
     roles.sql("REVOKE TEMPORARY ON DATABASE {db} FROM PUBLIC".replace("{db}", f'"{make_url(roles.url).database}"'))
     fails(roles, lambda: sync(migrator, changed, discipline="jumbo"), "TEMPORARY on database", roles.migrator)
     roles.sql("GRANT TEMPORARY ON DATABASE {db} TO PUBLIC".replace("{db}", f'"{make_url(roles.url).database}"'))
-    # Someone else owns the view now: dropping it needs its owner.
+    # Someone else owns the view now, a role whose privileges the migration role does not have: its signature
+    # no longer counts (anyone can copy one), so the run stops before any SQL, naming the owner.
     roles.sql('ALTER VIEW reports."Total" OWNER TO "{owner}"')
-    error = fails(
-        roles,
-        lambda: sync(migrator, trusting(reports("sum(amount) - 0"), roles.owner), discipline="jumbo"),
-        'ownership of view "reports"."Total"',
-        roles.migrator,
-    )
-    assert "Nothing of this action was kept" in str(error)
-    roles.sql(*TRIGGERS)
+    before = state(roles)
+    with pytest.raises(NameClashError, match=f"owned by role '{roles.owner}'.*not trusted"):
+        sync(migrator, changed, discipline="jumbo")
+    assert state(roles) == before
+    roles.sql(*TRIGGERS)  # membership in the owner's role: the view is ours again, and may be dropped
     assert sync(migrator, changed).committed
 
 
@@ -337,8 +337,12 @@ def test_nuke_needs_ownership(roles: Roles) -> None:
     assert sync(roles.engine(roles.migrator), reports()).committed
     roles.sql('GRANT USAGE ON SCHEMA reports, data TO "{reader}"')
     reader = roles.engine(roles.reader)
-    registry = trusting(reports(), roles.migrator)
-    error = fails(roles, lambda: nuke(reader, registry, discipline="jumbo"), "ownership of", roles.reader)
+    error = fails(
+        roles,
+        lambda: nuke(reader, trusting(reports(), roles.migrator), discipline="jumbo"),
+        "ownership of",
+        roles.reader,
+    )
     assert f'GRANT "{roles.migrator}" TO "{roles.reader}"' in error.fix or "GRANT <owner>" in error.fix
 
 
@@ -346,8 +350,9 @@ def test_refresh_needs_ownership(roles: Roles) -> None:
     roles.sql(*MINIMUM)
     assert sync(roles.engine(roles.migrator), reports()).committed
     reader = roles.engine(roles.reader)
-    registry = trusting(reports(), roles.migrator)
-    fails(roles, lambda: refresh(reader, registry), 'USAGE on schema "reports"', roles.reader)
+    fails(
+        roles, lambda: refresh(reader, trusting(reports(), roles.migrator)), 'USAGE on schema "reports"', roles.reader
+    )
     roles.sql('GRANT USAGE ON SCHEMA reports TO "{reader}"')
     if roles.server_version >= 170000:
         # MAINTAIN allows REFRESH MATERIALIZED VIEW, but refresh marks the view stale in its comment first.
@@ -355,7 +360,10 @@ def test_refresh_needs_ownership(roles: Roles) -> None:
     else:
         print(f"PostgreSQL {roles.server_version}: no MAINTAIN privilege (PG17+); ownership alone is checked")
     error = fails(
-        roles, lambda: refresh(reader, registry), 'ownership of materialized view "reports"."Counts"', roles.reader
+        roles,
+        lambda: refresh(reader, trusting(reports(), roles.migrator)),
+        'ownership of materialized view "reports"."Counts"',
+        roles.reader,
     )
     assert f'GRANT "{roles.migrator}" TO "{roles.reader}"' in error.fix
     assert "Nothing was refreshed" in str(error)
@@ -399,8 +407,8 @@ def test_diff_needs_no_privilege_beyond_connect(roles: Roles) -> None:
     database = make_url(roles.url).database
     roles.sql(f'REVOKE TEMPORARY ON DATABASE "{database}" FROM PUBLIC')
     assert diff_database(roles.engine(roles.reader), trusting(reports(), roles.migrator)).exit_code == 0
-    # Without trusting the migration role, the read-only role sees its objects as someone else's.
-    assert diff_database(roles.engine(roles.reader), reports()).exit_code != 0
+    # Without trusting the migration role, its objects are not ours to the read-only role.
+    assert diff_database(roles.engine(roles.reader), reports()).exit_code == 102
 
 
 def test_cli_prints_one_line(roles: Roles, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -42,8 +42,8 @@ from alembic_samizdat.signature import signature_text
 
 PASSWORD = "samizdat-test"
 
-#: Every built-in our SQL calls by name (tests/test_security.py::test_every_called_function_is_planted keeps
-#: this list complete).
+#: Every built-in our SQL calls by name (test_every_called_function_is_planted keeps this list complete).
+#: Not array_agg and friends: SQLAlchemy's own reflection calls array_agg unqualified (docs/security.md).
 FUNCTIONS = [
     "aclexplode",
     "age",
@@ -82,12 +82,6 @@ FUNCTIONS = [
     "greatest",
     "least",
     "concat",
-    "array_agg",
-    "string_agg",
-    "count",
-    "max",
-    "min",
-    "now",
 ]
 #: Argument types the planted overloads take: the types of the values our SQL passes, and their neighbours.
 TYPES = (
@@ -113,7 +107,7 @@ TYPES3 = ("text", "name", "oid", "integer", "boolean", "regclass")
 OPERATORS = ("=", "<>", "<", ">", "<=", ">=", "||", "~~", "!~~", "~", "!~")
 
 
-def plant_statements(schema: str) -> list[str]:
+def plant_statements(schema: str, *, operators: bool = True, spare: frozenset[str] = frozenset()) -> list[str]:
     """The attacker's plant: a sequence everyone may advance, and overloads that advance it."""
     out = [
         f"CREATE SEQUENCE {schema}.hijacked",
@@ -128,6 +122,8 @@ def plant_statements(schema: str) -> list[str]:
     ]
     creates = []
     for name in FUNCTIONS:
+        if name in spare:
+            continue
         for sig in signatures:
             if len(sig) == 3 and name not in ("set_config", "format", "pg_describe_object", "has_schema_privilege"):
                 continue
@@ -136,7 +132,8 @@ def plant_statements(schema: str) -> list[str]:
                 f"CREATE FUNCTION {schema}.{name}({args}) RETURNS text LANGUAGE plpgsql AS "
                 f"'BEGIN PERFORM {schema}.hijack(); RETURN NULL; END'"
             )
-    for number, (op, (left, right)) in enumerate(itertools.product(OPERATORS, itertools.product(TYPES, repeat=2))):
+    pairs = itertools.product(OPERATORS, itertools.product(TYPES, repeat=2)) if operators else ()
+    for number, (op, (left, right)) in enumerate(pairs):
         returns = "text" if op == "||" else "boolean"
         fn = f"{schema}.hijack_op_{number}"
         creates.append(
@@ -360,6 +357,18 @@ def test_every_called_function_is_planted() -> None:
         if n.startswith("pg_") or n in {"json_build_array", "obj_description", "strpos", "aclexplode"}
     }
     assert not unknown, f"built-ins called but not planted by the attacker in this test: {sorted(unknown)}"
+
+
+#: Built-ins that SQLAlchemy's reflection (Alembic's table comparison) calls unqualified.
+SQLALCHEMY_REFLECTION = frozenset({"unnest", "pg_get_indexdef", "current_setting", "format"})
+
+
+@pytest.fixture
+def planted_functions(world: World) -> World:
+    """Overloads of functions only: Alembic's own table comparison (SQLAlchemy's reflection) compares with
+    unqualified operators, which the full plant hijacks (docs/security.md); that is not our SQL."""
+    world.as_attacker(*plant_statements("public", operators=False, spare=SQLALCHEMY_REFLECTION))
+    return world
 
 
 @pytest.fixture
@@ -707,7 +716,7 @@ from {package} import SamizdatFunction, SamizdatView
 class secret_total(SamizdatFunction):
     sql_template = """
         ${{preamble}}
-        RETURNS bigint LANGUAGE sql SECURITY DEFINER AS $$$$ SELECT count(*){extra} FROM pg_class $$$$
+        RETURNS {rtype} LANGUAGE sql SECURITY DEFINER AS $$$$ SELECT count(*)::{rtype} FROM pg_class $$$$
         ${{postamble}}
         """
 
@@ -715,7 +724,7 @@ class secret_total(SamizdatFunction):
 class Shown(SamizdatView):
     sql_template = """
         ${{preamble}}
-        SELECT 1{extra} AS one
+        SELECT 1::{rtype} AS one
         ${{postamble}}
         """
 '''
@@ -737,7 +746,7 @@ def _dbsamizdat_cli() -> str | None:
 )
 def test_adopting_and_replacing_keeps_grants_and_revokes(world: World, tmp_path: Path) -> None:
     legacy = tmp_path / "legacy.py"
-    legacy.write_text(DBSAMIZDAT_MODULE.format(package="dbsamizdat", extra=""))
+    legacy.write_text(DBSAMIZDAT_MODULE.format(package="dbsamizdat", rtype="bigint"))
     url = make_url(world.url).set(drivername="postgresql").render_as_string(hide_password=False)
     done = subprocess.run(
         [str(_dbsamizdat_cli()), "sync", url, str(legacy)], capture_output=True, text=True, timeout=120, cwd=tmp_path
@@ -750,7 +759,8 @@ def test_adopting_and_replacing_keeps_grants_and_revokes(world: World, tmp_path:
         f'GRANT SELECT ON public."Shown" TO "{world.deployer}"',
     )
     ours = tmp_path / "ours.py"
-    ours.write_text(DBSAMIZDAT_MODULE.format(package="alembic_samizdat.compat.dbsamizdat", extra=" + 0"))
+    # A new result type: PostgreSQL cannot replace either in place, so both are dropped and recreated.
+    ours.write_text(DBSAMIZDAT_MODULE.format(package="alembic_samizdat.compat.dbsamizdat", rtype="numeric"))
     registry = SamizdatRegistry()
     registry.load(str(ours))
     result = sync(world.admin, registry, adopt="dbsamizdat")
@@ -789,3 +799,64 @@ def test_refresh_touches_only_our_views(world: World) -> None:
     assert scalar(world.admin, "SELECT obj_description('public.\"Theirs\"'::regclass, 'pg_class')") == forged.replace(
         "''", "'"
     )
+
+
+def test_alembic_paths_ignore_planted_overloads(
+    planted_functions: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """autogenerate, upgrade, downgrade and an offline (--sql) script run by psql, with the plant in place."""
+    import io
+
+    from alembic import command
+
+    from tests.helpers import alembic_project
+
+    world = planted_functions
+    # alembic_version goes to public; a table not in the metadata there would be proposed for dropping.
+    run_sql(world.admin, f'GRANT CREATE ON SCHEMA public TO "{world.deployer}"', "DROP TABLE public.secrets")
+    monkeypatch.setenv("DATABASE_URL", world.url_as(world.deployer))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    name = f"planted_{uuid.uuid4().hex[:8]}"
+    cfg = alembic_project(tmp_path, name)
+
+    def step(total: str, message: str) -> None:
+        source = _module_source().replace("sum(amount) + 1", total)
+        source = source.replace(
+            "from alembic_samizdat import",
+            "from sqlalchemy import MetaData\nfrom alembic_samizdat import SamizdatRegistry,",
+        )
+        source += "\nmetadata = MetaData()\nregistry = SamizdatRegistry(metadata)\n"
+        source += "registry.register_all(doubled, Totals, Fresh, audit, Audited)\n"
+        (tmp_path / f"{name}.py").write_text(source)
+        sys.modules.pop(name, None)
+        command.revision(cfg, message=message, autogenerate=True)
+        sys.modules.pop(name, None)
+        command.upgrade(cfg, "head")
+
+    step("sum(amount)", "first")
+    run_sql(world.admin, f'GRANT SELECT ON app."Fresh" TO "{world.attacker}"')
+    step("sum(amount) + 2", "second")
+    assert scalar(world.admin, 'SELECT total FROM app."Fresh"') == 44
+    command.downgrade(cfg, "-1")
+    assert scalar(world.admin, 'SELECT total FROM app."Fresh"') == 42
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(cfg).get_revision("head")
+    assert head is not None
+    buffer = io.StringIO()
+    cfg.output_buffer = buffer
+    command.upgrade(cfg, f"{head.down_revision}:head", sql=True)
+    script = buffer.getvalue()
+    assert "CREATE OR REPLACE VIEW" in script, script
+    psql = subprocess.run(
+        [psql_binary(), "-v", "ON_ERROR_STOP=1", "-X", "-q", "-f", "-", _libpq(world.url_as(world.deployer))],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert psql.returncode == 0, psql.stderr
+    assert scalar(world.admin, 'SELECT total FROM app."Fresh"') == 44
+    assert scalar(world.admin, f"SELECT has_table_privilege('{world.attacker}', 'app.\"Fresh\"', 'SELECT')")
+    sys.modules.pop(name, None)
+    assert not world.hijacked(), "an attacker's overload ran as the deployer"

@@ -6,7 +6,7 @@ Usage::
     python tools/gen_cli_reference.py --check   # exit 1 if the file is out of date
     python tools/gen_cli_reference.py --stdout  # print the page
 
-MkDocs runs it on every build (``hooks:`` in mkdocs.yml, see ``tools/mkdocs_hooks.py``), and
+Sphinx runs it before every build (``setup()`` in docs/conf.py), and
 ``tests/test_docs.py`` fails when the committed page differs from what this script writes, so the reference can
 never drift from ``alembic_samizdat.cli.build_parser()``.
 
@@ -168,8 +168,9 @@ def render(parser: argparse.ArgumentParser | None = None) -> str:
     if top:
         out += ["## Global options", ""]
         out += [
-            "These options go before the command, and (as each command accepts them too) after it: "
-            f"`{prog} -v sync …` and `{prog} sync -v …` are the same.",
+            "These options go before the command, and (as each command they apply to accepts them too) after it: "
+            f"`{prog} -v sync …` and `{prog} sync -v …` are the same. `--scope`, `-c` and `--connect-timeout` apply "
+            "to the commands that connect to a database.",
             "",
         ]
         out += [*_table(top), ""]

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from . import ops, render
 from .compare import compare_samizdats, register_legacy_comparator
-from .ops import CreateSamizdatOp, DropSamizdatOp, RefreshSamizdatOp, RegrantSamizdatOp
+from .ops import CreateSamizdatOp, DropSamizdatOp, RefreshSamizdatOp, RegrantSamizdatOp, ReplaceSamizdatOp
 
 __all__ = [
     "CreateSamizdatOp",
     "DropSamizdatOp",
     "RefreshSamizdatOp",
     "RegrantSamizdatOp",
+    "ReplaceSamizdatOp",
     "compare_samizdats",
     "ops",
     "render",

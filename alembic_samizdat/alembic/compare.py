@@ -18,13 +18,16 @@ from alembic.operations import ops as alembic_ops
 from sqlalchemy import MetaData
 
 from ..catalog import DatabaseState, read_state
+from ..deferred import MARKS_TABLE
+from ..execute import plan_asking_postgres
 from ..graph import Graph
+from ..grouping import action_entries, grouped, owner
 from ..identifiers import quote_literal
 from ..keys import Key, Kind
 from ..planner import Plan, Verb, grant_changes, grant_statements, plan_sync
 from ..registry import SamizdatRegistry
 from ..signature import signature_text, without_sql
-from .ops import CreateSamizdatOp, DropSamizdatOp, RefreshSamizdatOp, RegrantSamizdatOp
+from .ops import CreateSamizdatOp, DropSamizdatOp, RefreshSamizdatOp, RegrantSamizdatOp, ReplaceSamizdatOp
 
 log = logging.getLogger("alembic.samizdat")
 
@@ -51,7 +54,7 @@ def _table_key(schema: str | None, name: str, default_schema: str) -> tuple[str,
 def _drop_view_mapped_tables(
     upgrade_ops: alembic_ops.UpgradeOps, relations: set[tuple[str, str]], default: str
 ) -> None:
-    """ORM models whose table is a managed view: never create (or index) a table for them."""
+    """ORM models whose table is a managed view: never create (or index) a table for them; nor drop a marks table."""
     kept: list[Any] = []
     table_ops = (
         alembic_ops.CreateTableOp,
@@ -60,10 +63,48 @@ def _drop_view_mapped_tables(
         alembic_ops.ModifyTableOps,
     )
     for op in upgrade_ops.ops:
-        if isinstance(op, table_ops) and _table_key(op.schema, op.table_name, default) in relations:
+        if isinstance(op, table_ops) and (
+            _table_key(op.schema, op.table_name, default) in relations
+            # Deferred autorefresh's marks tables are the tool's, never the metadata's (see deferred.py).
+            or op.table_name == MARKS_TABLE
+        ):
             continue
         kept.append(op)
     upgrade_ops.ops = kept
+
+
+def _managed_relations(graph: Graph) -> set[tuple[str, str]]:
+    return {(k.schema, k.name) for k, item in graph.nodes.items() if item.kind.namespace == "relation"}
+
+
+def exclude_view_mapped_tables(
+    autogen_context: AutogenContext, upgrade_ops: alembic_ops.UpgradeOps, schemas: Any
+) -> Any:
+    """Runs before Alembic's table comparator: ORM tables on managed views are left out of the comparison
+    (as an ``include_object`` filter would), so Alembic neither plans nor logs "Detected added table" for them.
+
+    ``compare_samizdats`` still removes such ops afterwards, for Alembic versions without comparator priorities.
+    """
+    registry = find_registry(autogen_context.metadata)
+    filters = getattr(autogen_context, "_object_filters", None)
+    if registry is None or not isinstance(filters, list) or any(f is _SKIP_MARK for f in filters):
+        return _continue()
+    connection = autogen_context.connection
+    default = (connection.dialect.default_schema_name if connection is not None else None) or "public"
+    relations = _managed_relations(registry.graph())
+
+    def include(obj: Any, name: Any, type_: str, reflected: bool, compare_to: Any) -> bool:
+        if type_ == "table" and not reflected:
+            return _table_key(getattr(obj, "schema", None), str(name), default) not in relations
+        return True
+
+    filters.extend([_SKIP_MARK, include])
+    return _continue()
+
+
+def _SKIP_MARK(*_: Any) -> bool:
+    """Marks an AutogenContext whose filters already leave out view-mapped tables."""
+    return True
 
 
 def _altered_tables(upgrade_ops: alembic_ops.UpgradeOps, default: str) -> set[tuple[str, str]]:
@@ -89,6 +130,22 @@ def _readers(graph: Graph, tables: set[tuple[str, str]]) -> set[Key]:
     return readers
 
 
+def _above(graph: Graph, key: Key) -> set[Key]:
+    """Every declared object that reads ``key``, directly or through others."""
+    readers: dict[Key, set[Key]] = {}
+    for node, deps in graph.deps.items():
+        for dep in deps:
+            readers.setdefault(dep, set()).add(node)
+    found: set[Key] = set()
+    todo = [key]
+    while todo:
+        for reader in readers.get(todo.pop(), ()):
+            if reader not in found:
+                found.add(reader)
+                todo.append(reader)
+    return found
+
+
 def plan_to_ops(plan: Plan, graph: Graph, state: DatabaseState) -> tuple[list[Any], list[Any]]:
     """(drop ops, create-and-refresh ops) of a plan, in execution order."""
     drops: list[Any] = []
@@ -96,6 +153,7 @@ def plan_to_ops(plan: Plan, graph: Graph, state: DatabaseState) -> tuple[list[An
     created = {a.key for a in plan.actions if a.verb is Verb.CREATE}
     for action in plan.actions:
         name = action.key.display()
+        before = len(drops) + len(creates)
         if action.verb is Verb.DROP:
             obj = state.managed[action.key]
             restore, restore_signature = None, None
@@ -129,6 +187,31 @@ def plan_to_ops(plan: Plan, graph: Graph, state: DatabaseState) -> tuple[list[An
                     reason=action.reason,
                 )
             )
+        elif action.verb is Verb.REPLACE:
+            assert action.declared is not None
+            item = action.declared
+            obj = state.managed[action.key]
+            restore, restore_signature = None, None
+            if obj.comment is not None and obj.signature is not None:
+                restore_signature, restore = without_sql(obj.comment)
+            # The way back must refresh what reads it after replacing it; the upgrade's refresh operations run
+            # after this one, so in the downgrade they run before it.
+            above = _above(graph, action.key)
+            refreshes = [a.sql for a in plan.actions if a.verb is Verb.REFRESH and a.key in above]
+            creates.append(
+                ReplaceSamizdatOp(
+                    item.kind.value,
+                    name,
+                    item.sql,
+                    signature=signature_text(item, state.scope, include_sql=False, deps=graph.deps.get(item.key, ())),
+                    drop=item.drop_statement(),
+                    grants="\n;\n".join(st for st in action.statements if st.startswith(("GRANT ", "REVOKE "))) or None,
+                    restore=restore,
+                    restore_signature=restore_signature,
+                    reason=action.reason,
+                    restore_refresh="\n;\n".join(refreshes) or None,
+                )
+            )
         elif action.verb is Verb.GRANT:
             assert action.declared is not None
             obj = state.managed[action.key]
@@ -136,9 +219,17 @@ def plan_to_ops(plan: Plan, graph: Graph, state: DatabaseState) -> tuple[list[An
             undo = grant_statements(action.declared, to_revoke, to_grant)
             if obj.comment is not None:
                 undo.append(f"COMMENT ON {obj.comment_target()} IS {quote_literal(obj.comment)}")
-            creates.append(RegrantSamizdatOp(action.kind, name, action.sql, reverse_sql="\n;\n".join(undo) + "\n;"))
+            regrant = RegrantSamizdatOp(action.kind, name, action.sql, reverse_sql="\n;\n".join(undo) + "\n;")
+            regrant.reason = action.reason
+            creates.append(regrant)
         elif action.key not in created:
-            creates.append(RefreshSamizdatOp(name, action.sql))
+            refresh = RefreshSamizdatOp(name, action.sql)
+            refresh.reason = action.reason
+            creates.append(refresh)
+        top = owner(action.key, graph)
+        if top is not None and len(drops) + len(creates) > before:
+            made = drops[-1] if action.verb is Verb.DROP else creates[-1]
+            made.generated_for = graph.nodes[top].label
     return drops, creates
 
 
@@ -153,7 +244,7 @@ def compare_samizdats(autogen_context: AutogenContext, upgrade_ops: alembic_ops.
         return _continue()
     graph = registry.graph()
     default = connection.dialect.default_schema_name or "public"
-    relations = {(k.schema, k.name) for k, item in graph.nodes.items() if item.kind.namespace == "relation"}
+    relations = _managed_relations(graph)
     _drop_view_mapped_tables(upgrade_ops, relations, default)
     force = _readers(graph, _altered_tables(upgrade_ops, default))
     # Signatures without their SQL first: that is all a revision needs unless it drops, recreates or re-grants
@@ -165,20 +256,16 @@ def compare_samizdats(autogen_context: AutogenContext, upgrade_ops: alembic_ops.
         state = read_state(
             connection, registry.scope, graph.nodes, full_comments=True, trusted_owners=registry.trusted_owners
         )
-        plan = plan_sync(graph, state, force=force)
+        # Replace in place, or rebuild: PostgreSQL is asked now, there and back (see execute.probe_in_place).
+        plan = plan_asking_postgres(connection, graph, state, force=force, both_ways=True)
     for warning in plan.warnings:
         log.warning("samizdat: %s", warning)
     drops, creates = plan_to_ops(plan, graph, state)
-    for op in drops + creates:
-        log.info("Detected %s of %s %s", type(op).__name__.removesuffix("SamizdatOp").lower(), op_kind(op), op.name)
+    for depth, line in grouped(action_entries(plan.actions, graph), graph):
+        log.info("%s%s", "    " * depth if depth else "Detected ", line)
     upgrade_ops.ops[:0] = drops
     upgrade_ops.ops.extend(creates)
     return _continue()
-
-
-def op_kind(op: Any) -> str:
-    """The kind an op acts on, for log lines."""
-    return str(getattr(op, "kind", "matview"))
 
 
 def _continue() -> Any:
@@ -198,6 +285,7 @@ def register_legacy_comparator() -> None:
         from alembic.util import DispatchPriority
 
         comparators.dispatch_for("schema", priority=DispatchPriority.LAST)(compare_samizdats)
+        comparators.dispatch_for("schema", priority=DispatchPriority.FIRST)(exclude_view_mapped_tables)
     except ImportError:
         # Before 1.18 comparators run in registration order, and Alembic's own were registered first.
         comparators.dispatch_for("schema")(compare_samizdats)

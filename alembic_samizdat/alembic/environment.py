@@ -8,13 +8,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import SamizdatError
+from ..drivers import UnusableUrlError, cli_url
+from ..errors import AlembicConfigError, SamizdatError
 from ..registry import SamizdatRegistry
 from .compare import find_registry
 
 
-class AlembicConfigError(SamizdatError):
-    """The Alembic configuration could not give a database and a registry."""
+def _env_failure(path: str, configured_url: str | None, exc: Exception) -> SamizdatError:
+    """What made env.py fail, in one line: most often the URL in alembic.ini."""
+    if configured_url:
+        try:
+            cli_url(configured_url)
+        except UnusableUrlError as bad:
+            return AlembicConfigError(f"{path}: sqlalchemy.url: {bad}")
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return AlembicConfigError(f"{path}: env.py failed: {type(exc).__name__}: {first} (-v shows the traceback)")
 
 
 def from_alembic_config(path: str) -> tuple[str, SamizdatRegistry]:
@@ -39,7 +47,12 @@ def from_alembic_config(path: str) -> tuple[str, SamizdatRegistry]:
         return []
 
     with EnvironmentContext(config, script, fn=capture, as_sql=False, dont_mutate=True):
-        script.run_env()
+        try:
+            script.run_env()
+        except (SamizdatError, SystemExit):
+            raise
+        except Exception as exc:
+            raise _env_failure(path, config.get_main_option("sqlalchemy.url"), exc) from exc
     if not found.get("url"):
         raise AlembicConfigError(f"{path}: env.py did not open a database connection (online mode)")
     registry = find_registry(found.get("metadata"))

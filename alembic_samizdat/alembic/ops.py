@@ -14,9 +14,10 @@ from typing import Any
 from alembic.operations import MigrateOperation, Operations
 from sqlalchemy.exc import DBAPIError
 
+from ..declared import or_replace
 from ..errors import ExecutionError, first_line
 from ..execute import collect_notices, sqlstate
-from ..keys import Key
+from ..keys import Key, Kind
 from ..preserve import capture_statement, restore_statement
 from ..privileges import INSUFFICIENT_PRIVILEGE, PrivilegeContext, missing_privilege
 from ..signature import stamp_statement, with_sql
@@ -78,9 +79,29 @@ def create_batch(kind: str, name: str, sql: str | None, signature: str | None, d
     return f"{sql}\n;\n{stamp_statement(target, key, comment)};"
 
 
+class SamizdatDiff(tuple[str, str, str]):
+    """One entry of ``alembic check``'s report: still the ``(operation, kind, name)`` tuple for programs,
+    printed as a line of its own, a generated object naming the declared object it serves."""
+
+    text: str
+
+    def __new__(cls, operation: str, kind: str, name: str, generated_for: str | None = None) -> SamizdatDiff:
+        made = super().__new__(cls, (operation, kind, name))
+        verb = operation.removesuffix("_samizdat")
+        # Execution order, which interleaves objects: the grouped report is the log above it.
+        made.text = f"\n  {verb} {kind} {name}" + (f" (generated for {generated_for})" if generated_for else "")
+        return made
+
+    def __repr__(self) -> str:
+        return self.text
+
+
 @Operations.register_operation("create_samizdat")
 class CreateSamizdatOp(MigrateOperation):
     """Create (and sign) one samizdat; materialized views are populated when ``with_data``."""
+
+    #: The declared object this generated object serves (set by autogenerate, for reports only).
+    generated_for: str | None = None
 
     def __init__(
         self,
@@ -134,12 +155,15 @@ class CreateSamizdatOp(MigrateOperation):
 
     def to_diff_tuple(self) -> tuple[str, str, str]:
         """What ``alembic check`` reports."""
-        return ("create_samizdat", self.kind, self.name)
+        return SamizdatDiff("create_samizdat", self.kind, self.name, self.generated_for)
 
 
 @Operations.register_operation("drop_samizdat")
 class DropSamizdatOp(MigrateOperation):
     """Drop one samizdat (never ``CASCADE``); ``restore`` and ``restore_signature`` recreate it on downgrade."""
+
+    #: The declared object this generated object serves (set by autogenerate, for reports only).
+    generated_for: str | None = None
 
     def __init__(
         self,
@@ -192,12 +216,125 @@ class DropSamizdatOp(MigrateOperation):
 
     def to_diff_tuple(self) -> tuple[str, str, str]:
         """What ``alembic check`` reports."""
-        return ("drop_samizdat", self.kind, self.name)
+        return SamizdatDiff("drop_samizdat", self.kind, self.name, self.generated_for)
+
+
+@Operations.register_operation("replace_samizdat")
+class ReplaceSamizdatOp(MigrateOperation):
+    """Replace one samizdat in place (``CREATE OR REPLACE``) and sign it; what depends on it is untouched.
+
+    ``sql`` is the object's template as ``create_samizdat`` holds it; its ``CREATE`` head becomes
+    ``CREATE OR REPLACE`` when the operation runs. Autogenerate writes this operation only after PostgreSQL
+    accepted the replacement, and the way back (``restore``), in a savepoint; otherwise it rebuilds the stack
+    with drop and create operations.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        sql: str | None,
+        *,
+        signature: str | None,
+        drop: str | None,
+        grants: str | None = None,
+        restore: str | None = None,
+        restore_signature: str | None = None,
+        reason: str | None = None,
+        refresh: str | None = None,
+        restore_refresh: str | None = None,
+    ) -> None:
+        self.kind = kind
+        self.name = name
+        self.sql = sql
+        self.signature = signature
+        self.drop = drop
+        self.grants = grants
+        self.restore = restore
+        self.restore_signature = restore_signature
+        #: Why autogenerate wrote this operation (rendered as a comment, not an argument).
+        self.reason = reason
+        #: Refreshes of the materialized views above it, run right after it (a downgrade's replacement back:
+        #: the upgrade's own refresh operations come after it, so in a downgrade they come before).
+        self.refresh = refresh
+        #: What :attr:`refresh` is for the way back (:meth:`reverse`).
+        self.restore_refresh = restore_refresh
+
+    @classmethod
+    def replace_samizdat(
+        cls,
+        operations: Operations,
+        kind: str,
+        name: str,
+        sql: str | None,
+        *,
+        signature: str | None,
+        drop: str | None,
+        grants: str | None = None,
+        restore: str | None = None,
+        restore_signature: str | None = None,
+        refresh: str | None = None,
+        restore_refresh: str | None = None,
+    ) -> Any:
+        """``op.replace_samizdat(kind, name, sql, signature=…, drop=…, restore=…, restore_signature=…)``."""
+        op = cls(
+            kind,
+            name,
+            sql,
+            signature=signature,
+            drop=drop,
+            grants=grants,
+            restore=restore,
+            restore_signature=restore_signature,
+            refresh=refresh,
+            restore_refresh=restore_refresh,
+        )
+        return operations.invoke(op)
+
+    def reverse(self) -> ReplaceSamizdatOp:
+        """Replacing it in place with the definition it had before."""
+        return ReplaceSamizdatOp(
+            self.kind,
+            self.name,
+            self.restore,
+            signature=self.restore_signature,
+            drop=self.drop,
+            restore=self.sql,
+            restore_signature=self.signature,
+            refresh=self.restore_refresh,
+            restore_refresh=self.refresh,
+        )
+
+    def to_diff_tuple(self) -> tuple[str, str, str]:
+        """What ``alembic check`` reports."""
+        return ("replace_samizdat", self.kind, self.name)
+
+
+def replace_batch(kind: str, name: str, sql: str | None, signature: str | None, drop: str | None) -> str:
+    """``CREATE OR REPLACE …`` of the template, then the signature (recording the template as written)."""
+    if sql is None or signature is None or drop is None:
+        raise RuntimeError(
+            f"cannot replace {kind} {name}: this revision holds no definition for it (it was not recorded when the "
+            "revision was generated); recreate it with `samizdat sync`"
+        )
+    comment = with_sql(signature, sql)
+    key = Key(*json.loads(comment)["key"])
+    replacing = or_replace(sql, Kind(kind), key)
+    if replacing is None:
+        raise RuntimeError(f"cannot replace {kind} {name} in place: its SQL does not start as its kind's CREATE does")
+    target = drop.strip().rstrip(";").removeprefix("DROP ")
+    return f"{replacing}\n;\n{stamp_statement(target, key, comment)};"
 
 
 @Operations.register_operation("refresh_samizdat")
 class RefreshSamizdatOp(MigrateOperation):
     """Refresh a materialized view that is unpopulated or whose last refresh failed."""
+
+    #: The declared object this generated object serves (set by autogenerate, for reports only).
+    generated_for: str | None = None
+
+    #: Why autogenerate wrote it (rendered as a comment above the operation).
+    reason: str | None = None
 
     def __init__(self, name: str, sql: str) -> None:
         self.name = name
@@ -214,7 +351,7 @@ class RefreshSamizdatOp(MigrateOperation):
 
     def to_diff_tuple(self) -> tuple[str, str, str]:
         """What ``alembic check`` reports."""
-        return ("refresh_samizdat", "matview", self.name)
+        return SamizdatDiff("refresh_samizdat", "matview", self.name, self.generated_for)
 
 
 def _run_reporting(operations: Operations, sql: str) -> None:
@@ -248,6 +385,12 @@ def _target(drop: str | None) -> str | None:
 class RegrantSamizdatOp(MigrateOperation):
     """Apply declared grants with GRANT / REVOKE (and update the signature); never recreates the object."""
 
+    #: The declared object this generated object serves (set by autogenerate, for reports only).
+    generated_for: str | None = None
+
+    #: Why autogenerate wrote it (rendered as a comment above the operation).
+    reason: str | None = None
+
     def __init__(self, kind: str, name: str, sql: str, *, reverse_sql: str | None = None) -> None:
         self.kind = kind
         self.name = name
@@ -267,7 +410,7 @@ class RegrantSamizdatOp(MigrateOperation):
 
     def to_diff_tuple(self) -> tuple[str, str, str]:
         """What ``alembic check`` reports."""
-        return ("regrant_samizdat", self.kind, self.name)
+        return SamizdatDiff("regrant_samizdat", self.kind, self.name, self.generated_for)
 
 
 @Operations.implementation_for(RegrantSamizdatOp)
@@ -288,6 +431,16 @@ def _create(operations: Operations, op: CreateSamizdatOp) -> None:
         run_sql(operations, op.grants.rstrip().rstrip(";") + ";", what=what)
     if op.with_data and op.kind == "matview":
         run_sql(operations, f"REFRESH MATERIALIZED VIEW {op.name};", what=_context("refresh", op.kind, op.signature))
+
+
+@Operations.implementation_for(ReplaceSamizdatOp)
+def _replace(operations: Operations, op: ReplaceSamizdatOp) -> None:
+    what = _context("replace", op.kind, op.signature)
+    run_sql(operations, replace_batch(op.kind, op.name, op.sql, op.signature, op.drop), what=what)
+    if op.grants:
+        run_sql(operations, op.grants.rstrip().rstrip(";") + ";", what=what)
+    if op.refresh:
+        run_sql(operations, op.refresh.rstrip().rstrip(";") + ";", what=what)
 
 
 @Operations.implementation_for(DropSamizdatOp)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic.autogenerate.api import AutogenContext
 from alembic.autogenerate.render import renderers
 
-from .ops import CreateSamizdatOp, DropSamizdatOp, RefreshSamizdatOp, RegrantSamizdatOp
+from .ops import CreateSamizdatOp, DropSamizdatOp, RefreshSamizdatOp, RegrantSamizdatOp, ReplaceSamizdatOp
 
 IMPORT = "import alembic_samizdat.alembic  # noqa: F401  (registers op.create_samizdat and friends)"
 
@@ -53,6 +53,28 @@ def render_create(autogen_context: AutogenContext, op: CreateSamizdatOp) -> str:
     )
 
 
+@renderers.dispatch_for(ReplaceSamizdatOp)
+def render_replace(autogen_context: AutogenContext, op: ReplaceSamizdatOp) -> str:
+    """``op.replace_samizdat(...)``."""
+    autogen_context.imports.add(IMPORT)
+    return (
+        _why(op.reason)
+        + "op.replace_samizdat"
+        + _args(
+            repr(op.kind),
+            repr(op.name),
+            f"sql={literal(op.sql)}",
+            f"signature={literal(op.signature)}",
+            f"drop={literal(op.drop)}",
+            *([f"grants={literal(op.grants)}"] if op.grants else []),
+            f"restore={literal(op.restore)}",
+            f"restore_signature={literal(op.restore_signature)}",
+            *([f"refresh={literal(op.refresh)}"] if op.refresh else []),
+            *([f"restore_refresh={literal(op.restore_refresh)}"] if op.restore_refresh else []),
+        )
+    )
+
+
 @renderers.dispatch_for(DropSamizdatOp)
 def render_drop(autogen_context: AutogenContext, op: DropSamizdatOp) -> str:
     """``op.drop_samizdat(...)``."""
@@ -75,13 +97,15 @@ def render_drop(autogen_context: AutogenContext, op: DropSamizdatOp) -> str:
 def render_refresh(autogen_context: AutogenContext, op: RefreshSamizdatOp) -> str:
     """``op.refresh_samizdat(...)``."""
     autogen_context.imports.add(IMPORT)
-    return "op.refresh_samizdat" + _args(repr(op.name), f"sql={literal(op.sql)}")
+    return _why(op.reason) + "op.refresh_samizdat" + _args(repr(op.name), f"sql={literal(op.sql)}")
 
 
 @renderers.dispatch_for(RegrantSamizdatOp)
 def render_regrant(autogen_context: AutogenContext, op: RegrantSamizdatOp) -> str:
     """``op.regrant_samizdat(...)``."""
     autogen_context.imports.add(IMPORT)
-    return "op.regrant_samizdat" + _args(
-        repr(op.kind), repr(op.name), f"sql={literal(op.sql)}", f"reverse_sql={literal(op.reverse_sql)}"
+    return (
+        _why(op.reason)
+        + "op.regrant_samizdat"
+        + _args(repr(op.kind), repr(op.name), f"sql={literal(op.sql)}", f"reverse_sql={literal(op.reverse_sql)}")
     )

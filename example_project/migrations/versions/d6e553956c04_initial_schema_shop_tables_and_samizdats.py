@@ -2,7 +2,7 @@
 
 Revision ID: d6e553956c04
 Revises: 
-Create Date: 2026-11-23 12:53:43.696692
+Create Date: 2026-12-05 08:17:50.298070
 
 """
 from typing import Sequence, Union
@@ -34,6 +34,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
+    # missing from the database
     op.create_samizdat(
             'function',
             '"public"."check_amount"()',
@@ -54,6 +55,7 @@ def upgrade() -> None:
             drop='DROP FUNCTION "public"."check_amount"()',
             with_data=False,
         )
+    # missing from the database
     op.create_samizdat(
             'function',
             '"public"."with_vat"(amount numeric)',
@@ -67,6 +69,7 @@ def upgrade() -> None:
             drop='DROP FUNCTION "public"."with_vat"(amount numeric)',
             with_data=False,
         )
+    # missing from the database
     op.create_samizdat(
             'view',
             '"public"."OrderLines"',
@@ -75,13 +78,14 @@ def upgrade() -> None:
                 '        CREATE VIEW "public"."OrderLines" AS\n'
                 '        SELECT o.id, c.name AS customer, c.country, o.amount, public.with_vat(o.amount) AS gross\n'
                 '        FROM orders o JOIN customers c ON c.id = o.customer_id\n'
-                '        \n'
+                '        ;\n'
                 '    '
             ),
-            signature='{"alembic_samizdat":1,"scope":"default","kind":"view","key":["relation","public","OrderLines",""],"hash":"b587f37658a9a9b013d9a4a78ccb9fb78b10c697a7f2b54a393b094d5153e2cc"}',
+            signature='{"alembic_samizdat":1,"scope":"default","kind":"view","key":["relation","public","OrderLines",""],"hash":"77cf1a1927b8c690200f940b9ef4b9093ce561185f563450ac780a8347bb84ed","deps":[["function","public","with_vat","amount numeric"]]}',
             drop='DROP VIEW "public"."OrderLines"',
             with_data=False,
         )
+    # missing from the database
     op.create_samizdat(
             'matview',
             '"public"."CustomerTotals"',
@@ -93,25 +97,38 @@ def upgrade() -> None:
                 '        CREATE UNIQUE INDEX ON "public"."CustomerTotals" (customer)\n'
                 '    '
             ),
-            signature='{"alembic_samizdat":1,"scope":"default","kind":"matview","key":["relation","public","CustomerTotals",""],"hash":"53fb39dec280663a2ac7212b08643319150f96591b3d361ae4fbbc6ed897e224"}',
+            signature='{"alembic_samizdat":1,"scope":"default","kind":"matview","key":["relation","public","CustomerTotals",""],"hash":"53fb39dec280663a2ac7212b08643319150f96591b3d361ae4fbbc6ed897e224","deps":[["relation","public","OrderLines",""]]}',
             drop='DROP MATERIALIZED VIEW "public"."CustomerTotals"',
             with_data=True,
         )
+    # missing from the database
     op.create_samizdat(
             'function',
             '"public"."samizdat_refresh_6f55347e002d28fb"()',
             sql=(
-                'CREATE FUNCTION "public"."samizdat_refresh_6f55347e002d28fb"() RETURNS trigger LANGUAGE plpgsql AS $samizdat$\n'
+                'CREATE FUNCTION "public"."samizdat_refresh_6f55347e002d28fb"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $samizdat$\n'
                 'BEGIN\n'
-                '    REFRESH MATERIALIZED VIEW CONCURRENTLY "public"."CustomerTotals";\n'
+                '    IF TG_RELID NOT IN (E\'"public"."customers"\'::regclass::oid, E\'"public"."orders"\'::regclass::oid) THEN\n'
+                "        RAISE EXCEPTION 'samizdat: % refreshes % only for the tables in its refresh_triggers, not for %',\n"
+                '            TG_NAME, E\'"public"."CustomerTotals"\', TG_RELID::regclass;\n'
+                '    END IF;\n'
+                '    IF EXISTS (SELECT 1 FROM pg_class c JOIN pg_index i ON i.indrelid = c.oid\n'
+                '               WHERE c.oid = E\'"public"."CustomerTotals"\'::regclass AND c.relispopulated\n'
+                '                 AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL) THEN\n'
+                '        REFRESH MATERIALIZED VIEW CONCURRENTLY "public"."CustomerTotals";\n'
+                '    ELSE\n'
+                '        REFRESH MATERIALIZED VIEW "public"."CustomerTotals";\n'
+                '    END IF;\n'
                 '    RETURN NULL;\n'
                 'END;\n'
-                '$samizdat$'
+                '$samizdat$;\n'
+                'REVOKE ALL ON FUNCTION "public"."samizdat_refresh_6f55347e002d28fb"() FROM PUBLIC'
             ),
-            signature='{"alembic_samizdat":1,"scope":"default","kind":"function","key":["function","public","samizdat_refresh_6f55347e002d28fb",""],"hash":"fa178ec3a0bcf0b0a0ca34d249a5510542abc2e8c1c32264465cb96a5a998622"}',
+            signature='{"alembic_samizdat":1,"scope":"default","kind":"function","key":["function","public","samizdat_refresh_6f55347e002d28fb",""],"hash":"847b48111ef5f073b25167373a3153b71abddf420a2e4758797627574d26d6e1","deps":[["relation","public","CustomerTotals",""]]}',
             drop='DROP FUNCTION "public"."samizdat_refresh_6f55347e002d28fb"()',
             with_data=False,
         )
+    # missing from the database
     op.create_samizdat(
             'matview',
             '"public"."CountryTotals"',
@@ -121,65 +138,76 @@ def upgrade() -> None:
                 '        SELECT l.country, sum(t.gross) AS gross\n'
                 '        FROM "CustomerTotals" t JOIN (SELECT DISTINCT customer, country FROM "OrderLines") l USING (customer)\n'
                 '        GROUP BY l.country\n'
-                '        WITH NO DATA\n'
+                '        WITH NO DATA;\n'
                 '    '
             ),
-            signature='{"alembic_samizdat":1,"scope":"default","kind":"matview","key":["relation","public","CountryTotals",""],"hash":"3d44bab93e50e6ca60c8f3e9bef246488f6f828283deb8f463bb493b8e7a249d"}',
+            signature='{"alembic_samizdat":1,"scope":"default","kind":"matview","key":["relation","public","CountryTotals",""],"hash":"3029b461a001680bcb857d362c2c256ad05b9b254afd27c336d539f6cce5e785","deps":[["relation","public","CustomerTotals",""],["relation","public","OrderLines",""]]}',
             drop='DROP MATERIALIZED VIEW "public"."CountryTotals"',
             with_data=True,
         )
+    # missing from the database
     op.create_samizdat(
             'function',
             '"public"."samizdat_refresh_1645a1d02d98f5a4"()',
             sql=(
-                'CREATE FUNCTION "public"."samizdat_refresh_1645a1d02d98f5a4"() RETURNS trigger LANGUAGE plpgsql AS $samizdat$\n'
+                'CREATE FUNCTION "public"."samizdat_refresh_1645a1d02d98f5a4"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $samizdat$\n'
                 'BEGIN\n'
+                '    IF TG_RELID NOT IN (E\'"public"."customers"\'::regclass::oid, E\'"public"."orders"\'::regclass::oid) THEN\n'
+                "        RAISE EXCEPTION 'samizdat: % refreshes % only for the tables in its refresh_triggers, not for %',\n"
+                '            TG_NAME, E\'"public"."CountryTotals"\', TG_RELID::regclass;\n'
+                '    END IF;\n'
                 '    REFRESH MATERIALIZED VIEW "public"."CountryTotals";\n'
                 '    RETURN NULL;\n'
                 'END;\n'
-                '$samizdat$'
+                '$samizdat$;\n'
+                'REVOKE ALL ON FUNCTION "public"."samizdat_refresh_1645a1d02d98f5a4"() FROM PUBLIC'
             ),
-            signature='{"alembic_samizdat":1,"scope":"default","kind":"function","key":["function","public","samizdat_refresh_1645a1d02d98f5a4",""],"hash":"40ce52ca5082915fc5ffc827e5e568a2f66fc246afb972ce40f09346d817c553"}',
+            signature='{"alembic_samizdat":1,"scope":"default","kind":"function","key":["function","public","samizdat_refresh_1645a1d02d98f5a4",""],"hash":"c24ac8c6eb1d90d595d07d894d354d3fde6f0bdad6db11d085ca52c01a39407d","deps":[["relation","public","CountryTotals",""]]}',
             drop='DROP FUNCTION "public"."samizdat_refresh_1645a1d02d98f5a4"()',
             with_data=False,
         )
+    # missing from the database
     op.create_samizdat(
             'trigger',
             '"OrdersCheckAmount" ON "public"."orders"',
             sql='CREATE TRIGGER "OrdersCheckAmount" BEFORE INSERT OR UPDATE ON "public"."orders" FOR EACH ROW EXECUTE FUNCTION public.check_amount()',
-            signature='{"alembic_samizdat":1,"scope":"default","kind":"trigger","key":["trigger","public","OrdersCheckAmount","orders"],"hash":"1295a07a60d31640cf9679312c58327c1b911fbff50420d9b017324d82da38d5"}',
+            signature='{"alembic_samizdat":1,"scope":"default","kind":"trigger","key":["trigger","public","OrdersCheckAmount","orders"],"hash":"1295a07a60d31640cf9679312c58327c1b911fbff50420d9b017324d82da38d5","deps":[["function","public","check_amount",""]]}',
             drop='DROP TRIGGER "OrdersCheckAmount" ON "public"."orders"',
             with_data=False,
         )
+    # missing from the database
     op.create_samizdat(
             'trigger',
             '"samizdat_r0002_bdb6bb110de9b6fe" ON "public"."orders"',
             sql='CREATE TRIGGER "samizdat_r0002_bdb6bb110de9b6fe" AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON "public"."orders" FOR EACH STATEMENT EXECUTE FUNCTION "public"."samizdat_refresh_6f55347e002d28fb"()',
-            signature='{"alembic_samizdat":1,"scope":"default","kind":"trigger","key":["trigger","public","samizdat_r0002_bdb6bb110de9b6fe","orders"],"hash":"29c3037cbd2dcf244ec2eecd6003c5b29deb82852c289e6f81318f6b5ab24080"}',
+            signature='{"alembic_samizdat":1,"scope":"default","kind":"trigger","key":["trigger","public","samizdat_r0002_bdb6bb110de9b6fe","orders"],"hash":"29c3037cbd2dcf244ec2eecd6003c5b29deb82852c289e6f81318f6b5ab24080","deps":[["function","public","samizdat_refresh_6f55347e002d28fb",""]]}',
             drop='DROP TRIGGER "samizdat_r0002_bdb6bb110de9b6fe" ON "public"."orders"',
             with_data=False,
         )
+    # missing from the database
     op.create_samizdat(
             'trigger',
             '"samizdat_r0002_d36b098601b2888b" ON "public"."customers"',
             sql='CREATE TRIGGER "samizdat_r0002_d36b098601b2888b" AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON "public"."customers" FOR EACH STATEMENT EXECUTE FUNCTION "public"."samizdat_refresh_6f55347e002d28fb"()',
-            signature='{"alembic_samizdat":1,"scope":"default","kind":"trigger","key":["trigger","public","samizdat_r0002_d36b098601b2888b","customers"],"hash":"d1bce629f924d9c6358397dbf7d11373a0124bae67c9bda47fed8f24c0543abb"}',
+            signature='{"alembic_samizdat":1,"scope":"default","kind":"trigger","key":["trigger","public","samizdat_r0002_d36b098601b2888b","customers"],"hash":"d1bce629f924d9c6358397dbf7d11373a0124bae67c9bda47fed8f24c0543abb","deps":[["function","public","samizdat_refresh_6f55347e002d28fb",""]]}',
             drop='DROP TRIGGER "samizdat_r0002_d36b098601b2888b" ON "public"."customers"',
             with_data=False,
         )
+    # missing from the database
     op.create_samizdat(
             'trigger',
             '"samizdat_r0003_227a9443934abc82" ON "public"."orders"',
             sql='CREATE TRIGGER "samizdat_r0003_227a9443934abc82" AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON "public"."orders" FOR EACH STATEMENT EXECUTE FUNCTION "public"."samizdat_refresh_1645a1d02d98f5a4"()',
-            signature='{"alembic_samizdat":1,"scope":"default","kind":"trigger","key":["trigger","public","samizdat_r0003_227a9443934abc82","orders"],"hash":"f6afd016420694af3e9db7a659e09e833a77ee3ea4d6f2b3e5fd49fa20a74aa5"}',
+            signature='{"alembic_samizdat":1,"scope":"default","kind":"trigger","key":["trigger","public","samizdat_r0003_227a9443934abc82","orders"],"hash":"f6afd016420694af3e9db7a659e09e833a77ee3ea4d6f2b3e5fd49fa20a74aa5","deps":[["function","public","samizdat_refresh_1645a1d02d98f5a4",""]]}',
             drop='DROP TRIGGER "samizdat_r0003_227a9443934abc82" ON "public"."orders"',
             with_data=False,
         )
+    # missing from the database
     op.create_samizdat(
             'trigger',
             '"samizdat_r0003_ef0911c2ae86e3fe" ON "public"."customers"',
             sql='CREATE TRIGGER "samizdat_r0003_ef0911c2ae86e3fe" AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON "public"."customers" FOR EACH STATEMENT EXECUTE FUNCTION "public"."samizdat_refresh_1645a1d02d98f5a4"()',
-            signature='{"alembic_samizdat":1,"scope":"default","kind":"trigger","key":["trigger","public","samizdat_r0003_ef0911c2ae86e3fe","customers"],"hash":"c951d39a00ee4d5eac9b106f785f79b2e5719440243edd478a293600d25f299b"}',
+            signature='{"alembic_samizdat":1,"scope":"default","kind":"trigger","key":["trigger","public","samizdat_r0003_ef0911c2ae86e3fe","customers"],"hash":"c951d39a00ee4d5eac9b106f785f79b2e5719440243edd478a293600d25f299b","deps":[["function","public","samizdat_refresh_1645a1d02d98f5a4",""]]}',
             drop='DROP TRIGGER "samizdat_r0003_ef0911c2ae86e3fe" ON "public"."customers"',
             with_data=False,
         )
@@ -194,7 +222,7 @@ def downgrade() -> None:
             '"samizdat_r0003_ef0911c2ae86e3fe" ON "public"."customers"',
             drop='DROP TRIGGER "samizdat_r0003_ef0911c2ae86e3fe" ON "public"."customers"',
             restore='CREATE TRIGGER "samizdat_r0003_ef0911c2ae86e3fe" AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON "public"."customers" FOR EACH STATEMENT EXECUTE FUNCTION "public"."samizdat_refresh_1645a1d02d98f5a4"()',
-            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"trigger","key":["trigger","public","samizdat_r0003_ef0911c2ae86e3fe","customers"],"hash":"c951d39a00ee4d5eac9b106f785f79b2e5719440243edd478a293600d25f299b"}',
+            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"trigger","key":["trigger","public","samizdat_r0003_ef0911c2ae86e3fe","customers"],"hash":"c951d39a00ee4d5eac9b106f785f79b2e5719440243edd478a293600d25f299b","deps":[["function","public","samizdat_refresh_1645a1d02d98f5a4",""]]}',
             restore_with_data=False,
         )
     op.drop_samizdat(
@@ -202,7 +230,7 @@ def downgrade() -> None:
             '"samizdat_r0003_227a9443934abc82" ON "public"."orders"',
             drop='DROP TRIGGER "samizdat_r0003_227a9443934abc82" ON "public"."orders"',
             restore='CREATE TRIGGER "samizdat_r0003_227a9443934abc82" AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON "public"."orders" FOR EACH STATEMENT EXECUTE FUNCTION "public"."samizdat_refresh_1645a1d02d98f5a4"()',
-            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"trigger","key":["trigger","public","samizdat_r0003_227a9443934abc82","orders"],"hash":"f6afd016420694af3e9db7a659e09e833a77ee3ea4d6f2b3e5fd49fa20a74aa5"}',
+            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"trigger","key":["trigger","public","samizdat_r0003_227a9443934abc82","orders"],"hash":"f6afd016420694af3e9db7a659e09e833a77ee3ea4d6f2b3e5fd49fa20a74aa5","deps":[["function","public","samizdat_refresh_1645a1d02d98f5a4",""]]}',
             restore_with_data=False,
         )
     op.drop_samizdat(
@@ -210,7 +238,7 @@ def downgrade() -> None:
             '"samizdat_r0002_d36b098601b2888b" ON "public"."customers"',
             drop='DROP TRIGGER "samizdat_r0002_d36b098601b2888b" ON "public"."customers"',
             restore='CREATE TRIGGER "samizdat_r0002_d36b098601b2888b" AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON "public"."customers" FOR EACH STATEMENT EXECUTE FUNCTION "public"."samizdat_refresh_6f55347e002d28fb"()',
-            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"trigger","key":["trigger","public","samizdat_r0002_d36b098601b2888b","customers"],"hash":"d1bce629f924d9c6358397dbf7d11373a0124bae67c9bda47fed8f24c0543abb"}',
+            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"trigger","key":["trigger","public","samizdat_r0002_d36b098601b2888b","customers"],"hash":"d1bce629f924d9c6358397dbf7d11373a0124bae67c9bda47fed8f24c0543abb","deps":[["function","public","samizdat_refresh_6f55347e002d28fb",""]]}',
             restore_with_data=False,
         )
     op.drop_samizdat(
@@ -218,7 +246,7 @@ def downgrade() -> None:
             '"samizdat_r0002_bdb6bb110de9b6fe" ON "public"."orders"',
             drop='DROP TRIGGER "samizdat_r0002_bdb6bb110de9b6fe" ON "public"."orders"',
             restore='CREATE TRIGGER "samizdat_r0002_bdb6bb110de9b6fe" AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON "public"."orders" FOR EACH STATEMENT EXECUTE FUNCTION "public"."samizdat_refresh_6f55347e002d28fb"()',
-            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"trigger","key":["trigger","public","samizdat_r0002_bdb6bb110de9b6fe","orders"],"hash":"29c3037cbd2dcf244ec2eecd6003c5b29deb82852c289e6f81318f6b5ab24080"}',
+            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"trigger","key":["trigger","public","samizdat_r0002_bdb6bb110de9b6fe","orders"],"hash":"29c3037cbd2dcf244ec2eecd6003c5b29deb82852c289e6f81318f6b5ab24080","deps":[["function","public","samizdat_refresh_6f55347e002d28fb",""]]}',
             restore_with_data=False,
         )
     op.drop_samizdat(
@@ -226,7 +254,7 @@ def downgrade() -> None:
             '"OrdersCheckAmount" ON "public"."orders"',
             drop='DROP TRIGGER "OrdersCheckAmount" ON "public"."orders"',
             restore='CREATE TRIGGER "OrdersCheckAmount" BEFORE INSERT OR UPDATE ON "public"."orders" FOR EACH ROW EXECUTE FUNCTION public.check_amount()',
-            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"trigger","key":["trigger","public","OrdersCheckAmount","orders"],"hash":"1295a07a60d31640cf9679312c58327c1b911fbff50420d9b017324d82da38d5"}',
+            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"trigger","key":["trigger","public","OrdersCheckAmount","orders"],"hash":"1295a07a60d31640cf9679312c58327c1b911fbff50420d9b017324d82da38d5","deps":[["function","public","check_amount",""]]}',
             restore_with_data=False,
         )
     op.drop_samizdat(
@@ -234,14 +262,19 @@ def downgrade() -> None:
             '"public"."samizdat_refresh_1645a1d02d98f5a4"()',
             drop='DROP FUNCTION "public"."samizdat_refresh_1645a1d02d98f5a4"()',
             restore=(
-                'CREATE FUNCTION "public"."samizdat_refresh_1645a1d02d98f5a4"() RETURNS trigger LANGUAGE plpgsql AS $samizdat$\n'
+                'CREATE FUNCTION "public"."samizdat_refresh_1645a1d02d98f5a4"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $samizdat$\n'
                 'BEGIN\n'
+                '    IF TG_RELID NOT IN (E\'"public"."customers"\'::regclass::oid, E\'"public"."orders"\'::regclass::oid) THEN\n'
+                "        RAISE EXCEPTION 'samizdat: % refreshes % only for the tables in its refresh_triggers, not for %',\n"
+                '            TG_NAME, E\'"public"."CountryTotals"\', TG_RELID::regclass;\n'
+                '    END IF;\n'
                 '    REFRESH MATERIALIZED VIEW "public"."CountryTotals";\n'
                 '    RETURN NULL;\n'
                 'END;\n'
-                '$samizdat$'
+                '$samizdat$;\n'
+                'REVOKE ALL ON FUNCTION "public"."samizdat_refresh_1645a1d02d98f5a4"() FROM PUBLIC'
             ),
-            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"function","key":["function","public","samizdat_refresh_1645a1d02d98f5a4",""],"hash":"40ce52ca5082915fc5ffc827e5e568a2f66fc246afb972ce40f09346d817c553"}',
+            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"function","key":["function","public","samizdat_refresh_1645a1d02d98f5a4",""],"hash":"c24ac8c6eb1d90d595d07d894d354d3fde6f0bdad6db11d085ca52c01a39407d","deps":[["relation","public","CountryTotals",""]]}',
             restore_with_data=False,
         )
     op.drop_samizdat(
@@ -254,10 +287,10 @@ def downgrade() -> None:
                 '        SELECT l.country, sum(t.gross) AS gross\n'
                 '        FROM "CustomerTotals" t JOIN (SELECT DISTINCT customer, country FROM "OrderLines") l USING (customer)\n'
                 '        GROUP BY l.country\n'
-                '        WITH NO DATA\n'
+                '        WITH NO DATA;\n'
                 '    '
             ),
-            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"matview","key":["relation","public","CountryTotals",""],"hash":"3d44bab93e50e6ca60c8f3e9bef246488f6f828283deb8f463bb493b8e7a249d"}',
+            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"matview","key":["relation","public","CountryTotals",""],"hash":"3029b461a001680bcb857d362c2c256ad05b9b254afd27c336d539f6cce5e785","deps":[["relation","public","CustomerTotals",""],["relation","public","OrderLines",""]]}',
             restore_with_data=True,
         )
     op.drop_samizdat(
@@ -265,14 +298,25 @@ def downgrade() -> None:
             '"public"."samizdat_refresh_6f55347e002d28fb"()',
             drop='DROP FUNCTION "public"."samizdat_refresh_6f55347e002d28fb"()',
             restore=(
-                'CREATE FUNCTION "public"."samizdat_refresh_6f55347e002d28fb"() RETURNS trigger LANGUAGE plpgsql AS $samizdat$\n'
+                'CREATE FUNCTION "public"."samizdat_refresh_6f55347e002d28fb"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $samizdat$\n'
                 'BEGIN\n'
-                '    REFRESH MATERIALIZED VIEW CONCURRENTLY "public"."CustomerTotals";\n'
+                '    IF TG_RELID NOT IN (E\'"public"."customers"\'::regclass::oid, E\'"public"."orders"\'::regclass::oid) THEN\n'
+                "        RAISE EXCEPTION 'samizdat: % refreshes % only for the tables in its refresh_triggers, not for %',\n"
+                '            TG_NAME, E\'"public"."CustomerTotals"\', TG_RELID::regclass;\n'
+                '    END IF;\n'
+                '    IF EXISTS (SELECT 1 FROM pg_class c JOIN pg_index i ON i.indrelid = c.oid\n'
+                '               WHERE c.oid = E\'"public"."CustomerTotals"\'::regclass AND c.relispopulated\n'
+                '                 AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL) THEN\n'
+                '        REFRESH MATERIALIZED VIEW CONCURRENTLY "public"."CustomerTotals";\n'
+                '    ELSE\n'
+                '        REFRESH MATERIALIZED VIEW "public"."CustomerTotals";\n'
+                '    END IF;\n'
                 '    RETURN NULL;\n'
                 'END;\n'
-                '$samizdat$'
+                '$samizdat$;\n'
+                'REVOKE ALL ON FUNCTION "public"."samizdat_refresh_6f55347e002d28fb"() FROM PUBLIC'
             ),
-            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"function","key":["function","public","samizdat_refresh_6f55347e002d28fb",""],"hash":"fa178ec3a0bcf0b0a0ca34d249a5510542abc2e8c1c32264465cb96a5a998622"}',
+            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"function","key":["function","public","samizdat_refresh_6f55347e002d28fb",""],"hash":"847b48111ef5f073b25167373a3153b71abddf420a2e4758797627574d26d6e1","deps":[["relation","public","CustomerTotals",""]]}',
             restore_with_data=False,
         )
     op.drop_samizdat(
@@ -287,7 +331,7 @@ def downgrade() -> None:
                 '        CREATE UNIQUE INDEX ON "public"."CustomerTotals" (customer)\n'
                 '    '
             ),
-            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"matview","key":["relation","public","CustomerTotals",""],"hash":"53fb39dec280663a2ac7212b08643319150f96591b3d361ae4fbbc6ed897e224"}',
+            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"matview","key":["relation","public","CustomerTotals",""],"hash":"53fb39dec280663a2ac7212b08643319150f96591b3d361ae4fbbc6ed897e224","deps":[["relation","public","OrderLines",""]]}',
             restore_with_data=True,
         )
     op.drop_samizdat(
@@ -299,10 +343,10 @@ def downgrade() -> None:
                 '        CREATE VIEW "public"."OrderLines" AS\n'
                 '        SELECT o.id, c.name AS customer, c.country, o.amount, public.with_vat(o.amount) AS gross\n'
                 '        FROM orders o JOIN customers c ON c.id = o.customer_id\n'
-                '        \n'
+                '        ;\n'
                 '    '
             ),
-            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"view","key":["relation","public","OrderLines",""],"hash":"b587f37658a9a9b013d9a4a78ccb9fb78b10c697a7f2b54a393b094d5153e2cc"}',
+            restore_signature='{"alembic_samizdat":1,"scope":"default","kind":"view","key":["relation","public","OrderLines",""],"hash":"77cf1a1927b8c690200f940b9ef4b9093ce561185f563450ac780a8347bb84ed","deps":[["function","public","with_vat","amount numeric"]]}',
             restore_with_data=False,
         )
     op.drop_samizdat(
