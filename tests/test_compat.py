@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from helpers import make_registry, rows
 
 from alembic_samizdat import SamizdatRegistry, sync
 from alembic_samizdat.compat.dbsamizdat import (
@@ -22,7 +23,6 @@ from alembic_samizdat.compat.dbsamizdat import (
 )
 from alembic_samizdat.compat.dbsamizdat.samizdat import SamizdatFunctionMeta, SamizdatMeta, SamizdatTriggerMeta
 from alembic_samizdat.errors import DeclarationError, TemplateError
-from tests.helpers import make_registry, rows
 
 #: The names DBSamizdat 0.11.2's modules define (what a module can import from them), Django's aside.
 DBSAMIZDAT_NAMES = {

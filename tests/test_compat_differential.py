@@ -26,8 +26,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-
-from tests.helpers import catalog_snapshot
+from helpers import catalog_snapshot
 
 DBSAMIZDAT = os.environ.get("SAMIZDAT_TEST_DBSAMIZDAT")
 

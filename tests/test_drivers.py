@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from helpers import EXAMPLE, make_registry, matview, view
 from sqlalchemy.engine import make_url
 
 from alembic_samizdat import api
 from alembic_samizdat.cli import main
 from alembic_samizdat.errors import LockTimeoutError
 from alembic_samizdat.refresher import RefreshError
-from tests.helpers import EXAMPLE, make_registry, matview, view
 
 pytest.importorskip("psycopg2")
 pytest.importorskip("asyncpg")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from helpers import EXAMPLE
 
 from alembic_samizdat.cli import DATABASE_COMMANDS, build_parser, main
-from tests.helpers import EXAMPLE
 
 MODULE = '''
 from alembic_samizdat import SamizdatMaterializedView, SamizdatView

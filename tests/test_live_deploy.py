@@ -18,13 +18,8 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-
-from alembic_samizdat import plan, sync
-from alembic_samizdat.errors import ExecutionError, LockTimeoutError, UnmanagedDependentError
-from alembic_samizdat.model import Samizdat
-from alembic_samizdat.planner import Verb
-from tests.conftest import libpq_dsn
-from tests.helpers import (
+from conftest import libpq_dsn
+from helpers import (
     alembic_project,
     function,
     make_registry,
@@ -36,6 +31,11 @@ from tests.helpers import (
     view,
     view_definition,
 )
+
+from alembic_samizdat import plan, sync
+from alembic_samizdat.errors import ExecutionError, LockTimeoutError, UnmanagedDependentError
+from alembic_samizdat.model import Samizdat
+from alembic_samizdat.planner import Verb
 
 DEPTH = 20
 READERS = 8

@@ -11,6 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 import sqlalchemy as sa
+from helpers import unique_role
 
 from alembic_samizdat import report
 from alembic_samizdat.cli import main
@@ -120,6 +121,8 @@ def test_json_old_sql_only_from_trusted_signatures(
 ) -> None:
     """A signature copied onto another role's object is not ours: its "sql" never reaches the report."""
     v1 = write(tmp_path, "shop_t", V1)
+    # Roles are server-wide: names of this run only.
+    stranger, runner_role = unique_role("report_stranger"), unique_role("report_runner")
     assert main(["sync", "-q", db_url, v1]) == 0
     with orders.begin() as conn:
         comment = conn.exec_driver_sql("SELECT obj_description('\"Lines\"'::regclass, 'pg_class')").scalar()
@@ -127,14 +130,12 @@ def test_json_old_sql_only_from_trusted_signatures(
         planted = json.loads(comment)
         planted["key"] = ["relation", "public", "Planted", ""]
         planted["sql"] = "DROP TABLE orders"
-        conn.exec_driver_sql("DROP ROLE IF EXISTS report_stranger")
-        conn.exec_driver_sql("CREATE ROLE report_stranger LOGIN PASSWORD 'x'")
+        conn.exec_driver_sql(f"CREATE ROLE \"{stranger}\" LOGIN PASSWORD 'x'")
         conn.exec_driver_sql('CREATE VIEW "Planted" AS SELECT 1 AS one')
         conn.exec_driver_sql('COMMENT ON VIEW "Planted" IS ' + "'" + json.dumps(planted).replace("'", "''") + "'")
-        conn.exec_driver_sql('ALTER VIEW "Planted" OWNER TO report_stranger')
-        conn.exec_driver_sql("DROP ROLE IF EXISTS report_runner")
-        conn.exec_driver_sql("CREATE ROLE report_runner LOGIN PASSWORD 'runner'")
-    runner = sa.make_url(db_url).set(username="report_runner", password="runner")
+        conn.exec_driver_sql(f'ALTER VIEW "Planted" OWNER TO "{stranger}"')
+        conn.exec_driver_sql(f"CREATE ROLE \"{runner_role}\" LOGIN PASSWORD 'runner'")
+    runner = sa.make_url(db_url).set(username=runner_role, password="runner")
     try:
         # A superuser has every role's privileges, so the object would count as ours: read as a plain role that
         # trusts the deployer only.
@@ -148,8 +149,8 @@ def test_json_old_sql_only_from_trusted_signatures(
     finally:
         with orders.begin() as conn:
             conn.exec_driver_sql('DROP VIEW "Planted"')
-            conn.exec_driver_sql("DROP ROLE report_stranger")
-            conn.exec_driver_sql("DROP ROLE report_runner")
+            conn.exec_driver_sql(f'DROP ROLE "{stranger}"')
+            conn.exec_driver_sql(f'DROP ROLE "{runner_role}"')
 
 
 def test_json_refresh_nuke_and_adopt(
@@ -345,6 +346,7 @@ def test_deps_declared_and_catalog(
 
 MODELS = '''
 import sqlalchemy as sa
+from helpers import unique_role
 from alembic_samizdat import SamizdatMaterializedView, SamizdatRegistry, SamizdatView
 
 metadata = sa.MetaData()

@@ -808,8 +808,7 @@ def test_alembic_paths_ignore_planted_overloads(
     import io
 
     from alembic import command
-
-    from tests.helpers import alembic_project
+    from helpers import alembic_project
 
     world = planted_functions
     # alembic_version goes to public; a table not in the metadata there would be proposed for dropping.
