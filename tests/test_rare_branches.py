@@ -47,7 +47,7 @@ def test_refreshing_a_view_refreshes_the_views_that_read_it(engine: sa.Engine) -
     done = sync(engine, registry)
     assert [(a.verb, a.key.name, a.reason) for a in done.applied] == [
         (Verb.REFRESH, "low", "not populated (a refresh failed or never ran)"),
-        (Verb.REFRESH, "high", "reads a materialized view refreshed above"),
+        (Verb.REFRESH, "high", "reads a materialized view refreshed, or an object replaced, below it"),
     ]
     # From the catalog and the data: nothing recreated, both views current, the unrelated one untouched.
     assert dict(rows(engine, "SELECT relname, oid::bigint FROM pg_class WHERE relkind = 'm'")) == oids
