@@ -291,8 +291,11 @@ def in_place_candidates(graph: Graph, state: DatabaseState, differences: Iterabl
     for d in differences:
         if d.what not in (DiffKind.CHANGED, DiffKind.DRIFTED):
             continue
-        item = graph.nodes[d.key]
-        if item.replace_sql is not None and state.managed[d.key].kind == item.kind.value:
+        item, found = graph.nodes[d.key], state.managed[d.key]
+        # PostgreSQL has no CREATE OR REPLACE for a constraint trigger, on either side of the change.
+        if item.is_constraint or found.constraint_trigger:
+            continue
+        if item.replace_sql is not None and found.kind == item.kind.value:
             out.add(d.key)
     return out
 

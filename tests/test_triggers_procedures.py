@@ -92,11 +92,17 @@ def test_one_trigger_name_on_fifteen_tables(engine: sa.Engine) -> None:
     assert diff_database(engine, registry).differences == ()
     assert plan(engine, registry).actions == ()
 
-    # Changing one of them recreates that one only.
+    # Changing one of them replaces that one only (in place: CREATE OR REPLACE TRIGGER).
     changed = last_updated_on("t03", condition="BEFORE UPDATE")
     registry = make_registry(*[changed if c.on_table == "t03" else c for c in classes])
     done = sync(engine, registry)
-    assert {(a.verb, a.key.extra) for a in done.plan.actions} == {(Verb.DROP, "t03"), (Verb.CREATE, "t03")}
+    assert {(a.verb, a.key.extra) for a in done.plan.actions} == {(Verb.REPLACE, "t03")}
+    assert "BEFORE UPDATE" in str(
+        scalar(
+            engine,
+            "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'last_updated' AND tgrelid = 't03'::regclass",
+        )
+    )
     after = dict(triggers_named(engine, "last_updated"))
     assert [t for t, xmin in before if after[t] != xmin] == ["t03"]
 
