@@ -292,7 +292,9 @@ def in_place_candidates(graph: Graph, state: DatabaseState, differences: Iterabl
         if d.what not in (DiffKind.CHANGED, DiffKind.DRIFTED):
             continue
         item = graph.nodes[d.key]
-        if item.replace_sql is not None and state.managed[d.key].kind == item.kind.value:
+        obj = state.managed[d.key]
+        # A constraint trigger cannot become a plain one (or the reverse) by CREATE OR REPLACE.
+        if item.replace_sql is not None and obj.kind == item.kind.value and not obj.constraint_trigger:
             out.add(d.key)
     return out
 
@@ -324,6 +326,8 @@ def plan_sync(
 
     start = {d.key for d in differences if d.what in (DiffKind.CHANGED, DiffKind.DRIFTED, DiffKind.EXCESS_DB)}
     reasons: dict[Key, str] = {d.key: d.what.value for d in differences}
+    #: How each object itself differs, for the reasons of what is dropped because of it.
+    differs = dict(reasons)
     for key, why in (rebuild or {}).items():
         if key in start:
             reasons[key] = f"{reasons[key]}; recreated because {why}"
@@ -341,7 +345,8 @@ def plan_sync(
         while key in causes and causes[key] not in seen:
             key = causes[key]
             seen.add(key)
-        return f"{key.display()} {_ROOT_PHRASES.get(reasons[key], reasons[key])}"
+        own = differs.get(key, reasons[key])
+        return f"{key.display()} {_ROOT_PHRASES.get(own, own)}"
 
     def drop_next(key: Key) -> list[Key]:
         declared_deps = [d for d in graph.dependents.get(key, ()) if d in managed]
