@@ -291,11 +291,10 @@ def in_place_candidates(graph: Graph, state: DatabaseState, differences: Iterabl
     for d in differences:
         if d.what not in (DiffKind.CHANGED, DiffKind.DRIFTED):
             continue
-        item, found = graph.nodes[d.key], state.managed[d.key]
-        # PostgreSQL has no CREATE OR REPLACE for a constraint trigger, on either side of the change.
-        if item.is_constraint or found.constraint_trigger:
-            continue
-        if item.replace_sql is not None and found.kind == item.kind.value:
+        item = graph.nodes[d.key]
+        obj = state.managed[d.key]
+        # A constraint trigger cannot become a plain one (or the reverse) by CREATE OR REPLACE.
+        if item.replace_sql is not None and obj.kind == item.kind.value and not obj.constraint_trigger:
             out.add(d.key)
     return out
 
@@ -327,6 +326,8 @@ def plan_sync(
 
     start = {d.key for d in differences if d.what in (DiffKind.CHANGED, DiffKind.DRIFTED, DiffKind.EXCESS_DB)}
     reasons: dict[Key, str] = {d.key: d.what.value for d in differences}
+    #: How each object itself differs, for the reasons of what is dropped because of it.
+    differs = dict(reasons)
     for key, why in (rebuild or {}).items():
         if key in start:
             reasons[key] = f"{reasons[key]}; recreated because {why}"
@@ -344,7 +345,8 @@ def plan_sync(
         while key in causes and causes[key] not in seen:
             key = causes[key]
             seen.add(key)
-        return f"{key.display()} {_ROOT_PHRASES.get(reasons[key], reasons[key])}"
+        own = differs.get(key, reasons[key])
+        return f"{key.display()} {_ROOT_PHRASES.get(own, own)}"
 
     def drop_next(key: Key) -> list[Key]:
         declared_deps = [d for d in graph.dependents.get(key, ()) if d in managed]

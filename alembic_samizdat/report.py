@@ -18,9 +18,10 @@ from typing import Any, TextIO
 from sqlalchemy import Connection, Engine
 
 from .catalog import DatabaseState, read_state
+from .execute import plan_asking_postgres
 from .graph import Graph
 from .keys import Key
-from .planner import Action, Difference, DiffKind, Plan, Verb, diff, plan_sync, undeclared_dependency_warnings
+from .planner import Action, Difference, DiffKind, Plan, Verb, diff, undeclared_dependency_warnings
 from .registry import SamizdatRegistry
 
 #: The report format; bump on an incompatible change (new optional fields are compatible).
@@ -214,8 +215,8 @@ def plan_objects(plan: Plan, old: Mapping[Key, str], applied: Iterable[Action] |
                 verb,
                 first.reason,
                 difference=DIFFERENCE_NAMES[difference.what] if difference is not None else None,
-                old=old.get(key) if Verb.DROP in verbs else None,
-                new=declared.sql if declared is not None and Verb.CREATE in verbs else None,
+                old=old.get(key) if Verb.DROP in verbs or Verb.REPLACE in verbs else None,
+                new=declared.sql if declared is not None and (Verb.CREATE in verbs or Verb.REPLACE in verbs) else None,
                 cause=first.cause,
                 steps=[_step(a, None if done is None else id(a) in done) for a in actions],
             )
@@ -239,12 +240,16 @@ def refresh_objects(actions: Iterable[Action], concurrently: Mapping[Key, bool])
 def explain_plan(bind: Engine | Connection, registry: SamizdatRegistry) -> tuple[Plan, Graph, DatabaseState]:
     """The plan of the next sync, with the graph and the (full) state it came from; changes nothing."""
     graph = registry.graph()
+    # PostgreSQL is asked which in-place replacements it accepts (tried and rolled back), as a sync does.
     if isinstance(bind, Engine):
         with bind.connect() as connection:
             state = read_full_state(connection, registry, graph)
+            plan = plan_asking_postgres(connection, graph, state)
+            connection.rollback()
     else:
         state = read_full_state(bind, registry, graph)
-    return plan_sync(graph, state), graph, state
+        plan = plan_asking_postgres(bind, graph, state)
+    return plan, graph, state
 
 
 def unified(old: str | None, new: str | None, name: str) -> str:
@@ -266,6 +271,7 @@ def _headline(verbs: list[Verb], kind: str, key: Key, label: str) -> str:
         word = {
             Verb.DROP: "dropped",
             Verb.CREATE: "created",
+            Verb.REPLACE: "replaced in place",
             Verb.REFRESH: "refreshed",
             Verb.GRANT: "re-granted",
             Verb.ADOPT: "adopted",

@@ -150,7 +150,8 @@ def test_alembic_check_prints_one_line_per_operation(example: Path, db_url: str)
     assert alembic(example, db_url, "upgrade", "head").returncode == 0
     shop = example / "shop.py"
     shop.write_text(
-        shop.read_text().replace("public.with_vat(o.amount) AS gross", "public.with_vat(o.amount) + 0 AS gross")
+        # A new column type: PostgreSQL cannot replace the view in place, so the stack is rebuilt.
+        shop.read_text().replace("public.with_vat(o.amount) AS gross", "public.with_vat(o.amount)::float8 AS gross")
     )
     done = alembic(example, db_url, "check")
     assert done.returncode != 0
@@ -164,8 +165,8 @@ def test_alembic_check_prints_one_line_per_operation(example: Path, db_url: str)
     assert max(len(line) for line in failed) < 200
     # The log above it: per declared object, in dependency order, generated objects indented under theirs.
     log = [line.split("] ", 1)[1] for line in output.splitlines() if line.startswith("INFO  [alembic.samizdat]")]
-    assert log[0] == 'Detected drop view "public"."OrderLines" (shop.OrderLines): changed'
-    assert log[1] == 'Detected create view "public"."OrderLines" (shop.OrderLines): changed'
+    assert log[0].startswith('Detected drop view "public"."OrderLines" (shop.OrderLines): changed; recreated because')
+    assert log[1].startswith('Detected create view "public"."OrderLines" (shop.OrderLines): changed; recreated because')
     totals = log.index(
         'Detected drop matview "public"."CustomerTotals" (shop.CustomerTotals): recreated because '
         '"public"."OrderLines" changed (it depends on "public"."OrderLines")'

@@ -197,7 +197,9 @@ def plan_to_ops(plan: Plan, graph: Graph, state: DatabaseState) -> tuple[list[An
             # The way back must refresh what reads it after replacing it; the upgrade's refresh operations run
             # after this one, so in the downgrade they run before it.
             above = _above(graph, action.key)
-            refreshes = [a.sql for a in plan.actions if a.verb is Verb.REFRESH and a.key in above]
+            refreshes = [
+                a.sql for a in plan.actions if a.verb is Verb.REFRESH and a.key in above and a.key not in created
+            ]
             creates.append(
                 ReplaceSamizdatOp(
                     item.kind.value,
