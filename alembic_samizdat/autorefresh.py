@@ -12,8 +12,9 @@ import hashlib
 
 from .declared import Declared
 from .errors import GraphError
-from .identifiers import dollar_quote, qualified, quote_ident, quote_literal
+from .identifiers import qualified, quote_ident, quote_literal
 from .keys import Key, Kind
+from .trigger_functions import definer_trigger_function, feeding_tables_guard
 
 #: Deepest view whose trigger names still sort in dependency order (four digits).
 MAX_DEPTH = 9999
@@ -67,26 +68,10 @@ def sidekicks(view: Declared, depth: int, above: tuple[Key, ...] = ()) -> list[D
         )
     else:
         body = f"    REFRESH MATERIALIZED VIEW {target};\n"
-    # Anyone with USAGE on the schema could attach the function to a trigger on a table of theirs and make the
-    # view's owner refresh (and lock) it at will: it refuses to run for any table but the declared ones.
-    feeds = ", ".join(f"{quote_literal(qualified(*t))}::regclass::oid" for t in view.refresh_triggers)
-    shown = quote_literal(target)
-    guard = (
-        f"    IF TG_RELID NOT IN ({feeds}) THEN\n"
-        "        RAISE EXCEPTION 'samizdat: % refreshes % only for the tables in its refresh_triggers, not for %',\n"
-        f"            TG_NAME, {shown}, TG_RELID::regclass;\n"
-        "    END IF;\n"
-    )
-    function_name = qualified(fkey.schema, fkey.name)
-    plpgsql = f"\nBEGIN\n{guard}{body}    RETURN NULL;\nEND;\n"
-    function_sql = (
-        # SECURITY DEFINER: a role allowed to write the table may refresh the view it feeds (REFRESH needs the
-        # view's owner); names in the body are qualified and search_path is pinned. Firing a trigger needs no
-        # EXECUTE, so nobody is granted it.
-        f"CREATE FUNCTION {function_name}() RETURNS trigger LANGUAGE plpgsql "
-        f"SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {dollar_quote(plpgsql)};\n"
-        f"REVOKE ALL ON FUNCTION {function_name}() FROM PUBLIC"
-    )
+    plpgsql = f"\nBEGIN\n{feeding_tables_guard(view, 'refreshes')}{body}    RETURN NULL;\nEND;\n"
+    # SECURITY DEFINER: a role allowed to write the table may refresh the view it feeds (REFRESH needs the view's
+    # owner).
+    function_sql = definer_trigger_function(qualified(fkey.schema, fkey.name), plpgsql)
     out = [
         Declared(
             fkey,

@@ -23,9 +23,10 @@ from __future__ import annotations
 import hashlib
 
 from .declared import Declared
-from .identifiers import dollar_quote, qualified, quote_ident, quote_literal
+from .identifiers import qualified, quote_ident, quote_literal
 from .keys import Key, Kind
 from .pinned import do_block
+from .trigger_functions import definer_trigger_function, feeding_tables_guard
 
 #: The table holding the marks, one per schema that holds a deferred view.
 MARKS_TABLE = "samizdat_marks"
@@ -93,15 +94,8 @@ def deferred_sidekicks(view: Declared, above: tuple[Key, ...]) -> list[Declared]
     """The marking function (with the marks table) and one trigger per table of ``refresh_triggers``."""
     fkey = mark_function_key(view.key)
     function_name = qualified(fkey.schema, fkey.name)
-    target = qualified(view.key.schema, view.key.name)
-    feeds = ", ".join(f"{quote_literal(qualified(*t))}::regclass::oid" for t in view.refresh_triggers)
     # The same guard as the immediate function's: attached to another table, it refuses to run.
-    guard = (
-        f"    IF TG_RELID NOT IN ({feeds}) THEN\n"
-        "        RAISE EXCEPTION 'samizdat: % marks % only for the tables in its refresh_triggers, not for %',\n"
-        f"            TG_NAME, {quote_literal(target)}, TG_RELID::regclass;\n"
-        "    END IF;\n"
-    )
+    guard = feeding_tables_guard(view, "marks")
     marked = (view.key, *above)
     rows = ", ".join(f"({quote_literal(k.schema)}, {quote_literal(k.name)}, statement_timestamp())" for k in marked)
     # A transaction-local setting: the first statement of a transaction marks, the others find it set.
@@ -115,13 +109,9 @@ def deferred_sidekicks(view: Declared, above: tuple[Key, ...]) -> list[Declared]
         "    END IF;\n"
         "    RETURN NULL;\nEND;\n"
     )
+    # SECURITY DEFINER: whoever may write the table may mark the view (the marks table is ours alone).
     function_sql = (
-        f"{create_marks_table_statement(view.key.schema)};\n"
-        # SECURITY DEFINER: whoever may write the table may mark the view (the marks table is ours alone);
-        # search_path is pinned; firing a trigger needs no EXECUTE, so nobody is granted it.
-        f"CREATE FUNCTION {function_name}() RETURNS trigger LANGUAGE plpgsql "
-        f"SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {dollar_quote(plpgsql)};\n"
-        f"REVOKE ALL ON FUNCTION {function_name}() FROM PUBLIC"
+        f"{create_marks_table_statement(view.key.schema)};\n{definer_trigger_function(function_name, plpgsql)}"
     )
     out = [
         Declared(
