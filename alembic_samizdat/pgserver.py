@@ -954,11 +954,11 @@ class ThrowawayServer:
             command += ["-c", f"{name}={value}"]
         return command
 
-    def _launch(self, uid: int | None, gid: int | None) -> None:
+    def _launch(self, uid: int | None, gid: int | None, *, port: int | None = None) -> None:
         _, _, _, root = self._require_partial()
         log_path = root / "postgres.log"
-        for _attempt in range(3):
-            port = _free_port()
+        for _attempt in range(3 if port is None else 1):
+            port = port if port is not None and _attempt == 0 else _free_port()
             self._port = port
             # Owner-only: the log may quote statements and data. Stays open as the server's stdout until stop().
             self._log = os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
@@ -1007,6 +1007,25 @@ class ThrowawayServer:
                     f"{self.startup_timeout:.0f} s: {_tail(log_path)}"
                 )
             time.sleep(0.02)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Stop the server (a fast shutdown: every client is disconnected) and start it again on the same data
+        and port, as a server restart does to the applications using it; the URL stays valid."""
+        proc, root, port = self._proc, self._root, self._port
+        if proc is None or root is None or port is None or proc.poll() is not None:
+            raise ThrowawayServerError("the throwaway server is not running: start() it first")
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise ThrowawayServerError(f"PostgreSQL did not shut down within {timeout:.0f} s") from exc
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        data = (root / "data").stat()
+        # Started as root, the server runs as the data directory's owner; otherwise as ourselves.
+        uid, gid = (data.st_uid, data.st_gid) if _is_root() else (None, None)
+        self._launch(uid, gid, port=port)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Shut the server down and delete its directory; safe to call more than once.

@@ -742,3 +742,25 @@ def test_an_install_into_a_cache_that_cannot_be_created_says_where(tmp_path: Pat
     blocker.write_text("")
     with pytest.raises(ThrowawayServerError, match=r"^cannot create the PostgreSQL binary cache .*a-file"):
         find_binaries(99, install=True, cache_dir=blocker / "cache")
+
+
+def test_restart_keeps_the_data_and_the_url() -> None:
+    """restart() is a real server restart: sessions end, the data and the URL stay."""
+    import psycopg
+
+    from alembic_samizdat.pgserver import start_throwaway_server
+
+    major = os.environ.get("SAMIZDAT_TEST_PG_MAJOR")
+    server = start_throwaway_server(int(major) if major else None)
+    try:
+        before = psycopg.connect(server.dsn, autocommit=True)
+        before.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (7)")
+        server.restart()
+        with pytest.raises(psycopg.OperationalError):
+            before.execute("SELECT 1")
+        with psycopg.connect(server.dsn, autocommit=True) as after:
+            assert after.execute("SELECT x FROM kept").fetchone() == (7,)
+    finally:
+        server.stop()
+    with pytest.raises(ThrowawayServerError, match="not running"):
+        server.restart()

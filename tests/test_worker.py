@@ -520,3 +520,35 @@ def test_worker_on_another_driver_says_which_it_needs(db_url: str) -> None:
             Worker(other, make_registry(matview("V", "SELECT 1 AS n", refresh_triggers={"t"}, refresh_mode="deferred")))
     finally:
         other.dispose()
+
+
+def test_worker_goes_on_after_a_real_server_restart(module: Path) -> None:
+    """A server of its own, restarted (fast shutdown, every session ends) under a running worker: writes made
+    after the restart are refreshed, and marks are never lost."""
+    from alembic_samizdat.pgserver import start_throwaway_server
+
+    major = os.environ.get("SAMIZDAT_TEST_PG_MAJOR")
+    server = start_throwaway_server(int(major) if major else None)
+    try:
+        # Pre-ping: the test's own pooled connections die with the restart too.
+        engine = sa.create_engine(server.url, pool_pre_ping=True)
+        run_sql(
+            engine,
+            "CREATE TABLE src (x int)",
+            "CREATE SEQUENCE refreshes",
+            "CREATE TABLE knobs (slow bool)",
+            "INSERT INTO knobs VALUES (false)",
+        )
+        registry = registry_from_modules([str(module)])
+        sync(engine, registry)
+        with running(engine, registry):
+            insert(engine, 1)
+            wait_until(lambda: fresh(engine), "first refresh")
+            server.restart()
+            insert(engine, 3)
+            wait_until(lambda: fresh(engine), "refreshed after the server restarted", timeout=60)
+            assert counts(engine) == (4, 4, 4)
+        assert not stale_views(engine, registry)
+        engine.dispose()
+    finally:
+        server.stop()
