@@ -552,3 +552,27 @@ def test_worker_goes_on_after_a_real_server_restart(module: Path) -> None:
         engine.dispose()
     finally:
         server.stop()
+
+
+def test_run_worker_refreshes_until_its_stop_event_is_set(engine: sa.Engine, stack: SamizdatRegistry) -> None:
+    """The plain function (what a deployment script calls): it runs until ``stop`` is set, without signals."""
+    from alembic_samizdat.worker import run_worker
+
+    stop = threading.Event()
+    own = sa.create_engine(engine.url)
+    thread = threading.Thread(
+        target=run_worker,
+        args=(own, stack),
+        kwargs={"debounce": 0.2, "max_delay": 5.0, "stop": stop, "handle_signals": False},
+        daemon=True,
+    )
+    thread.start()
+    try:
+        insert(engine, 2)
+        wait_until(lambda: fresh(engine), "refreshed by run_worker")
+    finally:
+        stop.set()
+        thread.join(20)
+        own.dispose()
+    assert not thread.is_alive(), "run_worker did not return after stop was set"
+    assert not stale_views(engine, stack)
