@@ -126,3 +126,34 @@ def test_dbsamizdat_hash_of_native_classes_is_dbsamizdats() -> None:
     for ours, dbsamizdats in zip(native, theirs, strict=True):
         assert dbsamizdat_hash(ours) == dbsamizdats.definition_hash(), ours.__name__
     assert dbsamizdat_hash(None) is None
+
+
+def test_dbsamizdats_class_methods_give_its_sql() -> None:
+    """The statements a module can ask a class for, as DBSamizdat builds them (without its CASCADE)."""
+    from alembic_samizdat.compat import dbsamizdat as compat
+    from alembic_samizdat.errors import DeclarationError
+
+    class Nums(compat.SamizdatView):
+        schema = "rep"
+        sql_template = "${preamble} SELECT 1 AS n ${postamble}"
+
+    class Tot(compat.SamizdatMaterializedView):
+        schema = "rep"
+        deps_on = {Nums, "other", ("s", "t")}
+        deps_on_unmanaged = {"tab"}
+        refresh_triggers = {"tab"}
+        refresh_concurrently = True
+        sql_template = '${preamble} SELECT sum(n) AS t FROM "rep"."Nums" ${postamble}'
+
+    assert Nums.create().startswith('CREATE VIEW "rep"."Nums" AS') and Nums.create().rstrip().endswith(";")
+    assert Nums.drop() == 'DROP VIEW "rep"."Nums"'
+    assert Tot.drop(if_exists=True) == 'DROP MATERIALIZED VIEW IF EXISTS "rep"."Tot"'
+    assert Nums.get_preamble() == Nums.preamble() and Nums.get_postamble() == Nums.postamble()
+    assert Tot.fqdeps_on() == {("rep", "Nums"), ("rep", "other"), ("s", "t")}
+    assert Tot.fqdeps_on_unmanaged() == {("rep", "tab")} == Tot.fqrefresh_triggers()
+    assert Tot.refresh() == 'REFRESH MATERIALIZED VIEW CONCURRENTLY "rep"."Tot";\n'
+    assert "CONCURRENTLY" not in Tot.refresh(concurrent_allowed=False)
+    with pytest.raises(ValueError, match="Not a string, tuple, or Samizdat"):
+        Tot.fqify(42)
+    with pytest.raises(DeclarationError, match="base class"):
+        compat.SamizdatView.create()
