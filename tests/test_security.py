@@ -28,7 +28,6 @@ from alembic_samizdat import (
     SamizdatFunction,
     SamizdatMaterializedView,
     SamizdatRegistry,
-    SamizdatTrigger,
     SamizdatView,
     diff_database,
     nuke,
@@ -232,40 +231,11 @@ def world(db_url: str, engine: sa.Engine) -> Iterator[World]:
 
 
 def app_classes(total: str = "sum(amount)") -> list[type]:
-    """A function, a view, a materialized view kept fresh by a trigger, and a trigger, all in schema app."""
-
-    class doubled(SamizdatFunction):
-        schema = "app"
-        function_arguments_signature = "x integer"
-        grants = {"PUBLIC": {"EXECUTE"}}
-        sql_template = "${preamble} RETURNS integer LANGUAGE sql IMMUTABLE AS $$ SELECT 2 * x $$ ${postamble}"
-
-    class Totals(SamizdatView):
-        schema = "app"
-        deps_on = {doubled}
-        deps_on_unmanaged = {("app", "orders")}
-        sql_template = f"${{preamble}} SELECT {total} AS total, app.doubled(1) AS two FROM app.orders ${{postamble}}"
-
-    class Fresh(SamizdatMaterializedView):
-        schema = "app"
-        deps_on = {Totals}
-        refresh_triggers = {("app", "orders")}
-        sql_template = (
-            '${preamble} SELECT total FROM app."Totals" ${postamble}; CREATE UNIQUE INDEX ON ${samizdatname} (total)'
-        )
-
-    class audit(SamizdatFunction):
-        schema = "app"
-        sql_template = "${preamble} RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$ ${postamble}"
-
-    class Audited(SamizdatTrigger):
-        schema = "app"
-        on_table = "orders"
-        deps_on = {audit}
-        condition = "BEFORE UPDATE"
-        sql_template = "${preamble} FOR EACH ROW EXECUTE FUNCTION app.audit()"
-
-    return [doubled, Totals, Fresh, audit, Audited]
+    """A function, a view, a materialized view kept fresh by a trigger, and a trigger, all in schema app: the
+    classes of :func:`_module_source`, the view's total being ``total``."""
+    namespace: dict[str, object] = {"__name__": "appviews"}
+    exec(_module_source(total), namespace)
+    return [namespace[name] for name in ("doubled", "Totals", "Fresh", "audit", "Audited")]  # type: ignore[misc]
 
 
 def test_every_called_function_is_planted() -> None:
@@ -461,8 +431,8 @@ def _libpq(url: str) -> str:
     return " ".join(parts)
 
 
-def _module_source() -> str:
-    """The classes of :func:`app_classes` (the final version) as a module for the CLI."""
+def _module_source(total: str = "sum(amount) + 1") -> str:
+    """The classes of :func:`app_classes` as a module (for the CLI and Alembic)."""
     return """
 from alembic_samizdat import SamizdatFunction, SamizdatMaterializedView, SamizdatTrigger, SamizdatView
 
@@ -476,7 +446,7 @@ class Totals(SamizdatView):
     schema = "app"
     deps_on = {doubled}
     deps_on_unmanaged = {("app", "orders")}
-    sql_template = "${preamble} SELECT sum(amount) + 1 AS total, app.doubled(1) AS two FROM app.orders ${postamble}"
+    sql_template = "${preamble} SELECT TOTAL AS total, app.doubled(1) AS two FROM app.orders ${postamble}"
 
 class Fresh(SamizdatMaterializedView):
     schema = "app"
@@ -494,7 +464,7 @@ class Audited(SamizdatTrigger):
     deps_on = {audit}
     condition = "BEFORE UPDATE"
     sql_template = "${preamble} FOR EACH ROW EXECUTE FUNCTION app.audit()"
-"""
+""".replace("TOTAL", total)
 
 
 def test_matview_helpers_and_adopt_ignore_planted_overloads(planted: World) -> None:
@@ -819,7 +789,7 @@ def test_alembic_paths_ignore_planted_overloads(
     cfg = alembic_project(tmp_path, name)
 
     def step(total: str, message: str) -> None:
-        source = _module_source().replace("sum(amount) + 1", total)
+        source = _module_source(total)
         source = source.replace(
             "from alembic_samizdat import",
             "from sqlalchemy import MetaData\nfrom alembic_samizdat import SamizdatRegistry,",
