@@ -15,23 +15,20 @@ from sqlalchemy import Connection, Engine, MetaData
 from sqlalchemy.exc import DBAPIError
 
 from .adopt import ADOPTABLE, AdoptResult, adopt_unsigned
+from .apply import Applier, SwapTiming
 from .catalog import DatabaseState, read_state
 from .errors import CatalogReadError, ExecutionError, Interrupted, SamizdatError, first_line
 from .execute import (
     LOCK_KEY,
     Discipline,
     OnAction,
-    apply_actions,
-    apply_in_transaction,
     autocommit,
     collect_notices,
     create_failed,
     diagnose_function,
     lock_timeout_statement,
     plan_asking_postgres,
-    refused_in_place,
     run_batch,
-    send,
 )
 from .graph import Graph
 from .keys import Key
@@ -41,7 +38,6 @@ from .planner import (
     Difference,
     DiffKind,
     Plan,
-    checkpoint_units,
     diff,
     in_sync,
     plan_nuke,
@@ -123,6 +119,8 @@ class SyncResult:
     kept: tuple[str, ...] = ()
     #: What could not be restored after a recreate, with the reason and the statement it was.
     lost: tuple[str, ...] = ()
+    #: The materialized views swapped in (see :mod:`alembic_samizdat.swap`): build time and lock time.
+    swaps: tuple[SwapTiming, ...] = ()
 
     @property
     def differences(self) -> tuple[Difference, ...]:
@@ -251,7 +249,16 @@ def _run_inner(
             on_plan(quick)
         return quick
 
+    def replan(refused: dict[Key, str]) -> Plan:
+        # What committed (or ran, inside the run's transaction) stays; the rest is planned again from the database.
+        assert graph is not None
+        state = read_state(
+            applier.connection, registry.scope, graph.nodes, adopt=adopt, trusted_owners=registry.trusted_owners
+        )
+        return plan_sync(graph, state, rebuild=refused)
+
     with _connected(bind) as connection:
+        applier = Applier(connection, discipline, lock_timeout, on_action)
         if discipline is Discipline.CHECKPOINT:
             with autocommit(connection) as conn:
                 quick = nothing_to_do(conn)
@@ -260,45 +267,19 @@ def _run_inner(
                 setting = lock_timeout_statement(lock_timeout, local=False)
                 if setting:
                     run_batch(conn, None, setting)
-                applied: list[Action] = []
                 try:
                     state = _lock_and_read(conn, graph, registry, session_lock=True, adopt=adopt)
-                    plan = first = make_plan(state, conn)
-                    refused: dict[Key, str] = {}
-                    while True:
-                        try:
-                            for unit in checkpoint_units(plan.actions):
-                                applied.extend(_apply_unit(conn, unit, on_action))
-                            break
-                        except _UnitFailed as failed:
-                            action, exc = failed.action, failed.error
-                            why = refused_in_place(action, exc)
-                            if why is not None and graph is not None and action.key not in refused:
-                                # The unit was rolled back whole; what committed before it stays, the rest is
-                                # planned again from the database with this object rebuilt.
-                                refused[action.key] = why
-                                state = read_state(
-                                    conn,
-                                    registry.scope,
-                                    graph.nodes,
-                                    adopt=adopt,
-                                    trusted_owners=registry.trusted_owners,
-                                )
-                                plan = plan_sync(graph, state, rebuild=refused)
-                                continue
-                            better = (
-                                diagnose_function(conn, action, in_autocommit=True) if create_failed(action) else None
-                            )
-                            if better is not None:
-                                raise better from exc.__cause__
-                            raise exc from exc.__cause__
-                    return SyncResult(_as_run(first, applied, refused), discipline, tuple(applied), True)
+                    ran = applier.apply(make_plan(state, conn), replan if graph is not None else None)
+                    return SyncResult(ran, discipline, tuple(applier.applied), True, swaps=applier.swaps)
                 except ExecutionError as exc:
-                    if not isinstance(exc, CatalogReadError):
-                        exc.tell_state(checkpoint_state(len(applied)))
+                    better = _diagnosed(conn, applier.failed, exc, in_autocommit=True)
+                    if not isinstance(better, CatalogReadError):
+                        better.tell_state(checkpoint_state(len(applier.applied)))
+                    if better is not exc:
+                        raise better from exc.__cause__
                     raise
                 except KeyboardInterrupt as exc:
-                    raise Interrupted(checkpoint_state(len(applied), interrupted=True)) from exc
+                    raise Interrupted(checkpoint_state(len(applier.applied), interrupted=True)) from exc
                 finally:
                     try:
                         conn.exec_driver_sql(f"SELECT pg_catalog.pg_advisory_unlock({LOCK_KEY})")
@@ -308,7 +289,6 @@ def _run_inner(
                         pass
         nested = connection.in_transaction()
         tx = connection.begin_nested() if nested else connection.begin()
-        failed_action: Action | None = None
         try:
             quick = nothing_to_do(connection)
             if quick is not None:
@@ -318,36 +298,14 @@ def _run_inner(
             if setting:
                 run_batch(connection, None, setting)
             state = _lock_and_read(connection, graph, registry, session_lock=False, adopt=adopt)
-            plan = first = make_plan(state, connection)
-            applied = []
-            refused = {}
-            pending = list(plan.actions)
-            while pending:
-                action = failed_action = pending.pop(0)
-                try:
-                    apply_in_transaction(connection, action)
-                except ExecutionError as exc:
-                    why = refused_in_place(action, exc)
-                    if why is None or graph is None or action.key in refused:
-                        raise
-                    # Rolled back to the savepoint: plan the rest again, from inside this transaction.
-                    refused[action.key] = why
-                    state = read_state(
-                        connection, registry.scope, graph.nodes, adopt=adopt, trusted_owners=registry.trusted_owners
-                    )
-                    plan = plan_sync(graph, state, rebuild=refused)
-                    pending = list(plan.actions)
-                    continue
-                applied.append(action)
-                if on_action is not None:
-                    on_action(action)
-            plan = _as_run(first, applied, refused)
-            failed_action = None
+            ran = applier.apply(make_plan(state, connection), replan if graph is not None else None)
             if discipline is Discipline.DRYRUN:
                 tx.rollback()
+                applier.ended(kept=False)
             else:
                 try:
                     tx.commit()
+                    applier.ended(kept=True)
                 except DBAPIError as exc:
                     error = ExecutionError(f"committing the run failed: {first_line(exc)}")
                     error.tell_state(
@@ -357,13 +315,11 @@ def _run_inner(
                     raise error from exc
         except ExecutionError as exc:
             tx.rollback()
-            if failed_action is not None and create_failed(failed_action):
-                better = diagnose_function(connection, failed_action, in_autocommit=False)
-                if better is not None:
-                    better.tell_state(one_transaction_state(discipline, nested))
-                    raise better from exc.__cause__
-            if not isinstance(exc, CatalogReadError):
-                exc.tell_state(one_transaction_state(discipline, nested))
+            better = _diagnosed(connection, applier.failed, exc, in_autocommit=False)
+            if not isinstance(better, CatalogReadError):
+                better.tell_state(one_transaction_state(discipline, nested))
+            if better is not exc:
+                raise better from exc.__cause__
             raise
         except KeyboardInterrupt as exc:
             with suppress(Exception):
@@ -372,7 +328,16 @@ def _run_inner(
         except BaseException:
             tx.rollback()
             raise
-        return SyncResult(plan, discipline, tuple(applied), discipline is Discipline.JUMBO)
+        return SyncResult(ran, discipline, tuple(applier.applied), discipline is Discipline.JUMBO, swaps=applier.swaps)
+
+
+def _diagnosed(
+    connection: Connection, failed: Action | None, exc: ExecutionError, *, in_autocommit: bool
+) -> ExecutionError:
+    """``exc``, or a better error when a function create failed on its declared signature."""
+    if failed is None or not create_failed(failed):
+        return exc
+    return diagnose_function(connection, failed, in_autocommit=in_autocommit) or exc
 
 
 def checkpoint_state(kept: int, *, interrupted: bool = False) -> str:
@@ -392,56 +357,6 @@ def one_transaction_state(discipline: Discipline, nested: bool, *, interrupted: 
     where = "rolled back to where this run began (a savepoint)" if nested else "rolled back"
     tail = "; sync again does the whole run" if interrupted else ""
     return f"Nothing was applied: the whole run (jumbo: one transaction) was {where}{tail}"
-
-
-def _as_run(first: Plan, applied: list[Action], refused: dict[Key, str]) -> Plan:
-    """The plan as it ran: the first one, or, after a refused in-place replacement, the actions that ran."""
-    return Plan(first.differences, tuple(applied), first.warnings) if refused else first
-
-
-class _UnitFailed(Exception):
-    def __init__(self, action: Action, error: ExecutionError) -> None:
-        super().__init__(str(error))
-        self.action, self.error = action, error
-
-
-def _apply_unit(connection: Connection, unit: tuple[Action, ...], on_action: OnAction | None) -> list[Action]:
-    """Run one checkpoint unit (see :func:`planner.checkpoint_units`) on an autocommit connection."""
-    if len(unit) == 1:
-        try:
-            return apply_actions(connection, unit, on_action=on_action)
-        except ExecutionError as exc:
-            raise _UnitFailed(unit[0], exc) from exc.__cause__
-    # Several actions, one transaction: sent one by one so that a failure names its action.
-    try:
-        run_batch(connection, unit[0], "BEGIN")
-    except ExecutionError as exc:
-        raise _UnitFailed(unit[0], exc) from exc.__cause__
-    try:
-        for action in unit:
-            try:
-                run_batch(connection, action, action.sql)
-            except ExecutionError as exc:
-                exc.args = (f"{exc.args[0]}; the {len(unit)} actions of its transaction were rolled back",)
-                raise _UnitFailed(action, exc) from exc.__cause__
-        try:
-            send(connection, "COMMIT")
-        except DBAPIError as exc:
-            error = ExecutionError(
-                f"committing {len(unit)} actions ({unit[0].describe()} … {unit[-1].describe()}) failed: "
-                f"{first_line(exc)}. None of them were kept; the next sync does them again",
-                sql="COMMIT",
-                action=unit[-1].describe(),
-            )
-            raise _UnitFailed(unit[-1], error) from exc
-    except BaseException:
-        with suppress(Exception):
-            send(connection, "ROLLBACK")
-        raise
-    for action in unit:
-        if on_action is not None:
-            on_action(action)
-    return list(unit)
 
 
 def sync(

@@ -440,6 +440,8 @@ def cmd_sync(args: argparse.Namespace, out: Output) -> int:
         out.info(result.summary())
         for line in result.lost:
             out.warn(line)
+        for swap in result.swaps:
+            out.info(swap.describe())
         if out.verbose:
             for line in result.kept:
                 out.info(f"  {line}")

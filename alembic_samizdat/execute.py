@@ -10,7 +10,7 @@ the plan says before it runs whether an object is replaced or rebuilt.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from enum import StrEnum
 
@@ -33,6 +33,7 @@ from .keys import Key, Kind
 from .planner import Action, Plan, Verb, plan_sync
 from .preserve import MESSAGE_PREFIX
 from .privileges import INSUFFICIENT_PRIVILEGE, PrivilegeContext, missing_privilege
+from .swap import NO_CREATE_PRIVILEGE
 
 #: The advisory lock that serialises concurrent runs against one database.
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"alembic_samizdat").digest()[:8], "big", signed=True)
@@ -80,36 +81,6 @@ REFUSED_IN_PLACE = frozenset({"42P16", "42P13", "42809", "0A000", "55000"})
 REPLACE_SAVEPOINT = "samizdat_replace"
 
 
-def refused_in_place(action: Action, exc: BaseException) -> str | None:
-    """Why PostgreSQL refused to replace ``action``'s object in place, when that is what ``exc`` says."""
-    if action.verb is not Verb.REPLACE:
-        return None
-    cause = exc.__cause__ if isinstance(exc, SamizdatError) else exc
-    if cause is None or sqlstate(cause) not in REFUSED_IN_PLACE:
-        return None
-    return refusal_reason(cause)
-
-
-def apply_in_transaction(connection: Connection, action: Action) -> None:
-    """Run one action inside an open transaction; a replacement runs in a savepoint, rolled back on failure.
-
-    The savepoint travels in the action's own batch, so a replacement costs no extra round trip.
-    """
-    if action.verb is not Verb.REPLACE:
-        run_batch(connection, action, action.sql)
-        return
-    try:
-        run_batch(
-            connection,
-            action,
-            f"SAVEPOINT {REPLACE_SAVEPOINT};\n{action.sql}\nRELEASE SAVEPOINT {REPLACE_SAVEPOINT};",
-        )
-    except ExecutionError:
-        with suppress(SQLAlchemyError):
-            send(connection, f"ROLLBACK TO SAVEPOINT {REPLACE_SAVEPOINT}; RELEASE SAVEPOINT {REPLACE_SAVEPOINT}")
-        raise
-
-
 def probe_in_place(
     connection: Connection, plan: Plan, state: DatabaseState, *, both_ways: bool = False
 ) -> dict[Key, str]:
@@ -142,13 +113,26 @@ def plan_asking_postgres(
     both_ways: bool = False,
 ) -> Plan:
     """:func:`~alembic_samizdat.planner.plan_sync`, with the replacements PostgreSQL refuses (see
-    :func:`probe_in_place`) planned as rebuilds instead."""
+    :func:`probe_in_place`) planned as rebuilds instead, and materialized views rebuilt rather than swapped
+    when the running role may not create the schema a swap builds in (see :mod:`alembic_samizdat.swap`)."""
     made = plan_sync(graph, state, force=force)
     refused: dict[Key, str] = {}
+    builds = [action.key for action in made.actions if action.verb is Verb.BUILD]
+    if builds and not may_create_schema(connection):
+        refused.update(dict.fromkeys(builds, NO_CREATE_PRIVILEGE))
+        made = plan_sync(graph, state, force=force, rebuild=refused)
     while found := probe_in_place(connection, made, state, both_ways=both_ways):
         refused.update(found)
         made = plan_sync(graph, state, force=force, rebuild=refused)
     return made
+
+
+def may_create_schema(connection: Connection) -> bool:
+    """Whether the running role may create a schema in this database (what a swap needs)."""
+    rows = pinned.query(
+        connection, "SELECT pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE')", {}
+    )
+    return bool(rows[0][0])
 
 
 def _probe(connection: Connection, replaces: list[Action], state: DatabaseState, *, both_ways: bool) -> dict[Key, str]:
@@ -282,19 +266,6 @@ def send(connection: Connection, sql: str) -> None:
     ``echo`` still see the statement.
     """
     connection.exec_driver_sql(sql, execution_options={"no_parameters": True})
-
-
-def apply_actions(
-    connection: Connection, actions: Sequence[Action], *, on_action: OnAction | None = None
-) -> list[Action]:
-    """Run actions in order, one batch each; returns those that completed."""
-    done: list[Action] = []
-    for action in actions:
-        run_batch(connection, action, action.sql)
-        done.append(action)
-        if on_action is not None:
-            on_action(action)
-    return done
 
 
 @contextmanager

@@ -226,6 +226,28 @@ class SamizdatMaterializedView(Samizdat):
         """Materialized views always need the postamble."""
         return True
 
+    @classmethod
+    def create_beside(cls, schema: str, marker: str) -> str | None:
+        """The template rendered for a populated copy of this view in ``schema`` (the materialized-view swap:
+        see :mod:`alembic_samizdat.swap`), with ``marker`` right after the ``WITH DATA;`` that ends the
+        ``CREATE``; ``None`` when the class renders its own head (then only a rebuild is safe)."""
+        if cls.preamble() != f"CREATE MATERIALIZED VIEW {cls._identity()} AS" or cls.postamble() != "WITH NO DATA;":
+            return None
+        if cls.sql_template is None:
+            raise missing_template(cls)
+        there = qualified(schema, cls.object_name())
+        return render(
+            cls.sql_template,
+            {
+                "preamble": f"CREATE MATERIALIZED VIEW {there} AS",
+                "postamble": f"WITH DATA;{marker}",
+                "samizdatname": there,
+            },
+            owner=cls.label(),
+            dialect=cls.template_dialect,
+            require_postamble=True,
+        )
+
 
 class SamizdatFunction(Samizdat):
     """A function; ``${preamble}`` becomes ``CREATE FUNCTION "schema"."name"(arguments)``."""

@@ -6,8 +6,10 @@ see :func:`plan_sync`'s ``rebuild``) the object is dropped and recreated with ev
 (through ``deps_on`` and through the catalog's dependency edges), drops and creates of one stack forming one
 unit (see :func:`checkpoint_units`); drops never cascade, so an object we do not manage that depends on one we
 must drop stops the plan before anything changes; a declared name taken by an object we did not sign stops it
-too. Materialized views that are created, or found unpopulated, are refreshed last, in
-dependency order.
+too. A changed materialized view is built beside the old one and swapped in (see :mod:`~alembic_samizdat.swap`)
+when nothing below it changes too; a materialized view that is recreated while it held rows is populated in its
+stack's unit, so it is never seen unpopulated. Materialized views that are new, or found unpopulated, are
+refreshed last, in dependency order.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .identifiers import qualified, quote_ident
 from .keys import Key, Kind, in_arguments, normalize_signature
 from .preserve import capture_statement, restore_statement
 from .signature import clear_stale_statement, definition_hash, mark_stale_statement, sign_statement
+from .swap import SWAPPED, Build, build_beside
 
 
 class Verb(StrEnum):
@@ -38,6 +41,9 @@ class Verb(StrEnum):
     REFRESH = "refresh"
     GRANT = "grant"
     ADOPT = "adopt"
+    #: Build and populate a changed materialized view beside the old one (see :mod:`alembic_samizdat.swap`);
+    #: its ``create`` then moves it into place.
+    BUILD = "build"
 
 
 class DiffKind(StrEnum):
@@ -306,13 +312,15 @@ def plan_sync(
     force: Iterable[Key] = (),
     rebuild: Mapping[Key, str] | None = None,
     in_place: bool = True,
+    swap: bool = True,
 ) -> Plan:
     """The plan that makes the database match ``graph``; raises before anything when it cannot be done safely.
 
     ``force`` names managed objects to drop and recreate even when unchanged (with their dependents), e.g.
     because a migration alters a table they read. ``rebuild`` names changed objects that must be dropped and
     recreated rather than replaced in place, with the reason (PostgreSQL refused ``CREATE OR REPLACE``);
-    ``in_place=False`` rebuilds every changed object.
+    ``in_place=False`` rebuilds every changed object; ``swap=False`` rebuilds a changed materialized view
+    without building it beside the old one first.
     """
     clashes = _clashes(graph, state)
     if clashes:
@@ -377,6 +385,17 @@ def plan_sync(
     }
     # Dropped and created again: what users attached to them is captured and restored (preserve.py).
     recreated = {k for k in to_drop if k in graph.nodes and managed[k].keeps is not False}
+    swaps = _swaps(graph, state, start - set(force) - set(rebuild or ()), to_drop | replaced) if swap else {}
+    # Readers of a materialized view that held rows must never find it empty: populated in its stack's unit.
+    populate_in_unit = [
+        k
+        for k in graph.order
+        if k in to_drop
+        and k not in swaps
+        and graph.nodes[k].kind is Kind.MATVIEW
+        and graph.nodes[k].with_data
+        and managed[k].populated
+    ]
     _refuse_unmanaged_dependents(to_drop, state, recreated)
     drop_deps: dict[Key, set[Key]] = defaultdict(set)
     for key in to_drop:
@@ -458,7 +477,9 @@ def plan_sync(
             why = f"{reasons[key]}: {REPLACED_IN_PLACE}"
             creates.append(Action(Verb.REPLACE, key, item.kind.value, item.label, statements, why, item))
             continue
-        statements = (item.sql, sign_statement(item, scope, graph.deps.get(key, ())))
+        build = swaps.get(key)
+        head = build.move_in(item) if build is not None else (item.sql,)
+        statements = (*head, sign_statement(item, scope, graph.deps.get(key, ())))
         if key in recreated and capture_statement(managed[key].kind, managed[key].comment_target()):
             statements = (*statements, restore_statement(managed[key].comment_target()))
         if item.grants or key in managed:
@@ -474,13 +495,32 @@ def plan_sync(
                 item.kind.value,
                 item.label,
                 statements,
-                reasons.get(key, "missing from the database"),
+                f"{reasons[key]}: {SWAPPED}" if build is not None else reasons.get(key, "missing from the database"),
                 item,
                 cause=causes.get(key),
             )
         )
-    actions = adopts + _by_unit(drops, creates, drop_deps, create_deps)
+    builds = [
+        Action(
+            Verb.BUILD, key, Kind.MATVIEW.value, graph.nodes[key].label, build.statements(), SWAPPED, graph.nodes[key]
+        )
+        for key, build in swaps.items()
+    ]
+    populates = [
+        Action(
+            Verb.REFRESH,
+            key,
+            Kind.MATVIEW.value,
+            graph.nodes[key].label,
+            (refresh_statement(key),),
+            "populate in the transaction that recreates it, so that readers never find it empty",
+            graph.nodes[key],
+        )
+        for key in populate_in_unit
+    ]
+    actions = adopts + _by_unit(drops, creates, drop_deps, create_deps, builds, populates)
     creating = set(to_create)
+    populated_in_unit = set(swaps) | set(populate_in_unit)
     # A view being refreshed makes every materialized view that reads it (through any chain) out of date.
     refreshed_below: dict[Key, bool] = {}
     for key in graph.order:
@@ -508,6 +548,9 @@ def plan_sync(
             continue
         if not item.with_data and (key in creating or not managed[key].populated):
             continue
+        if key in populated_in_unit:
+            refreshed_below[key] = True
+            continue
         if key in creating:
             why, statements = "populate after create", (refresh_statement(key),)
         elif not managed[key].populated:
@@ -533,13 +576,36 @@ def plan_sync(
     return Plan(tuple(differences), tuple(actions), tuple(undeclared_dependency_warnings(graph, state)))
 
 
+def _swaps(graph: Graph, state: DatabaseState, changed: set[Key], moving: set[Key]) -> dict[Key, Build]:
+    """The changed materialized views to build beside the old ones: those that held rows and read nothing that
+    changes in this run (the build reads what exists before the drops)."""
+    found: dict[Key, Build] = {}
+    for key in changed:
+        item = graph.nodes.get(key)
+        obj = state.managed.get(key)
+        if item is None or obj is None or item.kind is not Kind.MATVIEW or obj.kind != Kind.MATVIEW.value:
+            continue
+        if not item.with_data or not obj.populated:
+            continue
+        below = reachable([key], lambda k: graph.deps.get(k, ()))
+        if below & moving or set(_signed_deps(obj)) & moving:
+            continue
+        build = build_beside(item)
+        if build is not None:
+            found[key] = build
+    return found
+
+
 def _by_unit(
     drops: list[Action],
     creates: list[Action],
     drop_deps: Mapping[Key, Iterable[Key]],
     create_deps: Mapping[Key, Iterable[Key]],
+    builds: Sequence[Action] = (),
+    populates: Sequence[Action] = (),
 ) -> list[Action]:
-    """Drops and creates regrouped so that each connected stack comes whole: its drops, then its creates.
+    """Drops and creates regrouped so that each connected stack comes whole: its builds (see
+    :mod:`~alembic_samizdat.swap`), its drops, its creates, then the populates of its materialized views.
 
     A stack is the objects linked by any ordering constraint of the plan (a drop that must precede another, a
     create that must follow another, the drop and the create of one object), so stacks can run in any order,
@@ -565,7 +631,8 @@ def _by_unit(
     for action in drops + creates:
         numbers.setdefault(find(action.key), len(numbers))
     grouped: dict[int, list[Action]] = defaultdict(list)
-    for action in drops + creates:  # within a stack: drops first, each list already in a valid order
+    # Within a stack: builds first (before any lock that readers wait for), each list already in a valid order.
+    for action in [*builds, *drops, *creates, *populates]:
         number = numbers[find(action.key)]
         grouped[number].append(replace(action, unit=number))
     return [action for number in sorted(grouped) for action in grouped[number]]

@@ -49,6 +49,7 @@ FUNCTIONS = [
     "coalesce",
     "current_setting",
     "format",
+    "has_database_privilege",
     "has_schema_privilege",
     "json_agg",
     "json_build_array",
