@@ -6,7 +6,7 @@ planner, and apply the plan under the chosen transaction discipline.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -28,6 +28,7 @@ from .execute import (
     diagnose_function,
     lock_timeout_statement,
     plan_asking_postgres,
+    plan_checking_swaps,
     run_batch,
 )
 from .graph import Graph
@@ -40,6 +41,7 @@ from .planner import (
     Plan,
     diff,
     in_sync,
+    outcomes,
     plan_nuke,
     plan_sync,
     undeclared_dependency_warnings,
@@ -150,6 +152,9 @@ class DiffResult:
 
     differences: tuple[Difference, ...]
     warnings: tuple[str, ...] = field(default=())
+    #: What the next sync does about each changed object: "replaced in place…", "recreated (why)…"
+    #: (PostgreSQL is not asked here; ``samizdat explain`` asks it).
+    next_sync: Mapping[Key, str] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -198,11 +203,12 @@ def _run(
     on_action: OnAction | None,
     on_plan: OnPlan | None = None,
     adopt: str | None = None,
+    swap: bool = True,
 ) -> SyncResult:
     """:func:`_run_inner`, collecting what capture-and-restore reported."""
     notices: list[tuple[str, str]] = []
     with _connected(bind) as connection, collect_notices(connection, notices):
-        result = _run_inner(connection, registry, graph, discipline, lock_timeout, on_action, on_plan, adopt)
+        result = _run_inner(connection, registry, graph, discipline, lock_timeout, on_action, on_plan, adopt, swap)
     if not notices:
         return result
     kept = tuple(m for severity, m in notices if severity != "WARNING")
@@ -219,12 +225,13 @@ def _run_inner(
     on_action: OnAction | None,
     on_plan: OnPlan | None = None,
     adopt: str | None = None,
+    swap: bool = True,
 ) -> SyncResult:
     """Lock, read, plan (sync when ``graph`` is given, else nuke) and apply under ``discipline``."""
     discipline = Discipline(discipline)
 
     def make_plan(state: DatabaseState, connection: Connection) -> Plan:
-        made = plan_nuke(state) if graph is None else plan_asking_postgres(connection, graph, state)
+        made = plan_nuke(state) if graph is None else plan_asking_postgres(connection, graph, state, swap=swap)
         if on_plan is not None:
             on_plan(made)
         return made
@@ -255,7 +262,7 @@ def _run_inner(
         state = read_state(
             applier.connection, registry.scope, graph.nodes, adopt=adopt, trusted_owners=registry.trusted_owners
         )
-        return plan_sync(graph, state, rebuild=refused)
+        return plan_sync(graph, state, rebuild=refused, swap=swap)
 
     with _connected(bind) as connection:
         applier = Applier(connection, discipline, lock_timeout, on_action)
@@ -369,6 +376,7 @@ def sync(
     on_action: OnAction | None = None,
     on_plan: OnPlan | None = None,
     adopt: str | None = None,
+    swap: bool = True,
 ) -> SyncResult:
     """Make the database match the declarations.
 
@@ -376,14 +384,16 @@ def sync(
     readers never find an object missing), ``jumbo`` (one transaction) or ``dryrun`` (one transaction, rolled
     back). Changed views, functions and triggers are replaced in place when PostgreSQL accepts it (see
     docs/deploying.md). ``lock_timeout`` (seconds) bounds every lock wait; by default the server's
-    setting applies. ``adopt="dbsamizdat"`` takes over objects DBSamizdat signed (unchanged ones are only
+    setting applies. A changed materialized view is built beside the old one and swapped in, so
+    readers wait for the swap and not for the populate; ``swap=False`` rebuilds it in place instead (no second
+    copy on disk meanwhile; readers wait for the populate). ``adopt="dbsamizdat"`` takes over objects DBSamizdat signed (unchanged ones are only
     re-signed; see :mod:`alembic_samizdat.adopt`). ``on_plan`` sees the plan before it runs, ``on_action`` each completed action. Raises a :class:`~alembic_samizdat.errors.SamizdatError` subclass on any problem.
     """
     registry = as_registry(declarations, scope=scope)
     graph = registry.graph()
     if adopt is not None and adopt not in ADOPTABLE:
         raise SamizdatError(f"adopt={adopt!r}: can adopt objects of {', '.join(ADOPTABLE)} only")
-    return _run(bind, registry, graph, Discipline(discipline), lock_timeout, on_action, on_plan, adopt)
+    return _run(bind, registry, graph, Discipline(discipline), lock_timeout, on_action, on_plan, adopt, swap)
 
 
 def nuke(
@@ -421,7 +431,19 @@ def diff_database(bind: Bind, declarations: Declarations, *, scope: str | None =
     graph = registry.graph()
     with _connected(bind) as connection, _read_only(connection):
         state = read_state(connection, registry.scope, graph.nodes, trusted_owners=registry.trusted_owners)
-    return DiffResult(tuple(diff(graph, state)), tuple(undeclared_dependency_warnings(graph, state)))
+        differences = tuple(diff(graph, state))
+        next_sync: dict[Key, str] = {}
+        if any(d.what in _REBUILDING for d in differences):
+            try:
+                next_sync = outcomes(plan_checking_swaps(connection, graph, state))
+            except SamizdatError as exc:
+                # The sync would stop before doing anything (a clash, a user's object in the way): say so.
+                next_sync = dict.fromkeys((d.key for d in differences), f"the next sync stops: {first_line(exc)}")
+    return DiffResult(differences, tuple(undeclared_dependency_warnings(graph, state)), next_sync)
+
+
+#: Differences whose sync may replace or recreate the object (the others are created, refreshed or re-granted).
+_REBUILDING = (DiffKind.CHANGED, DiffKind.DRIFTED, DiffKind.EXCESS_DB)
 
 
 def _prepare_refresh(

@@ -186,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["dbsamizdat"],
         help="take over objects signed by DBSamizdat: unchanged ones are re-signed in place, the rest replaced",
     )
+    p.add_argument(
+        "--no-swap",
+        dest="swap",
+        action="store_false",
+        help="rebuild a changed materialized view where it stands instead of building it beside the old one and "
+        "swapping it in (no second copy on disk meanwhile; readers wait for the populate)",
+    )
     cli_reports.add_format_option(p)
 
     p = sub.add_parser(
@@ -436,6 +443,7 @@ def cmd_sync(args: argparse.Namespace, out: Output) -> int:
             on_action=out.action,
             on_plan=write_plan,
             adopt=args.adopt,
+            swap=args.swap,
         )
         out.info(result.summary())
         for line in result.lost:
@@ -496,7 +504,11 @@ def cmd_diff(args: argparse.Namespace, out: Output) -> int:
     for warning in result.warnings:
         out.warn(warning)
     graph = registry.graph()
-    for line in indented(difference_entries(result.differences, graph), graph):
+    entries = [
+        (key, f"{line}; the next sync: {result.next_sync[key]}" if key in result.next_sync else line)
+        for key, line in difference_entries(result.differences, graph)
+    ]
+    for line in indented(entries, graph):
         print(line)
     if not result.differences:
         out.info("no differences")

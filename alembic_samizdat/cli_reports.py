@@ -80,6 +80,7 @@ def sync_json(args: argparse.Namespace, out: Any, cli: Front) -> int:
             lock_timeout=args.lock_timeout,
             on_plan=on_plan,
             adopt=args.adopt,
+            swap=args.swap,
         )
     doc = report.document(
         "sync",

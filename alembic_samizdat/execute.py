@@ -111,20 +111,39 @@ def plan_asking_postgres(
     *,
     force: Iterable[Key] = (),
     both_ways: bool = False,
+    swap: bool = True,
 ) -> Plan:
     """:func:`~alembic_samizdat.planner.plan_sync`, with the replacements PostgreSQL refuses (see
     :func:`probe_in_place`) planned as rebuilds instead, and materialized views rebuilt rather than swapped
     when the running role may not create the schema a swap builds in (see :mod:`alembic_samizdat.swap`)."""
-    made = plan_sync(graph, state, force=force)
     refused: dict[Key, str] = {}
-    builds = [action.key for action in made.actions if action.verb is Verb.BUILD]
-    if builds and not may_create_schema(connection):
-        refused.update(dict.fromkeys(builds, NO_CREATE_PRIVILEGE))
-        made = plan_sync(graph, state, force=force, rebuild=refused)
+    made = plan_checking_swaps(connection, graph, state, force=force, refused=refused, swap=swap)
     while found := probe_in_place(connection, made, state, both_ways=both_ways):
         refused.update(found)
-        made = plan_sync(graph, state, force=force, rebuild=refused)
+        made = plan_sync(graph, state, force=force, rebuild=refused, swap=swap)
     return made
+
+
+def plan_checking_swaps(
+    connection: Connection,
+    graph: Graph,
+    state: DatabaseState,
+    *,
+    force: Iterable[Key] = (),
+    refused: dict[Key, str] | None = None,
+    swap: bool = True,
+) -> Plan:
+    """:func:`~alembic_samizdat.planner.plan_sync`, with materialized views rebuilt rather than swapped when
+    the running role may not create the schema a swap builds in; read-only (``diff`` uses it). The keys so
+    rebuilt are added to ``refused``."""
+    made = plan_sync(graph, state, force=force, rebuild=refused, swap=swap)
+    builds = [action.key for action in made.actions if action.verb is Verb.BUILD]
+    if not builds or may_create_schema(connection):
+        return made
+    rebuilt = {**(refused or {}), **dict.fromkeys(builds, NO_CREATE_PRIVILEGE)}
+    if refused is not None:
+        refused.update(rebuilt)
+    return plan_sync(graph, state, force=force, rebuild=rebuilt)
 
 
 def may_create_schema(connection: Connection) -> bool:

@@ -287,6 +287,43 @@ def in_sync(graph: Graph, state: DatabaseState) -> bool:
     return not _clashes(graph, state) and not diff(graph, state)
 
 
+def outcomes(plan: Plan) -> dict[Key, str]:
+    """What the next sync does about each object that differs, in a phrase: replaced in place, or recreated
+    (and why), with how many objects above it come along; for ``diff``."""
+    along: dict[Key, int] = defaultdict(int)
+    for action in plan.actions:
+        if action.verb is Verb.DROP and action.cause is not None:
+            along[action.cause] += 1
+    dropped = {a.key for a in plan.actions if a.verb is Verb.DROP}
+    found: dict[Key, str] = {}
+    for difference in plan.differences:
+        key = difference.key
+        verbs = {a.verb: a for a in plan.actions if a.key == key}
+        tail = f"; {along[key]} object(s) above it recreated with it" if along.get(key) else ""
+        if Verb.REPLACE in verbs:
+            found[key] = (
+                "replaced in place, objects that depend on it untouched, if PostgreSQL accepts the new definition "
+                "(`samizdat explain` asks it)"
+            )
+        elif Verb.BUILD in verbs:
+            found[key] = f"recreated: built beside the old one and swapped in{tail}"
+        elif Verb.CREATE in verbs and key in dropped:
+            why = verbs[Verb.CREATE].reason
+            because = why.partition("; recreated because ")[2] or _REBUILT_KINDS.get(difference.kind, "")
+            found[key] = f"recreated ({because}){tail}" if because else f"recreated{tail}"
+        elif Verb.DROP in verbs:
+            found[key] = f"dropped{tail}"
+        elif Verb.CREATE in verbs:
+            found[key] = "created"
+    return found
+
+
+#: Why a kind is recreated rather than replaced, when PostgreSQL was not asked.
+_REBUILT_KINDS = {
+    Kind.MATVIEW.value: "a materialized view cannot be replaced in place",
+}
+
+
 #: Why an object is replaced in place (shown by ``sync -v`` and in revisions).
 REPLACED_IN_PLACE = "replaced in place, objects that depend on it untouched"
 

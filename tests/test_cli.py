@@ -247,3 +247,26 @@ def test_every_command_has_help_with_an_example(command: str, capsys: pytest.Cap
         main([command, "--help"])
     assert done.value.code == 0
     assert "examples:" in capsys.readouterr().out
+
+
+def test_diff_says_what_the_next_sync_does(
+    items: sa.Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mod = module_v1(tmp_path)
+    assert main(["sync", "-q", db_url, mod]) == 0
+    capsys.readouterr()
+    # The view keeps its columns: replaced in place, nothing above it touched.
+    assert main(["diff", db_url, module_v1(tmp_path, "price * 2")]) == 103
+    out = capsys.readouterr().out
+    assert 'changed: view "public"."Base"' in out and "the next sync: replaced in place" in out
+    # The materialized view changed: built beside the old one and swapped in.
+    body = Path(mod).read_text().replace("SELECT sum(price) AS total", "SELECT sum(price) + 1 AS total")
+    swapped = write_module(tmp_path, "swapped", body)
+    assert main(["diff", db_url, swapped]) == 103
+    assert "the next sync: recreated: built beside the old one and swapped in" in capsys.readouterr().out
+    # A user's view on it: the next sync would stop, and diff says so rather than failing.
+    with items.begin() as conn:
+        conn.exec_driver_sql('CREATE VIEW mine AS SELECT * FROM "Totals"')
+    assert main(["diff", db_url, swapped]) == 103
+    out = capsys.readouterr().out
+    assert "the next sync stops:" in out and "mine" in out

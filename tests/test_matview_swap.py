@@ -3,10 +3,25 @@ beside the old one, then moved into place; readers of it, and of what stands on 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from conftest import libpq_dsn
-from helpers import make_registry, matview, relation_oid, rows, run_sql, scalar, unique_role, view
+from helpers import (
+    alembic_project,
+    make_registry,
+    matview,
+    ops_in,
+    relation_oid,
+    rows,
+    run_sql,
+    scalar,
+    unique_role,
+    view,
+)
 from test_live_deploy import Readers, chain
 
 from alembic_samizdat import sync
@@ -172,3 +187,104 @@ def test_a_matview_rebuilt_because_a_view_below_lost_a_column_is_never_seen_empt
     assert readers.errors == []
     assert (Verb.BUILD, "on_top") not in _verbs(result)
     assert scalar(engine, "SELECT n FROM on_top") == 50
+
+
+MATVIEW_MODULE = """
+from sqlalchemy import Column, Integer, MetaData, Table
+
+from alembic_samizdat import SamizdatMaterializedView, SamizdatRegistry, SamizdatView
+
+metadata = MetaData()
+Table("src", metadata, Column("id", Integer, primary_key=True), Column("v", Integer, nullable=False))
+registry = SamizdatRegistry(metadata)
+
+
+class totals(SamizdatMaterializedView):
+    deps_on_unmanaged = {"src", "slow"}
+    sql_template = (
+        "${preamble} SELECT id, v * FACTOR AS w FROM src WHERE (SELECT slow()) = 1 ${postamble}"
+        " CREATE UNIQUE INDEX totals_id ON ${samizdatname} (id)"
+    )
+
+
+class top(SamizdatView):
+    deps_on = {totals}
+    sql_template = "${preamble} SELECT id, w FROM totals WHERE w > 0 ${postamble}"
+
+
+registry.register_all(totals, top)
+"""
+
+
+def test_alembic_rebuilds_a_changed_matview_in_its_transaction_and_readers_see_no_error(
+    engine: sa.Engine, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A revision does not swap (its table operations may add what the new definition reads): the matview is
+    # dropped, created and populated inside the revision's transaction, and readers wait for it.
+    _setup(engine)
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = alembic_project(tmp_path, "mvmod")
+
+    def write(factor: int) -> str:
+        (tmp_path / "mvmod.py").write_text(MATVIEW_MODULE.replace("FACTOR", str(factor)))
+        sys.modules.pop("mvmod", None)
+        script = command.revision(config, message=f"factor {factor}", autogenerate=True)
+        assert script is not None and not isinstance(script, list)
+        return Path(script.path).read_text()
+
+    write(1)
+    command.upgrade(config, "head")
+    script = write(2)
+    assert "op.build" not in script and "samizdat_swap" not in script
+    assert ops_in(script).count("op.drop_samizdat") == 2 and ops_in(script).count("op.create_samizdat") == 2
+    readers = Readers(libpq_dsn(db_url), "SELECT (SELECT count(*) FROM top) + (SELECT count(*) FROM totals)")
+    try:
+        with readers.running():
+            sys.modules.pop("mvmod", None)
+            command.upgrade(config, "head")
+            assert scalar(engine, "SELECT sum(w) FROM totals") == 2 * scalar(engine, "SELECT sum(v) FROM src")
+            command.downgrade(config, "-1")
+    finally:
+        sys.modules.pop("mvmod", None)
+    assert readers.errors == []
+    assert all(readers.reads)
+    assert scalar(engine, "SELECT sum(w) FROM totals") == scalar(engine, "SELECT sum(v) FROM src")
+
+
+def test_no_swap_rebuilds_and_the_json_report_shows_the_build(
+    engine: sa.Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _setup(engine)
+    sync(engine, make_registry(*_stack(1)))
+    result = sync(engine, make_registry(*_stack(2)), swap=False)
+    assert (Verb.BUILD, "totals") not in _verbs(result) and result.swaps == ()
+    populate = next(a for a in result.applied if a.verb is Verb.REFRESH and a.key.name == "totals")
+    assert populate.unit is not None
+
+    # Through the CLI: sync prints the swap; the JSON report (validated by its schema) has the build step.
+    def module(factor: int) -> str:
+        # A file per version: the same path rewritten within a second could be served from a stale bytecode cache.
+        path = tmp_path / f"swapmod_{factor}.py"
+        path.write_text(
+            "from alembic_samizdat import SamizdatMaterializedView\n"
+            "class totals(SamizdatMaterializedView):\n"
+            "    deps_on_unmanaged = {'src', 'slow'}\n"
+            f"    sql_template = '${{preamble}} SELECT id, v * {factor} AS w FROM src WHERE (SELECT slow()) = 1 "
+            "${postamble}'\n"
+        )
+        return str(path)
+
+    # The stack of _stack(2) is no longer declared: nuke it first, then sync the module's view.
+    from alembic_samizdat import nuke
+    from alembic_samizdat.cli import main
+
+    nuke(engine, make_registry(*_stack(2)))
+    assert main(["sync", "-q", db_url, module(5)]) == 0
+    capsys.readouterr()
+    assert main(["sync", db_url, module(6)]) == 0
+    captured = capsys.readouterr()
+    assert 'swapped materialized view "public"."totals"' in captured.out + captured.err
+    assert main(["sync", "--format", "json", db_url, module(7)]) == 0
+    out = capsys.readouterr().out
+    assert '"verb": "build"' in out

@@ -253,13 +253,16 @@ def compare_samizdats(autogen_context: AutogenContext, upgrade_ops: alembic_ops.
     # an object that exists (the downgrade restores it from the SQL its signature recorded). Then, and only
     # then, read again in full and plan from that, so the ops come from one consistent read.
     state = read_state(connection, registry.scope, graph.nodes, trusted_owners=registry.trusted_owners)
-    plan = plan_sync(graph, state, force=force)
+    # No swap of materialized views in revisions: a build would have to run before the revision's table
+    # operations, which may add what the new definition reads; the rebuild populates in the revision's
+    # transaction, so readers wait but never fail (docs/deploying.md).
+    plan = plan_sync(graph, state, force=force, swap=False)
     if any(action.key in state.managed for action in plan.actions):
         state = read_state(
             connection, registry.scope, graph.nodes, full_comments=True, trusted_owners=registry.trusted_owners
         )
         # Replace in place, or rebuild: PostgreSQL is asked now, there and back (see execute.probe_in_place).
-        plan = plan_asking_postgres(connection, graph, state, force=force, both_ways=True)
+        plan = plan_asking_postgres(connection, graph, state, force=force, both_ways=True, swap=False)
     for warning in plan.warnings:
         log.warning("samizdat: %s", warning)
     drops, creates = plan_to_ops(plan, graph, state)
