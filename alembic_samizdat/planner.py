@@ -423,16 +423,23 @@ def plan_sync(
     # Dropped and created again: what users attached to them is captured and restored (preserve.py).
     recreated = {k for k in to_drop if k in graph.nodes and managed[k].keeps is not False}
     swaps = _swaps(graph, state, start - set(force) - set(rebuild or ()), to_drop | replaced) if swap else {}
-    # Readers of a materialized view that held rows must never find it empty: populated in its stack's unit.
-    populate_in_unit = [
-        k
-        for k in graph.order
-        if k in to_drop
-        and k not in swaps
-        and graph.nodes[k].kind is Kind.MATVIEW
-        and graph.nodes[k].with_data
-        and managed[k].populated
-    ]
+    # Readers of a materialized view that held rows must never find it empty: populated in its stack's unit,
+    # when every materialized view it reads is populated by then (else it is refreshed after them, as before).
+    populate_in_unit: list[Key] = []
+    ready: dict[Key, bool] = {}
+    for k in graph.order:
+        item = graph.nodes[k]
+        below_ready = all(ready.get(d, True) for d in graph.deps.get(k, ()))
+        if item.kind is not Kind.MATVIEW or k in swaps:
+            ready[k] = below_ready
+        elif k in to_drop or k not in managed:
+            if k in to_drop and below_ready and item.with_data and managed[k].populated:
+                populate_in_unit.append(k)
+                ready[k] = True
+            else:
+                ready[k] = False
+        else:
+            ready[k] = managed[k].populated
     _refuse_unmanaged_dependents(to_drop, state, recreated)
     drop_deps: dict[Key, set[Key]] = defaultdict(set)
     for key in to_drop:
@@ -626,6 +633,13 @@ def _swaps(graph: Graph, state: DatabaseState, changed: set[Key], moving: set[Ke
             continue
         below = reachable([key], lambda k: graph.deps.get(k, ()))
         if below & moving or set(_signed_deps(obj)) & moving:
+            continue
+        # The build reads what is below it now: an empty materialized view there would fail it.
+        if any(
+            graph.nodes[k].kind is Kind.MATVIEW and not (k in state.managed and state.managed[k].populated)
+            for k in below
+            if k in graph.nodes
+        ):
             continue
         build = build_beside(item)
         if build is not None:
