@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
+from . import statements
 from .declared import Declared
 from .errors import GraphError
 from .identifiers import qualified, quote_ident, quote_literal
@@ -61,13 +62,13 @@ def sidekicks(view: Declared, depth: int, above: tuple[Key, ...] = ()) -> list[D
             "    IF EXISTS (SELECT 1 FROM pg_class c JOIN pg_index i ON i.indrelid = c.oid\n"
             f"               WHERE c.oid = {quote_literal(target)}::regclass AND c.relispopulated\n"
             "                 AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL) THEN\n"
-            f"        REFRESH MATERIALIZED VIEW CONCURRENTLY {target};\n"
+            f"        {statements.refresh(view.key.schema, view.key.name, concurrently=True)};\n"
             "    ELSE\n"
-            f"        REFRESH MATERIALIZED VIEW {target};\n"
+            f"        {statements.refresh(view.key.schema, view.key.name)};\n"
             "    END IF;\n"
         )
     else:
-        body = f"    REFRESH MATERIALIZED VIEW {target};\n"
+        body = f"    {statements.refresh(view.key.schema, view.key.name)};\n"
     plpgsql = f"\nBEGIN\n{feeding_tables_guard(view, 'refreshes')}{body}    RETURN NULL;\nEND;\n"
     # SECURITY DEFINER: a role allowed to write the table may refresh the view it feeds (REFRESH needs the view's
     # owner).

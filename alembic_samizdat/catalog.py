@@ -11,12 +11,15 @@ from functools import lru_cache
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from . import pinned
+from . import pinned, statements
 from . import signature as sig
 from .compat.dbsamizdat_format import DBSAMIZDAT_PREFIX, HASH_PREFIX, dbsamizdat_hash_of_comment, is_dbsamizdat
 from .errors import CatalogReadError
 from .identifiers import qualified, quote_ident
 from .keys import Key, Kind, in_arguments, normalize_signature
+
+#: Kinds whose identity includes argument types.
+_ROUTINES = frozenset({"function", "procedure"})
 
 _KINDS = {
     "view": Kind.VIEW,
@@ -284,21 +287,15 @@ class DbObject:
 
     def drop_statement(self) -> str:
         """``DROP …`` built from the catalog's own names, never ``CASCADE``."""
-        if self.kind == "view":
-            return f"DROP VIEW {qualified(self.key.schema, self.key.name)}"
-        if self.kind == "matview":
-            return f"DROP MATERIALIZED VIEW {qualified(self.key.schema, self.key.name)}"
-        if self.kind in ("function", "procedure"):
-            # identity_args is PostgreSQL's own rendering of the argument types, so it is valid SQL.
-            return f"DROP {self.kind.upper()} {qualified(self.key.schema, self.key.name)}({self.identity_args})"
-        if self.kind == "trigger":
-            return f"DROP TRIGGER {quote_ident(self.key.name)} ON {qualified(self.key.schema, self.key.extra)}"
-        raise ValueError(f"we never drop a {self.kind}")
+        self.comment_target()  # refuses kinds we never drop
+        return statements.drop(self.kind, self.key, self.identity_args if self.kind in _ROUTINES else None)
 
     def comment_target(self) -> str:
-        """The object as ``COMMENT ON`` names it, from the catalog's own names."""
-        drop = self.drop_statement()
-        return drop.removeprefix("DROP ")
+        """The object as ``COMMENT ON`` names it, from the catalog's own names (a function's arguments as
+        PostgreSQL renders them, which is valid SQL)."""
+        if self.kind not in {k.value for k in Kind}:
+            raise ValueError(f"we never drop a {self.kind}")
+        return statements.target(self.kind, self.key, self.identity_args if self.kind in _ROUTINES else None)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, MutableMapping, MutableSequence, 
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 
+from . import statements
 from .errors import DeclarationError
 from .identifiers import check_identifier, qualified, quote_ident
 from .keys import Key, Kind
@@ -78,16 +79,11 @@ class Declared:
 
     def drop_statement(self) -> str:
         """``DROP …`` of this object as declared (never ``CASCADE``)."""
-        return f"DROP {self.comment_target()}"
+        return statements.drop(self.kind, self.key)
 
     def comment_target(self) -> str:
         """The object as ``COMMENT ON`` names it."""
-        if self.kind is Kind.TRIGGER:
-            assert self.trigger_table is not None
-            return f"TRIGGER {quote_ident(self.key.name)} ON {qualified(*self.trigger_table)}"
-        if self.kind in (Kind.FUNCTION, Kind.PROCEDURE):
-            return f"{self.kind.sql_name} {qualified(self.key.schema, self.key.name)}({self.key.extra})"
-        return f"{self.kind.sql_name} {qualified(self.key.schema, self.key.name)}"
+        return statements.target(self.kind, self.key)
 
 
 _CONTAINERS = (MutableSet, MutableMapping, MutableSequence)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 
+from . import statements
 from .declared import Declared
 from .identifiers import qualified, quote_ident, quote_literal
 from .keys import Key, Kind
@@ -151,7 +152,7 @@ def consume_and_refresh_statement(view: Key, *, concurrently: bool) -> str:
     same view; a view without marks left (that worker consumed them) is not refreshed again.
     """
     table = marks_table(view.schema)
-    refresh = f"REFRESH MATERIALIZED VIEW {'CONCURRENTLY ' if concurrently else ''}{qualified(view.schema, view.name)}"
+    refresh = statements.refresh(view.schema, view.name, concurrently=concurrently)
     body = (
         f"PERFORM pg_catalog.pg_advisory_xact_lock({LOCK_NAMESPACE}, {view_lock_key(view)});\n"
         f"DELETE FROM {table} WHERE view_schema = {quote_literal(view.schema)} "

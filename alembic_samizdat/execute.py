@@ -213,21 +213,41 @@ _ALREADY_EXISTS = {"42723", "42P07", "42710"}
 def _describe_failure(
     action: Action | None, exc: DBAPIError, sql: str, connection: Connection | None = None
 ) -> ExecutionError:
-    message = f"{failed_subject(action)} failed: {first_line(exc)}"
+    return translate_error(
+        exc,
+        sql,
+        subject=failed_subject(action),
+        context=PrivilegeContext.of(action) if action is not None else PrivilegeContext(),
+        action=action,
+        connection=connection,
+    )
+
+
+def translate_error(
+    exc: DBAPIError,
+    sql: str,
+    *,
+    subject: str,
+    context: PrivilegeContext,
+    action: Action | None = None,
+    connection: Connection | None = None,
+    tail: str = "",
+) -> ExecutionError:
+    """The one translation of a database error into ours, for every front (sync, the API, Alembic operations):
+    ``<subject> failed: <the server's first line>``, naming a missing privilege and the GRANT that fixes it, a
+    lock wait that expired, or a name taken; ``tail`` says what became of the transaction."""
+    message = f"{subject} failed: {first_line(exc)}"
+    end = f". {tail}" if tail else ""
+    described = action.describe() if action is not None else subject
     if sqlstate(exc) == INSUFFICIENT_PRIVILEGE:
-        context = PrivilegeContext.of(action) if action is not None else PrivilegeContext()
         missing = missing_privilege(exc, context, connection)
-        return missing.error(
-            f"{message}. {missing.sentence()}",
-            sql=sql,
-            action=action.describe() if action else "",
-        )
+        return missing.error(f"{message}. {missing.sentence()}{end}", sql=sql, action=described)
     if sqlstate(exc) == "55P03":
         return LockTimeoutError(
             message + " (lock_timeout expired while waiting for a lock on this object or one it reads; "
-            "another session holds it — retry later, or raise --lock-timeout)",
+            f"another session holds it — retry later, or raise --lock-timeout){end}",
             sql=sql,
-            action=action.describe() if action else "",
+            action=described,
         )
     if _constraint_name_taken(action, exc):
         assert action is not None and action.declared is not None and action.declared.trigger_table is not None
@@ -236,7 +256,7 @@ def _describe_failure(
             f"{action.key.name!r}, and a constraint trigger's name is also a constraint name of its table. Set "
             "another trigger_name. Nothing of this action was kept",
             sql=sql,
-            action=action.describe(),
+            action=described,
         )
     if sqlstate(exc) in _ALREADY_EXISTS and action is not None and action.verb is Verb.CREATE:
         return ExecutionError(
@@ -244,9 +264,9 @@ def _describe_failure(
             "catalog query could not match it by name, e.g. a function whose argument types are spelt "
             "differently). Rename the samizdat, or drop the existing object yourself",
             sql=sql,
-            action=action.describe(),
+            action=described,
         )
-    return ExecutionError(message, sql=sql, action=action.describe() if action else "")
+    return ExecutionError(message + end, sql=sql, action=described if action is not None else "")
 
 
 def failed_subject(action: Action | None) -> str:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine
 
-from . import pinned
+from . import pinned, statements
 from .errors import (
     InvalidIdentifierError,
     MatviewError,
@@ -220,7 +220,7 @@ def refresh_matview(conn: Connection, name: MatviewName, *, concurrently: bool =
     target = quote_matview_name(name)
     if concurrently:
         _check_concurrently(conn, target)
-    _send(conn, f"REFRESH MATERIALIZED VIEW{' CONCURRENTLY' if concurrently else ''} {target}")
+    _send(conn, statements.refresh_named(target, concurrently=concurrently))
 
 
 def drop_matview(conn: Connection, name: MatviewName, *, if_exists: bool = True, cascade: bool = False) -> None:
@@ -229,8 +229,7 @@ def drop_matview(conn: Connection, name: MatviewName, *, if_exists: bool = True,
     Without ``cascade`` (the default) PostgreSQL refuses when other objects depend on the view.
     """
     target = quote_matview_name(name)
-    head = "DROP MATERIALIZED VIEW IF EXISTS" if if_exists else "DROP MATERIALIZED VIEW"
-    _send(conn, f"{head} {target}{' CASCADE' if cascade else ''}")
+    _send(conn, statements.drop_matview_named(target, if_exists=if_exists, cascade=cascade))
 
 
 def list_matviews(conn: Connection, *, schema: str | None = "public") -> list[MatviewInfo]:

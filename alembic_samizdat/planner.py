@@ -19,15 +19,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from . import statements as stmt
 from .catalog import DatabaseState, DbObject
 from .compat.dbsamizdat_format import HASH_PREFIX, dbsamizdat_hash, is_dbsamizdat
 from .declared import Declared
 from .errors import NameClashError, UnmanagedDependentError
 from .graph import Graph, reachable, topological_order
-from .identifiers import qualified, quote_ident
 from .keys import Key, Kind, in_arguments, normalize_signature
 from .preserve import capture_statement, restore_statement
-from .signature import clear_stale_statement, definition_hash, mark_stale_statement, sign_statement
+from .signature import clear_stale_statement, definition_hash, mark_stale_statement, sign_statement, signature_text
 from .swap import SWAPPED, Build, build_beside
 
 
@@ -92,11 +92,30 @@ class Action:
     unit: int | None = None
     #: The object whose recreate or drop brings this one along (``None`` when the object itself differs).
     cause: Key | None = None
+    # What the fronts need besides the statements (the Alembic comparator maps these to operations):
+    #: The object as the catalog has it, for drops, replacements and re-grants.
+    old: DbObject | None = None
+    #: The object's ``DROP`` statement: for a drop, the one it runs; for a create or a replacement, the one
+    #: that undoes it.
+    drop: str | None = None
+    #: The GRANT and REVOKE statements among ``statements``.
+    grants: tuple[str, ...] = ()
+    #: For a re-grant: the GRANT and REVOKE statements that undo it.
+    undo: tuple[str, ...] = ()
+    #: The signature scope and resolved dependencies the object is signed with (see :meth:`signature`).
+    scope: str | None = None
+    deps: tuple[Key, ...] = ()
 
     @property
     def sql(self) -> str:
         """The statements as one batch."""
         return "\n;\n".join(self.statements) + "\n;"
+
+    def signature(self) -> str | None:
+        """The signature the object gets, without its SQL (as a revision stores it); ``None`` for drops."""
+        if self.declared is None or self.scope is None:
+            return None
+        return signature_text(self.declared, self.scope, include_sql=False, deps=self.deps)
 
     def describe(self) -> str:
         """``create view "public"."v" (module.V): missing from the database``."""
@@ -221,17 +240,8 @@ def grant_statements(
     item: Declared, to_grant: Iterable[tuple[str, str]], to_revoke: Iterable[tuple[str, str]]
 ) -> list[str]:
     """GRANT / REVOKE statements for ``item``."""
-    target = (
-        f"{item.kind.sql_name} {qualified(item.key.schema, item.key.name)}({item.key.extra})"
-        if item.kind in (Kind.FUNCTION, Kind.PROCEDURE)
-        else f"TABLE {qualified(item.key.schema, item.key.name)}"
-    )
-
-    def who(role: str) -> str:
-        return "PUBLIC" if role == "PUBLIC" else quote_ident(role)
-
-    out = [f"GRANT {privilege} ON {target} TO {who(role)}" for role, privilege in to_grant]
-    out += [f"REVOKE {privilege} ON {target} FROM {who(role)}" for role, privilege in to_revoke]
+    out = [stmt.grant(item.kind, item.key, role, privilege) for role, privilege in to_grant]
+    out += [stmt.revoke(item.kind, item.key, role, privilege) for role, privilege in to_revoke]
     return out
 
 
@@ -491,6 +501,8 @@ def plan_sync(
                 reasons[key],
                 captures=capture is not None,
                 cause=causes.get(key),
+                old=obj,
+                drop=obj.drop_statement(),
             )
         )
     to_create = [k for k in graph.order if k not in managed or k in to_drop or k in replaced]
@@ -512,26 +524,44 @@ def plan_sync(
             # Grants, owner and whatever users attached stay with the object; only declared grants change.
             to_grant, to_revoke, _ = grant_changes(item, managed[key])
             above = sorted(reachable([key], lambda k: graph.dependents.get(k, ())) & outdated)
+            grants = tuple(grant_statements(item, to_grant, to_revoke))
             statements = (
                 item.replace_sql,
                 sign_statement(item, scope, graph.deps.get(key, ())),
-                *grant_statements(item, to_grant, to_revoke),
+                *grants,
                 *(mark_stale_statement(k) for k in above),
             )
             why = f"{reasons[key]}: {REPLACED_IN_PLACE}"
-            creates.append(Action(Verb.REPLACE, key, item.kind.value, item.label, statements, why, item))
+            creates.append(
+                Action(
+                    Verb.REPLACE,
+                    key,
+                    item.kind.value,
+                    item.label,
+                    statements,
+                    why,
+                    item,
+                    old=managed[key],
+                    drop=item.drop_statement(),
+                    grants=grants,
+                    scope=scope,
+                    deps=tuple(graph.deps.get(key, ())),
+                )
+            )
             continue
         build = swaps.get(key)
         head = build.move_in(item) if build is not None else (item.sql,)
         statements = (*head, sign_statement(item, scope, graph.deps.get(key, ())))
         if key in recreated and capture_statement(managed[key].kind, managed[key].comment_target()):
             statements = (*statements, restore_statement(managed[key].comment_target()))
+        grants = ()
         if item.grants or key in managed:
             # After the restore: declared grants win, grants no longer declared are revoked.
             old_signature = managed[key].signature if key in managed else None
             previous = set(old_signature.grants) if old_signature is not None else set()
             revoke = sorted(previous - set(item.grants))
-            statements = (*statements, *grant_statements(item, item.grants, revoke))
+            grants = tuple(grant_statements(item, item.grants, revoke))
+            statements = (*statements, *grants)
         creates.append(
             Action(
                 Verb.CREATE,
@@ -542,6 +572,10 @@ def plan_sync(
                 f"{reasons[key]}: {SWAPPED}" if build is not None else reasons.get(key, "missing from the database"),
                 item,
                 cause=causes.get(key),
+                drop=item.drop_statement(),
+                grants=grants,
+                scope=scope,
+                deps=tuple(graph.deps.get(key, ())),
             )
         )
     builds = [
@@ -612,11 +646,24 @@ def plan_sync(
             continue
         to_grant, to_revoke, resign = grant_changes(item, managed[key])
         if to_grant or to_revoke or resign:
-            statements = (
-                *grant_statements(item, to_grant, to_revoke),
-                sign_statement(item, scope, graph.deps.get(key, ())),
+            grants = tuple(grant_statements(item, to_grant, to_revoke))
+            statements = (*grants, sign_statement(item, scope, graph.deps.get(key, ())))
+            actions.append(
+                Action(
+                    Verb.GRANT,
+                    key,
+                    item.kind.value,
+                    item.label,
+                    statements,
+                    "grants differ",
+                    item,
+                    old=managed[key],
+                    grants=grants,
+                    undo=tuple(grant_statements(item, to_revoke, to_grant)),
+                    scope=scope,
+                    deps=tuple(graph.deps.get(key, ())),
+                )
             )
-            actions.append(Action(Verb.GRANT, key, item.kind.value, item.label, statements, "grants differ", item))
     return Plan(tuple(differences), tuple(actions), tuple(undeclared_dependency_warnings(graph, state)))
 
 
@@ -722,7 +769,7 @@ def checkpoint_units(actions: Sequence[Action]) -> list[tuple[Action, ...]]:
 
 def refresh_statement(key: Key, *, concurrently: bool = False) -> str:
     """``REFRESH MATERIALIZED VIEW [CONCURRENTLY] "s"."v"``."""
-    return f"REFRESH MATERIALIZED VIEW{' CONCURRENTLY' if concurrently else ''} {qualified(key.schema, key.name)}"
+    return stmt.refresh(key.schema, key.name, concurrently=concurrently)
 
 
 def _refuse_unmanaged_dependents(to_drop: Iterable[Key], state: DatabaseState, keeps: set[Key] | None = None) -> None:

@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from . import statements
 from .declared import Declared
 from .identifiers import qualified, quote_ident, quote_literal
 from .keys import Key, Kind
@@ -136,7 +137,7 @@ def stamp_statement(target: str, key: Key, comment: str) -> str:
     for stale_key in ("dx", "fp", "stale"):
         body.pop(stale_key, None)
     if key.namespace != "function":
-        return f"COMMENT ON {target} IS {quote_literal(json.dumps(body, separators=(',', ':'), ensure_ascii=True))}"
+        return statements.comment(target, json.dumps(body, separators=(",", ":"), ensure_ascii=True))
     sql = body.pop("sql", None)
     head = json.dumps(body, separators=(",", ":"), ensure_ascii=True)
     tail = ("," + json.dumps({"sql": sql}, separators=(",", ":"), ensure_ascii=True)[1:]) if sql is not None else "}"

@@ -17,16 +17,16 @@ from alembic.autogenerate.api import AutogenContext
 from alembic.operations import ops as alembic_ops
 from sqlalchemy import MetaData
 
+from .. import statements
 from ..catalog import DatabaseState, read_state
 from ..deferred import MARKS_TABLE
 from ..execute import plan_asking_postgres
 from ..graph import Graph
 from ..grouping import action_entries, grouped, owner
-from ..identifiers import quote_literal
 from ..keys import Key, Kind
-from ..planner import Plan, Verb, grant_changes, grant_statements, plan_sync
+from ..planner import Action, Plan, Verb, plan_sync
 from ..registry import SamizdatRegistry
-from ..signature import signature_text, without_sql
+from ..signature import without_sql
 from .ops import CreateSamizdatOp, DropSamizdatOp, RefreshSamizdatOp, RegrantSamizdatOp, ReplaceSamizdatOp
 
 log = logging.getLogger("alembic.samizdat")
@@ -147,7 +147,8 @@ def _above(graph: Graph, key: Key) -> set[Key]:
 
 
 def plan_to_ops(plan: Plan, graph: Graph, state: DatabaseState) -> tuple[list[Any], list[Any]]:
-    """(drop ops, create-and-refresh ops) of a plan, in execution order."""
+    """(drop ops, create-and-refresh ops) of a plan, in execution order: each action's fields, mapped to an
+    operation (operations are data, as in Alembic)."""
     drops: list[Any] = []
     creates: list[Any] = []
     created = {a.key for a in plan.actions if a.verb is Verb.CREATE}
@@ -155,17 +156,14 @@ def plan_to_ops(plan: Plan, graph: Graph, state: DatabaseState) -> tuple[list[An
         name = action.key.display()
         before = len(drops) + len(creates)
         if action.verb is Verb.DROP:
-            obj = state.managed[action.key]
-            restore, restore_signature = None, None
-            if obj.comment is not None and obj.signature is not None:
-                restore_signature, restore = without_sql(obj.comment)
+            restore, restore_signature = _restore(action)
             declared = graph.nodes.get(action.key)
             with_data = action.kind == Kind.MATVIEW.value and (declared.with_data if declared else True)
             drops.append(
                 DropSamizdatOp(
                     action.kind,
                     name,
-                    obj.drop_statement(),
+                    action.drop,
                     restore=restore,
                     restore_signature=restore_signature,
                     restore_with_data=with_data,
@@ -180,20 +178,17 @@ def plan_to_ops(plan: Plan, graph: Graph, state: DatabaseState) -> tuple[list[An
                     item.kind.value,
                     name,
                     item.sql,
-                    signature=signature_text(item, state.scope, include_sql=False, deps=graph.deps.get(item.key, ())),
-                    drop=item.drop_statement(),
+                    signature=action.signature(),
+                    drop=action.drop,
                     with_data=item.kind is Kind.MATVIEW and item.with_data,
-                    grants="\n;\n".join(st for st in action.statements if st.startswith(("GRANT ", "REVOKE "))) or None,
+                    grants="\n;\n".join(action.grants) or None,
                     reason=action.reason,
                 )
             )
         elif action.verb is Verb.REPLACE:
             assert action.declared is not None
             item = action.declared
-            obj = state.managed[action.key]
-            restore, restore_signature = None, None
-            if obj.comment is not None and obj.signature is not None:
-                restore_signature, restore = without_sql(obj.comment)
+            restore, restore_signature = _restore(action)
             # The way back must refresh what reads it after replacing it; the upgrade's refresh operations run
             # after this one, so in the downgrade they run before it.
             above = _above(graph, action.key)
@@ -205,9 +200,9 @@ def plan_to_ops(plan: Plan, graph: Graph, state: DatabaseState) -> tuple[list[An
                     item.kind.value,
                     name,
                     item.sql,
-                    signature=signature_text(item, state.scope, include_sql=False, deps=graph.deps.get(item.key, ())),
-                    drop=item.drop_statement(),
-                    grants="\n;\n".join(st for st in action.statements if st.startswith(("GRANT ", "REVOKE "))) or None,
+                    signature=action.signature(),
+                    drop=action.drop,
+                    grants="\n;\n".join(action.grants) or None,
                     restore=restore,
                     restore_signature=restore_signature,
                     reason=action.reason,
@@ -215,12 +210,9 @@ def plan_to_ops(plan: Plan, graph: Graph, state: DatabaseState) -> tuple[list[An
                 )
             )
         elif action.verb is Verb.GRANT:
-            assert action.declared is not None
-            obj = state.managed[action.key]
-            to_grant, to_revoke, _ = grant_changes(action.declared, obj)
-            undo = grant_statements(action.declared, to_revoke, to_grant)
-            if obj.comment is not None:
-                undo.append(f"COMMENT ON {obj.comment_target()} IS {quote_literal(obj.comment)}")
+            undo = list(action.undo)
+            if action.old is not None and action.old.comment is not None:
+                undo.append(statements.comment(action.old.comment_target(), action.old.comment))
             regrant = RegrantSamizdatOp(action.kind, name, action.sql, reverse_sql="\n;\n".join(undo) + "\n;")
             regrant.reason = action.reason
             creates.append(regrant)
@@ -233,6 +225,15 @@ def plan_to_ops(plan: Plan, graph: Graph, state: DatabaseState) -> tuple[list[An
             made = drops[-1] if action.verb is Verb.DROP else creates[-1]
             made.generated_for = graph.nodes[top].label
     return drops, creates
+
+
+def _restore(action: Action) -> tuple[str | None, str | None]:
+    """(SQL, signature) the downgrade recreates the old object from: what its signature recorded."""
+    obj = action.old
+    if obj is None or obj.comment is None or obj.signature is None:
+        return None, None
+    signature, sql = without_sql(obj.comment)
+    return sql, signature
 
 
 def compare_samizdats(autogen_context: AutogenContext, upgrade_ops: alembic_ops.UpgradeOps, schemas: Any) -> Any:

@@ -14,12 +14,12 @@ from typing import Any
 from alembic.operations import MigrateOperation, Operations
 from sqlalchemy.exc import DBAPIError
 
+from .. import statements
 from ..declared import or_replace
-from ..errors import ExecutionError, first_line
-from ..execute import collect_notices, sqlstate
+from ..execute import collect_notices, translate_error
 from ..keys import Key, Kind
 from ..preserve import capture_statement, restore_statement
-from ..privileges import INSUFFICIENT_PRIVILEGE, PrivilegeContext, missing_privilege
+from ..privileges import PrivilegeContext
 from ..signature import stamp_statement, with_sql
 
 log = logging.getLogger("alembic.samizdat")
@@ -43,16 +43,9 @@ def run_sql(operations: Operations, sql: str, *, what: PrivilegeContext | None =
         if what is None:
             raise
         label = f"{what.verb} {what.kind} {what.key.display() if what.key else ''}".rstrip()
-        if sqlstate(exc) != INSUFFICIENT_PRIVILEGE:
-            raise ExecutionError(
-                f"{label} failed: {first_line(exc)}. The migration's transaction is rolled back", sql=sql, action=label
-            ) from exc
         # Inside the migration's (now failed) transaction the server cannot be asked: the context tells.
-        missing = missing_privilege(exc, what, bind)
-        raise missing.error(
-            f"{label} failed: {first_line(exc)}. {missing.sentence()}. The migration's transaction is rolled back",
-            sql=sql,
-            action=label,
+        raise translate_error(
+            exc, sql, subject=label, context=what, connection=bind, tail="The migration's transaction is rolled back"
         ) from exc
 
 
@@ -72,7 +65,7 @@ def create_batch(kind: str, name: str, sql: str | None, signature: str | None, d
             f"cannot create {kind} {name}: this revision holds no definition for it (it was not recorded when the "
             "revision was generated); recreate it with `samizdat sync`"
         )
-    target = drop.strip().rstrip(";").removeprefix("DROP ")
+    target = statements.target_of_drop(drop)
     comment = with_sql(signature, sql)
     # The key recorded in the signature finds the object again to fingerprint it (see signature.stamp_statement).
     key = Key(*json.loads(comment)["key"])
@@ -322,7 +315,7 @@ def replace_batch(kind: str, name: str, sql: str | None, signature: str | None, 
     replacing = or_replace(sql, Kind(kind), key)
     if replacing is None:
         raise RuntimeError(f"cannot replace {kind} {name} in place: its SQL does not start as its kind's CREATE does")
-    target = drop.strip().rstrip(";").removeprefix("DROP ")
+    target = statements.target_of_drop(drop)
     return f"{replacing}\n;\n{stamp_statement(target, key, comment)};"
 
 
@@ -378,7 +371,7 @@ def _captured(operations: Operations, target: str) -> bool:
 
 
 def _target(drop: str | None) -> str | None:
-    return drop.strip().rstrip(";").removeprefix("DROP ") if drop else None
+    return statements.target_of_drop(drop) if drop else None
 
 
 @Operations.register_operation("regrant_samizdat")
@@ -430,7 +423,7 @@ def _create(operations: Operations, op: CreateSamizdatOp) -> None:
     if op.grants:
         run_sql(operations, op.grants.rstrip().rstrip(";") + ";", what=what)
     if op.with_data and op.kind == "matview":
-        run_sql(operations, f"REFRESH MATERIALIZED VIEW {op.name};", what=_context("refresh", op.kind, op.signature))
+        run_sql(operations, statements.refresh_named(op.name) + ";", what=_context("refresh", op.kind, op.signature))
 
 
 @Operations.implementation_for(ReplaceSamizdatOp)
