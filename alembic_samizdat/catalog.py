@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
@@ -431,26 +432,55 @@ def _grants(acl: str) -> frozenset[tuple[str, str]]:
     return frozenset((str(g[0]), str(g[1])) for g in json.loads(acl))
 
 
-def build_state(
-    scope: str, rows: Iterable[tuple[object, ...]], *, adopt_keys: list[Key] | None = None
-) -> DatabaseState:
+class CatalogRow(NamedTuple):
+    """One row of :data:`CATALOG_SQL`, by name: an ``obj`` row (a signed object, or an object a declared name
+    hits), a ``dep`` row (an object that depends on a signed one), or a ``pin`` row (the search_path pin's
+    result). Columns a row does not carry are ``None``; hand-made rows (tests) may stop after the ones they need."""
+
+    row: str
+    classid: str | None = None
+    oid: int | None = None
+    kind: str | None = None
+    schema: str | None = None
+    name: str | None = None
+    extra: str | None = None
+    comment: str | None = None
+    populated: bool | None = None
+    #: ``dep`` rows: the dependent object, and whether PostgreSQL drops it with the signed one on its own.
+    dep_classid: str | None = None
+    dep_oid: int | None = None
+    dep_description: str | None = None
+    dep_auto: bool | None = None
+    #: ``obj`` rows, read for signed objects: the ACL, whether a drop would lose something, the fingerprint
+    #: (only when the row was rewritten after signing), whether it was rewritten after signing, whether the
+    #: running role has the owner's privileges, the owner, and whether a trigger is a constraint trigger.
+    acl: str | None = None
+    keeps: bool | None = None
+    fingerprint: str | None = None
+    moved: bool | None = None
+    trusted: bool | None = None
+    owner: str | None = None
+    is_constraint: bool | None = None
+
+
+def build_state(scope: str, rows: Iterable[Sequence[object]], *, adopt_keys: list[Key] | None = None) -> DatabaseState:
     """Turn catalog rows into a :class:`DatabaseState` (pure; split out so it is testable without a server)."""
     managed: dict[Key, DbObject] = {}
     others: list[DbObject] = []
     deps: dict[tuple[str, int], list[Dependent]] = defaultdict(list)
-    for row in rows:
-        kind_row = str(row[0])
-        if kind_row == "pin":
+    for raw in rows:
+        row = raw if isinstance(raw, CatalogRow) else CatalogRow(*raw)  # type: ignore[arg-type]
+        if row.row == "pin":
             continue
-        classid, oid = str(row[1]), int(row[2])  # type: ignore[call-overload]
-        if kind_row == "dep":
+        classid, oid = str(row.classid), int(row.oid or 0)
+        if row.row == "dep":
             deps[(classid, oid)].append(
-                Dependent(str(row[9]), int(row[10]), str(row[11]), len(row) > 12 and bool(row[12]))  # type: ignore[call-overload]
+                Dependent(str(row.dep_classid), int(row.dep_oid or 0), str(row.dep_description), bool(row.dep_auto))
             )
             continue
-        kind, schema, name, extra = str(row[3]), str(row[4]), str(row[5]), str(row[6])
-        comment = None if row[7] is None else str(row[7])
-        populated = bool(row[8])
+        kind, schema, name, extra = str(row.kind), str(row.schema), str(row.name), str(row.extra)
+        comment = row.comment
+        populated = bool(row.populated)
         namespace = "relation" if classid == "pg_class" else "function" if classid == "pg_proc" else kind
         signature: sig.Signature | None = None
         malformed: str | None = None
@@ -465,12 +495,13 @@ def build_state(
         elif adopt_keys is not None and is_dbsamizdat(comment):
             assert comment is not None
             signature = _adopted(comment, namespace, kind, schema, name, extra, scope, adopt_keys)
-        if signature is not None and len(row) > 17 and row[17] is not None and not row[17]:
+        trusted = row.trusted is None or bool(row.trusted)
+        if signature is not None and not trusted:
             # Anyone may sign an object of their own with a text copied from our source: a signature counts
             # only on an object whose owner's privileges the running role has (it could have made it).
             malformed = (
-                f"signed, but owned by role {quote_ident(str(row[18]))}, whose privileges the running role does not "
-                "have: not trusted as ours (a copied signature?)"
+                f"signed, but owned by role {quote_ident(str(row.owner))}, whose privileges the running role does "
+                "not have: not trusted as ours (a copied signature?)"
             )
             signature = None
         if signature is not None:
@@ -481,8 +512,6 @@ def build_state(
             if real != claimed or (namespace == "trigger" and signature.key.extra != extra):
                 # Renamed behind our back: still ours, but under its real name, so it reads as excess.
                 key_extra = extra if namespace != "function" else signature.key.extra + "\x00renamed"
-        acl = row[13] if len(row) > 13 else None
-        grants = _grants(str(acl)) if acl is not None else None
         obj = DbObject(
             Key(namespace, schema, name, key_extra),
             kind,
@@ -493,13 +522,13 @@ def build_state(
             malformed,
             populated,
             extra if namespace == "function" else "",
-            grants,
-            (None if row[14] is None else bool(row[14])) if len(row) > 14 else None,
-            None if len(row) <= 15 or row[15] is None else str(row[15]),
-            len(row) > 16 and bool(row[16]),
-            len(row) <= 17 or row[17] is None or bool(row[17]),
-            None if len(row) <= 18 or row[18] is None else str(row[18]),
-            len(row) > 19 and bool(row[19]),
+            _grants(str(row.acl)) if row.acl is not None else None,
+            None if row.keeps is None else bool(row.keeps),
+            None if row.fingerprint is None else str(row.fingerprint),
+            bool(row.moved),
+            trusted,
+            None if row.owner is None else str(row.owner),
+            bool(row.is_constraint),
         )
         if signature is not None and signature.scope == scope and kind in _KINDS:
             managed[obj.key] = obj

@@ -27,7 +27,7 @@ from alembic_samizdat import (
     SamizdatTrigger,
     SamizdatView,
 )
-from alembic_samizdat.catalog import DatabaseState, build_state
+from alembic_samizdat.catalog import CatalogRow, DatabaseState, build_state
 from alembic_samizdat.declared import Declared
 from alembic_samizdat.model import Samizdat
 from alembic_samizdat.signature import signature_text
@@ -407,7 +407,7 @@ def obj_row(
     name: str | None = None,
     extra: str | None = None,
     populated: bool = True,
-) -> tuple[Any, ...]:
+) -> CatalogRow:
     """A catalog ``obj`` row as :data:`alembic_samizdat.catalog.CATALOG_SQL` returns it.
 
     By default the row is ``declared`` signed by ``scope``; ``comment`` overrides the signature.
@@ -422,12 +422,14 @@ def obj_row(
             comment = signature_text(declared, scope)
     assert kind is not None and schema is not None and name is not None
     classid = {"function": "pg_proc", "trigger": "pg_trigger"}.get(kind, "pg_class")
-    return ("obj", classid, oid, kind, schema, name, extra or "", comment, populated, None, None, None)
+    return CatalogRow("obj", classid, oid, kind, schema, name, extra or "", comment, populated)
 
 
-def dep_row(ref_classid: str, ref_oid: int, dep_classid: str, dep_oid: int, description: str) -> tuple[Any, ...]:
+def dep_row(ref_classid: str, ref_oid: int, dep_classid: str, dep_oid: int, description: str) -> CatalogRow:
     """A catalog ``dep`` row: ``dep_*`` depends on ``ref_*``."""
-    return ("dep", ref_classid, ref_oid, None, None, None, None, None, None, dep_classid, dep_oid, description)
+    return CatalogRow(
+        "dep", ref_classid, ref_oid, dep_classid=dep_classid, dep_oid=dep_oid, dep_description=description
+    )
 
 
 def state_of(rows_: Iterable[tuple[Any, ...]], scope: str = "default") -> DatabaseState:
