@@ -137,6 +137,14 @@ def matview_stack(factor: int) -> SamizdatRegistry:
     return registry
 
 
+def fresh_database(admin: sa.Engine, base_url: sa.URL, name: str) -> sa.URL:
+    """An empty database ``name`` (dropped first if it exists), and its URL."""
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    return base_url.set(database=name)
+
+
 @dataclass
 class SwapRow:
     scenario: str
@@ -156,11 +164,7 @@ def matview_rounds(args: argparse.Namespace, admin: sa.Engine, base_url: sa.URL)
             ("sync, swapped in (jumbo)", "jumbo", True),
             ("sync --no-swap (rebuilt where it stands)", "checkpoint", False),
         ):
-            name = f"live_deploy_mv_{round_}"
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-            url = base_url.set(database=name)
+            url = fresh_database(admin, base_url, f"live_deploy_mv_{round_}")
             engine = sa.create_engine(url)
             with engine.begin() as conn:
                 conn.exec_driver_sql("CREATE TABLE facts (id bigint PRIMARY KEY, v int NOT NULL)")
@@ -307,11 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(args.repeat):
             for change, template in (("columns kept", KEPT), ("column dropped", DROPPED)):
                 for scenario in ("rebuilt per statement", "sync checkpoint", "sync jumbo", "alembic upgrade"):
-                    name = f"live_deploy_{round_}"
-                    with admin.connect() as conn:
-                        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-                    url = base_url.set(database=name)
+                    url = fresh_database(admin, base_url, f"live_deploy_{round_}")
                     engine = sa.create_engine(url)
                     start = KEPT.format(rows=args.rows, floor=0)
                     new = template.format(rows=args.rows, floor=args.rows // 2)
