@@ -65,6 +65,12 @@ def refresh_named(name: str, *, concurrently: bool = False) -> str:
     return f"REFRESH MATERIALIZED VIEW{' CONCURRENTLY' if concurrently else ''} {name}"
 
 
+def set_schema(kind: Kind | str, key: Key, schema: str) -> str:
+    """``ALTER … SET SCHEMA``: move the object ``key`` names into ``schema`` (a relation keeps its name, indexes
+    and rules)."""
+    return f"ALTER {target(kind, key)} SET SCHEMA {quote_ident(schema)}"
+
+
 def drop_matview_named(name: str, *, if_exists: bool, cascade: bool) -> str:
     """``DROP MATERIALIZED VIEW [IF EXISTS] name [CASCADE]`` of a view named as SQL (the helpers for views that
     are not ours: ``CASCADE`` only when the caller asks for it)."""

@@ -27,6 +27,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from . import statements
 from .declared import Declared
 from .identifiers import qualified, quote_ident
 from .keys import Kind
@@ -60,10 +61,8 @@ class Build:
 
     def move_in(self, item: Declared) -> tuple[str, str]:
         """Move the built view into place (after the old one is dropped), and drop the emptied schema."""
-        return (
-            f"ALTER MATERIALIZED VIEW {qualified(self.schema, item.key.name)} SET SCHEMA {quote_ident(item.key.schema)}",
-            f"DROP SCHEMA {quote_ident(self.schema)}",
-        )
+        built = item.key._replace(schema=self.schema)
+        return (statements.set_schema(Kind.MATVIEW, built, item.key.schema), f"DROP SCHEMA {quote_ident(self.schema)}")
 
 
 def swap_schema(item: Declared) -> str:
