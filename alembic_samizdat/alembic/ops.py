@@ -60,16 +60,23 @@ def _context(verb: str, kind: str, signature: str | None) -> PrivilegeContext:
 
 def create_batch(kind: str, name: str, sql: str | None, signature: str | None, drop: str | None) -> str:
     """The template, then the signature comment (the object named as its DROP statement names it)."""
+    sql, _, sign = _signed("create", kind, name, sql, signature, drop)
+    return f"{sql}\n;\n{sign};"
+
+
+def _signed(
+    verb: str, kind: str, name: str, sql: str | None, signature: str | None, drop: str | None
+) -> tuple[str, Key, str]:
+    """(the template, the key its signature records, the statement that signs it) of a revision's operation."""
     if sql is None or signature is None or drop is None:
         raise RuntimeError(
-            f"cannot create {kind} {name}: this revision holds no definition for it (it was not recorded when the "
+            f"cannot {verb} {kind} {name}: this revision holds no definition for it (it was not recorded when the "
             "revision was generated); recreate it with `samizdat sync`"
         )
-    target = statements.target_of_drop(drop)
     comment = with_sql(signature, sql)
     # The key recorded in the signature finds the object again to fingerprint it (see signature.stamp_statement).
     key = Key(*json.loads(comment)["key"])
-    return f"{sql}\n;\n{stamp_statement(target, key, comment)};"
+    return sql, key, stamp_statement(statements.target_of_drop(drop), key, comment)
 
 
 class SamizdatDiff(tuple[str, str, str]):
@@ -305,18 +312,11 @@ class ReplaceSamizdatOp(MigrateOperation):
 
 def replace_batch(kind: str, name: str, sql: str | None, signature: str | None, drop: str | None) -> str:
     """``CREATE OR REPLACE …`` of the template, then the signature (recording the template as written)."""
-    if sql is None or signature is None or drop is None:
-        raise RuntimeError(
-            f"cannot replace {kind} {name}: this revision holds no definition for it (it was not recorded when the "
-            "revision was generated); recreate it with `samizdat sync`"
-        )
-    comment = with_sql(signature, sql)
-    key = Key(*json.loads(comment)["key"])
+    sql, key, sign = _signed("replace", kind, name, sql, signature, drop)
     replacing = or_replace(sql, Kind(kind), key)
     if replacing is None:
         raise RuntimeError(f"cannot replace {kind} {name} in place: its SQL does not start as its kind's CREATE does")
-    target = statements.target_of_drop(drop)
-    return f"{replacing}\n;\n{stamp_statement(target, key, comment)};"
+    return f"{replacing}\n;\n{sign};"
 
 
 @Operations.register_operation("refresh_samizdat")

@@ -34,6 +34,17 @@ def _why(reason: str | None) -> str:
     return f"# {' '.join(reason.split())}\n" if reason else ""
 
 
+def _definition(op: CreateSamizdatOp | ReplaceSamizdatOp) -> tuple[str, ...]:
+    """The arguments that define the object: kind, name, template, signature, and the DROP that undoes it."""
+    return (
+        repr(op.kind),
+        repr(op.name),
+        f"sql={literal(op.sql)}",
+        f"signature={literal(op.signature)}",
+        f"drop={literal(op.drop)}",
+    )
+
+
 @renderers.dispatch_for(CreateSamizdatOp)
 def render_create(autogen_context: AutogenContext, op: CreateSamizdatOp) -> str:
     """``op.create_samizdat(...)``."""
@@ -42,11 +53,7 @@ def render_create(autogen_context: AutogenContext, op: CreateSamizdatOp) -> str:
         _why(op.reason)
         + "op.create_samizdat"
         + _args(
-            repr(op.kind),
-            repr(op.name),
-            f"sql={literal(op.sql)}",
-            f"signature={literal(op.signature)}",
-            f"drop={literal(op.drop)}",
+            *_definition(op),
             f"with_data={op.with_data!r}",
             *([f"grants={literal(op.grants)}"] if op.grants else []),
         )
@@ -61,11 +68,7 @@ def render_replace(autogen_context: AutogenContext, op: ReplaceSamizdatOp) -> st
         _why(op.reason)
         + "op.replace_samizdat"
         + _args(
-            repr(op.kind),
-            repr(op.name),
-            f"sql={literal(op.sql)}",
-            f"signature={literal(op.signature)}",
-            f"drop={literal(op.drop)}",
+            *_definition(op),
             *([f"grants={literal(op.grants)}"] if op.grants else []),
             f"restore={literal(op.restore)}",
             f"restore_signature={literal(op.restore_signature)}",
