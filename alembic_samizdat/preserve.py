@@ -18,11 +18,10 @@ Not kept (documented): rules, extended statistics, security labels and publicati
 
 from __future__ import annotations
 
-import re
-
 from .identifiers import quote_literal
 from .keys import Kind
 from .pinned import do_block
+from .statements import read_target
 
 #: The temporary table that carries captured statements from the drop to the create (same session).
 KEEP_TABLE = "pg_temp.samizdat_keep"
@@ -34,12 +33,6 @@ MESSAGE_PREFIX = "samizdat:"
 #: index the new template no longer creates is gone, as declared.
 _NOT_FROM_TEMPLATE = "NOT i.xmin = (SELECT r.xmin FROM pg_rewrite r WHERE r.ev_class = obj LIMIT 1)"
 
-_FUNCTION = re.compile(r'^(?:DROP\s+)?(FUNCTION|PROCEDURE)\s+("(?:[^"]|"")+")\.("(?:[^"]|"")+")\((.*)\)\s*;?\s*$', re.S)
-
-
-def _unquote(ident: str) -> str:
-    return ident[1:-1].replace('""', '"')
-
 
 def capture_statement(kind: str, target: str) -> str | None:
     """The ``DO`` block that records what to restore for the object ``target`` (as ``DROP`` names it, without
@@ -50,8 +43,10 @@ def capture_statement(kind: str, target: str) -> str | None:
         f"    DELETE FROM {KEEP_TABLE} WHERE target = {label};\n"
     )
     if kind in (Kind.VIEW.value, Kind.MATVIEW.value):
-        name = target.split(" ", 1)[1] if kind == Kind.VIEW.value else target.split(" ", 2)[2]
-        kind_sql = "VIEW" if kind == Kind.VIEW.value else "MATERIALIZED VIEW"
+        read = read_target(kind, target)
+        if read is None:
+            return None
+        name, kind_sql = read.name, read.sql_kind
         body = f"""    obj := to_regclass({quote_literal(name)});
     IF obj IS NULL THEN EXIT samizdat; END IF;
     INSERT INTO {KEEP_TABLE}
@@ -98,11 +93,11 @@ def capture_statement(kind: str, target: str) -> str | None:
     WHERE d.objoid = obj AND d.classoid = 'pg_class'::regclass AND d.objsubid > 0;
 """
     elif kind in (Kind.FUNCTION.value, Kind.PROCEDURE.value):
-        match = _FUNCTION.match(target)
-        if match is None:
+        read = read_target(kind, target)
+        if read is None:
             return None
         # ALTER FUNCTION and GRANT … ON FUNCTION refuse a procedure, and the other way round.
-        routine, schema, name, args = match.group(1), _unquote(match.group(2)), _unquote(match.group(3)), match.group(4)
+        routine, schema, name, args = read.sql_kind, read.schema, read.routine, read.arguments
         body = f"""    SELECT p.oid INTO obj FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
     WHERE n.nspname = {quote_literal(schema)} AND p.proname = {quote_literal(name)}
       AND pg_get_function_identity_arguments(p.oid) = {quote_literal(args)};

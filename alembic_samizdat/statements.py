@@ -7,6 +7,9 @@ rendering of the argument types (or the declared signature, whitespace-normalise
 
 from __future__ import annotations
 
+import re
+from typing import NamedTuple
+
 from .identifiers import qualified, quote_ident, quote_literal
 from .keys import Key, Kind
 
@@ -82,3 +85,37 @@ def target_of_drop(statement: str) -> str:
     """The :func:`target` a ``DROP`` statement of :func:`drop` names: revisions written before they recorded
     the object's key carry only that statement."""
     return statement.strip().rstrip(";").removeprefix("DROP ")
+
+
+class Target(NamedTuple):
+    """A :func:`target` read back: the kind as SQL spells it, the object as SQL names it (quoted), and for a
+    function or procedure its schema, name and argument types."""
+
+    sql_kind: str
+    name: str
+    schema: str = ""
+    routine: str = ""
+    arguments: str = ""
+
+
+_ROUTINE = re.compile(r'^(FUNCTION|PROCEDURE)\s+("(?:[^"]|"")+")\.("(?:[^"]|"")+")\((.*)\)\s*;?\s*$', re.S)
+
+
+def read_target(kind: Kind | str, on: str) -> Target | None:
+    """Read back a :func:`target` of ``kind`` (capture and restore take the object as a revision names it);
+    ``None`` when it is not one."""
+    kind = Kind(kind)
+    if kind in (Kind.VIEW, Kind.MATVIEW):
+        head = f"{kind.sql_name} "
+        return Target(kind.sql_name, on[len(head) :]) if on.startswith(head) else None
+    if kind in (Kind.FUNCTION, Kind.PROCEDURE):
+        match = _ROUTINE.match(on)
+        if match is None:
+            return None
+        schema, name = (_unquote(match.group(i)) for i in (2, 3))
+        return Target(match.group(1), on, schema, name, match.group(4))
+    return None
+
+
+def _unquote(ident: str) -> str:
+    return ident[1:-1].replace('""', '"')
