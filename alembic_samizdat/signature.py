@@ -20,6 +20,29 @@ FORMAT = 1
 PREFIX = '{"' + MARK + '":'
 
 
+#: Joins a registry's scope and a tenant schema into the scope of that tenant's run (see :func:`tenant_scope`).
+#: A control character: no scope anybody types holds it, so a tenant's scope never equals a plain one.
+TENANT_SEPARATOR = "\x1f"
+
+
+def tenant_scope(scope: str, tenant: str) -> str:
+    """The scope the objects of ``tenant`` are signed with: ``scope`` and the tenant, which the signature stores
+    as two fields (``"scope"`` and ``"tenant"``), so signatures without a tenant read as before."""
+    return f"{scope}{TENANT_SEPARATOR}{tenant}"
+
+
+def split_scope(scope: str) -> tuple[str, str | None]:
+    """``(scope, tenant)`` of a scope made by :func:`tenant_scope`; ``(scope, None)`` for any other."""
+    base, sep, tenant = scope.partition(TENANT_SEPARATOR)
+    return (base, tenant) if sep else (scope, None)
+
+
+def shown_scope(scope: str) -> str:
+    """A scope for messages: ``'default'``, or ``'default' (tenant 't1')``."""
+    base, tenant = split_scope(scope)
+    return repr(base) if tenant is None else f"{base!r} (tenant {tenant!r})"
+
+
 @dataclass(frozen=True)
 class Signature:
     """A parsed signature comment."""
@@ -65,9 +88,12 @@ def signature_text(declared: Declared, scope: str, *, include_sql: bool = True, 
     Without ``include_sql`` the text is what a revision script stores; :func:`with_sql` completes it.
     """
     key = declared.key
+    base, tenant = split_scope(scope)
     body: dict[str, object] = {
         MARK: FORMAT,
-        "scope": scope,
+        "scope": base,
+        # Only tenant objects carry it: every signature written before tenants existed stays byte for byte.
+        **({"tenant": tenant} if tenant is not None else {}),
         "kind": declared.kind.value,
         "key": [key.namespace, key.schema, key.name, key.extra],
         "hash": definition_hash(declared),
@@ -189,6 +215,13 @@ def parse(comment: str) -> Signature:
     scope, kind, key, digest = body.get("scope"), body.get("kind"), body.get("key"), body.get("hash")
     if not isinstance(scope, str) or not isinstance(digest, str):
         raise MalformedSignature("scope and hash must be strings")
+    tenant = body.get("tenant")
+    if tenant is not None:
+        if not isinstance(tenant, str) or not tenant or TENANT_SEPARATOR in tenant:
+            raise MalformedSignature("tenant must be a non-empty string")
+        scope = tenant_scope(scope, tenant)
+    elif TENANT_SEPARATOR in scope:
+        raise MalformedSignature("scope must not hold a tenant separator")
     try:
         parsed_kind = Kind(str(kind))
     except ValueError:
