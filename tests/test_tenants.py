@@ -145,7 +145,7 @@ def test_fifty_tenants_and_one_blocked_by_a_users_view(engine: sa.Engine) -> Non
     result = fleet_api.sync(engine, registry_v2(), tenants=Tenants(patterns=("t__",)))
     assert [o.tenant for o in result.failed] == ["t07"]
     (failure,) = result.failed
-    assert "view t07.mine depends on view \"t07\".\"Orders\"" in failure.message, failure.message
+    assert 'view t07.mine depends on view "t07"."Orders"' in failure.message, failure.message
     assert "Nothing was changed" in failure.message
     assert len([o for o in result.outcomes if o.ok]) == 50
     columns = "SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = '{}'::regclass"
