@@ -111,6 +111,7 @@ class Tenants:
 
     def resolve(self, connection: Connection) -> list[str]:
         """The tenant schemas on this database, sorted, each once."""
+        began = not connection.in_transaction()
         found = {check_identifier(n, "tenant schema") for n in self.names}
         if self.patterns:
             rows = pinned.query(
@@ -131,8 +132,8 @@ class Tenants:
                         f"the tenant schemas query must return schema names (text) in its first column; got {row!r}"
                     )
                 found.add(check_identifier(row[0], "tenant schema from the query"))
-        if connection.in_transaction():
-            connection.rollback()
+        if began and connection.in_transaction():
+            connection.rollback()  # only a transaction of our own: never the caller's (an Alembic migration's)
         return sorted(found)
 
 

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .declared import Declared
+from .declared import Declared, declared_of
 from .identifiers import qualified, quote_ident, quote_literal
 from .keys import Key, Kind
 from .pinned import PINNED_PATH, do_block
@@ -75,11 +75,34 @@ def definition_hash(declared: Declared) -> str:
     """The hash of everything that shapes ``declared`` (computed once per declaration)."""
     cached = declared.__dict__.get("_definition_hash")
     if cached is None:
+        placeholder = placeholder_declaration(declared)
+        if placeholder is not None:
+            # A tenant's object hashes as the same class in the placeholder tenant: one hash for every tenant,
+            # so that an Alembic revision's signature fits each tenant it is applied to (docs/fleets.md).
+            cached = definition_hash(placeholder)
+            object.__setattr__(declared, "_definition_hash", cached)
+            return cached
         canonical = json.dumps(declared.fingerprint(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         cached = hashlib.sha256(canonical.encode()).hexdigest()
         # Declared is frozen; the cache is not part of its value, so it bypasses __setattr__ on purpose.
         object.__setattr__(declared, "_definition_hash", cached)
     return str(cached)
+
+
+def placeholder_declaration(declared: Declared) -> Declared | None:
+    """The declaration of ``declared``'s class expanded in :data:`~.tenants.PLACEHOLDER` when it was expanded for
+    another tenant; ``None`` otherwise."""
+    from .tenants import PLACEHOLDER, origin_of, tenant_of
+
+    source = declared.source
+    if source is None or tenant_of(source) in (None, PLACEHOLDER):
+        return None
+    origin = origin_of(source)
+    if origin is None:
+        return None
+    from .tenants import expand
+
+    return declared_of(expand(origin, PLACEHOLDER))
 
 
 def signature_text(declared: Declared, scope: str, *, include_sql: bool = True, deps: Iterable[Key] = ()) -> str:

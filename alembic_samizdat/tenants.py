@@ -19,6 +19,12 @@ from .errors import TenantError
 from .identifiers import check_identifier
 from .model import TENANT_ATTRIBUTE, Samizdat, SamizdatFunction, SamizdatMaterializedView, SamizdatMeta, SamizdatTrigger
 
+#: The tenant that Alembic revisions are written for: their SQL names it, and ``alembic -x tenants=…`` puts each
+#: tenant's name in its place. A plain lowercase name, so that it is spelt the same way in every context.
+PLACEHOLDER = "__samizdat_tenant__"
+#: The attribute of an expanded class naming the TENANT class it was made from.
+ORIGIN_ATTRIBUTE = "_samizdat_origin"
+
 # Per TENANT class, its expansion per tenant: the same class object every time, so the memoized declarations and
 # graphs (declared.declared_of, graph.graph_of) serve repeated runs.
 _EXPANDED: weakref.WeakKeyDictionary[type[Samizdat], dict[str, type[Samizdat]]] = weakref.WeakKeyDictionary()
@@ -113,6 +119,7 @@ def expand(cls: type[Samizdat], tenant: str) -> type[Samizdat]:
         "__doc__": cls.__doc__,
         "schema": tenant,
         TENANT_ATTRIBUTE: tenant,
+        ORIGIN_ATTRIBUTE: cls,
         "deps_on": frozenset(deps) if isinstance(refs, list) else raw_deps,
     }
     declared_unmanaged = _table_entries(cls.deps_on_unmanaged, tenant)
@@ -138,3 +145,9 @@ def tenant_of(cls: type[Samizdat]) -> str | None:
     """The tenant a class was expanded for, or ``None``."""
     found = cls.__dict__.get(TENANT_ATTRIBUTE)
     return found if isinstance(found, str) else None
+
+
+def origin_of(cls: type[Samizdat]) -> type[Samizdat] | None:
+    """The TENANT class an expanded class was made from, or ``None``."""
+    found = cls.__dict__.get(ORIGIN_ATTRIBUTE)
+    return found if isinstance(found, type) and issubclass(found, Samizdat) else None
