@@ -384,6 +384,11 @@ def read_state(
         "dx_key": sig.DX_KEY,
         "fp_key": sig.FP_KEY,
     }
+    narrow = sig.tenant_prefix(scope)
+    if narrow is not None:
+        # A tenant's run: other tenants' objects are not read (nor their dependents walked), so a run over T
+        # tenants reads each tenant's objects once instead of all of them T times.
+        params.update(prefix=narrow, plen=len(narrow))
     try:
         # Sent with its values written in as literals (psycopg caches the parsing of placeholders only for
         # queries under 4 kB, and this one is longer), behind a pinned search_path (see pinned.py).

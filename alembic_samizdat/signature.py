@@ -37,6 +37,16 @@ def split_scope(scope: str) -> tuple[str, str | None]:
     return (base, tenant) if sep else (scope, None)
 
 
+def tenant_prefix(scope: str) -> str | None:
+    """How every signature of a tenant's scope begins (``None`` for a scope without a tenant): a tenant's run
+    reads only its own tenant's signed objects, not every tenant's (see :func:`.catalog.read_state`)."""
+    base, tenant = split_scope(scope)
+    if tenant is None:
+        return None
+    head = json.dumps({MARK: FORMAT, "scope": base, "tenant": tenant}, separators=(",", ":"), ensure_ascii=True)
+    return head[:-1] + ","
+
+
 def shown_scope(scope: str) -> str:
     """A scope for messages: ``'default'``, or ``'default' (tenant 't1')``."""
     base, tenant = split_scope(scope)

@@ -28,7 +28,7 @@ from contextlib import ExitStack, contextmanager
 import sqlalchemy as sa
 
 from alembic_samizdat import TENANT, SamizdatFunction, SamizdatMaterializedView, SamizdatRegistry, SamizdatView
-from alembic_samizdat.fleet import APPLICATION_NAME, engine_for, run_databases, sync_operation
+from alembic_samizdat.fleet import APPLICATION_NAME, Outcome, engine_for, run_databases, sync_operation
 from alembic_samizdat.fleet import sync as fleet_sync
 from alembic_samizdat.model import Samizdat
 
@@ -138,9 +138,28 @@ def bench_tenants(url: str, tenants: int, objects: int) -> None:
     engine = engine_for(target)
     print(f"\n{tenants} tenant schemas x {objects} objects ({tenants * objects} objects), one database")
     print("| run | wall | connections held (max) |\n|---|---|---|")
+    started = time.perf_counter()
+
+    def progress(outcome: Outcome) -> None:
+        if outcome.tenant is not None and (names.index(outcome.tenant) + 1) % 25 == 0:
+            print(
+                f"  ... {outcome.tenant}: {outcome.seconds:.2f} s ({time.perf_counter() - started:.0f} s in)",
+                file=sys.stderr,
+                flush=True,
+            )
+
     try:
-        timed("fresh sync, every tenant", url, lambda: fleet_sync(engine, registry, tenants=names).check())
-        timed("no-op sync, every tenant", url, lambda: fleet_sync(engine, registry, tenants=names).check())
+        timed(
+            "fresh sync, every tenant",
+            url,
+            lambda: fleet_sync(engine, registry, tenants=names, on_outcome=progress).check(),
+        )
+        started = time.perf_counter()
+        timed(
+            "no-op sync, every tenant",
+            url,
+            lambda: fleet_sync(engine, registry, tenants=names, on_outcome=progress).check(),
+        )
     finally:
         engine.dispose()
         with admin.connect() as conn:

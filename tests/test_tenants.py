@@ -298,3 +298,18 @@ def test_signatures_with_and_without_a_tenant() -> None:
     bad = text.replace('"tenant":"t1"', '"tenant":7')
     with pytest.raises(Exception, match="tenant must be a non-empty string"):
         parse(bad)
+
+
+def test_a_tenants_run_reads_only_its_own_objects(engine: sa.Engine) -> None:
+    from alembic_samizdat.catalog import read_state
+
+    make_tenants(engine, ["acme", "bolt"])
+    fleet_api.sync(engine, registry_v1(), tenants=["acme", "bolt"]).check()
+    with engine.connect() as conn:
+        state = read_state(conn, tenant_scope("default", "acme"), ())
+        shared = read_state(conn, "default", ())
+    assert {k.schema for k in state.managed} == {"acme"} and len(state.managed) == 3
+    assert not [o for o in state.others if o.key.schema == "bolt"]
+    # The shared run reads everything as before: the tenants' objects are others, never its own.
+    assert {k.schema for k in shared.managed} == {"public"}
+    assert {o.key.schema for o in shared.others} >= {"acme", "bolt"}
