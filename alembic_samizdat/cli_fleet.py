@@ -33,7 +33,7 @@ def add_options(parser: argparse.ArgumentParser, command: str) -> None:
         "--database",
         action="append",
         metavar="URL",
-        help="run against this database too (repeatable); the positional arguments are then modules only",
+        help="run against this database (repeatable); a URL given first among the positional arguments counts too",
     )
     group.add_argument(
         "--databases-file",

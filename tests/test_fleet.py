@@ -182,3 +182,20 @@ def test_databases_file_errors_are_one_line(tmp_path: Path, module: str, capsys:
     assert "line 1: not a database URL" in capsys.readouterr().err
     assert main(["sync", "--databases-file", str(tmp_path / "missing.txt"), module]) == 2
     assert "--databases-file" in capsys.readouterr().err
+
+
+def test_diff_and_refresh_over_databases(
+    make_database: Callable[[], str], module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    urls = [make_database() for _ in range(2)]
+    assert main(["sync", urls[0], module]) == 0
+    # The first database is in sync, the second lacks everything: excess in code, diff's 102.
+    assert main(["diff", *(f"--database={u}" for u in urls), module]) == 102
+    out = capsys.readouterr().out
+    assert "no differences" in out and "2 missing" in out, out
+    assert main(["sync", "--database", urls[1], module]) == 0
+    assert main(["refresh", *(f"--database={u}" for u in urls), "-j", "1", module]) == 0
+    out = capsys.readouterr().out
+    assert out.count("refreshed 1 materialized view(s)") == 4, out  # its lines and its summary rows
+    assert main(["refresh", "--database", urls[0], "--parallel", module]) == 2
+    assert "--parallel" in capsys.readouterr().err
