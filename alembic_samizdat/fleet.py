@@ -202,8 +202,8 @@ def refresh_operation(
     nodes = list(belownodes) if belownodes is not None else None
 
     def run(engine: Engine, registry: SamizdatRegistry) -> tuple[str, int]:
-        if not any(True for _ in registry):
-            return "nothing to refresh", 0
+        if not len(registry.graph()):
+            return "nothing to refresh", 0  # e.g. the shared part of a registry of TENANT classes only
         result = api.refresh(engine, registry, belownodes=nodes, concurrently=concurrently)
         return f"refreshed {len(result.refreshed)} materialized view(s)", 0
 
@@ -367,7 +367,7 @@ def _registry(declarations: api.Declarations, scope: str | None) -> SamizdatRegi
 
 
 def sync(
-    bind: Engine | Sequence[str],
+    bind: Engine | Sequence[str],  # a Connection is refused: see _call
     declarations: api.Declarations,
     *,
     tenants: Tenants | Iterable[str] | None = None,
@@ -452,8 +452,13 @@ def _call(
         return FleetResult(
             tuple(run_database(bind, registry, operation, tenants=tenants, shared=shared, on_outcome=on_outcome))
         )
-    if isinstance(bind, str):
-        raise SamizdatError("give a list of database URLs (or an Engine), not one URL string")
+    if isinstance(bind, str | Connection):
+        # Each target commits on its own (a failed tenant must not undo the others): a caller's connection, and
+        # the transaction it may hold, cannot give that.
+        raise SamizdatError(
+            f"give an Engine or a list of database URLs, not a {type(bind).__name__}: each target runs and commits "
+            "on its own"
+        )
     return run_databases(
         list(bind), registry, operation, jobs=jobs, tenants=tenants, shared=shared, on_outcome=on_outcome
     )

@@ -114,3 +114,14 @@ def test_tenant_operations_need_tenants(project: Path, engine: sa.Engine) -> Non
     # Only the selected tenants are touched.
     alembic(project, "-x", "tenants=t_a,t_c", "upgrade", "head")
     assert scalar(engine, "SELECT string_agg(schemaname, ',' ORDER BY schemaname) FROM pg_matviews") == "t_a,t_c"
+
+
+def test_offline_sql_names_each_tenant(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    alembic(project, "-x", "tenants=t_a", "revision", "--autogenerate", "-m", "tenants")
+    capsys.readouterr()
+    alembic(project, "-x", "tenants=t_b,t_c", "upgrade", "head", "--sql")
+    sql = capsys.readouterr().out
+    assert 'CREATE VIEW "t_b"."Orders"' in sql and 'CREATE VIEW "t_c"."Orders"' in sql
+    assert "__samizdat_tenant__" not in sql and '"t_a"' not in sql
+    with pytest.raises(TenantError, match="plain lowercase names"):
+        alembic(project, "-x", "tenants=Odd", "upgrade", "head", "--sql")

@@ -313,3 +313,30 @@ def test_a_tenants_run_reads_only_its_own_objects(engine: sa.Engine) -> None:
     # The shared run reads everything as before: the tenants' objects are others, never its own.
     assert {k.schema for k in shared.managed} == {"public"}
     assert {o.key.schema for o in shared.others} >= {"acme", "bolt"}
+
+
+class Live(SamizdatMaterializedView):
+    schema = TENANT
+    refresh_triggers = {"orders"}
+    sql_template = """${preamble} SELECT count(*) AS n FROM ${tenant}.orders ${postamble}"""
+
+
+def test_autorefresh_per_tenant_and_refresh(engine: sa.Engine) -> None:
+    make_tenants(engine, ["p1", "p2"])
+    registry = SamizdatRegistry()
+    registry.register(Live)
+    fleet_api.sync(engine, registry, tenants=["p1", "p2"]).check()
+    run_sql(engine, "INSERT INTO p2.orders VALUES (5, 5)")
+    assert scalar(engine, 'SELECT n FROM p2."Live"') == 3  # p2's own trigger refreshed p2's view
+    assert scalar(engine, 'SELECT n FROM p1."Live"') == 2
+    functions = rows(engine, "SELECT pronamespace::regnamespace::text FROM pg_proc WHERE proname LIKE 'samizdat%'")
+    assert sorted(r[0] for r in functions) == ["p1", "p2"]
+    assert fleet_api.diff(engine, registry, tenants=["p1", "p2"]).exit_code == 0
+    result = fleet_api.refresh(engine, registry, tenants=["p1", "p2"]).check()
+    assert [o.message for o in result.outcomes] == [
+        "nothing to refresh",
+        "refreshed 1 materialized view(s)",
+        "refreshed 1 materialized view(s)",
+    ]
+    with engine.connect() as conn, pytest.raises(Exception, match="give an Engine or a list of database URLs"):
+        fleet_api.sync(conn, registry, tenants=["p1"])  # type: ignore[arg-type]
