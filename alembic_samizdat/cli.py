@@ -401,6 +401,7 @@ def _load(modules: list[str], args: argparse.Namespace, *, require: bool = True)
 
 def _trusting(registry: SamizdatRegistry, args: argparse.Namespace) -> SamizdatRegistry:
     """``registry`` with the roles of ``--trust-owner`` added to its trusted owners."""
+    cli_fleet.note_tenant_classes(registry, args)
     extra = getattr(args, "trust_owner", None) or ()
     if extra:
         registry.trusted_owners = registry.trusted_owners | {check_identifier(r, "--trust-owner") for r in extra}

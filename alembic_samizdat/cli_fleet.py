@@ -71,6 +71,22 @@ def wanted(args: argparse.Namespace) -> bool:
     )
 
 
+def note_tenant_classes(registry: SamizdatRegistry, args: argparse.Namespace) -> None:
+    """Say so when a command leaves a registry's TENANT classes out (no tenant schemas given)."""
+    if args.command not in FLEET_COMMANDS or getattr(args, "tenant_schemas", None):
+        return
+    if getattr(args, "tenant_schemas_query", None):
+        return
+    count = len(registry.tenant_classes())
+    if count:
+        print(
+            f"warning: {count} class(es) with schema = TENANT left out (shared objects only): give "
+            "--tenant-schemas PATTERN to include tenant schemas (docs/fleets.md)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 @dataclass(frozen=True)
 class Front:
     """What this module needs from :mod:`alembic_samizdat.cli` (passed in, so that it need not import it)."""

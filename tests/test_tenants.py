@@ -227,7 +227,9 @@ def test_cli_tenant_schemas(engine: sa.Engine, db_url: str, tmp_path: Path, caps
     # Without tenants, diff sees the shared objects only; the tenants' objects are not excess.
     capsys.readouterr()
     assert main(["diff", db_url, str(module)]) == 0
-    assert "Local" not in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "Local" not in out
+    assert "1 class(es) with schema = TENANT left out (shared objects only)" in err
 
 
 def test_a_shared_class_cannot_depend_on_a_tenant_class(engine: sa.Engine) -> None:
