@@ -31,6 +31,7 @@ from .execute import Discipline
 from .identifiers import check_identifier
 from .refresh_plan import Concurrently, NodeRef
 from .registry import SamizdatRegistry
+from .tenants import PLACEHOLDER
 from .urls import mask_url
 
 #: ``application_name`` of the connections a fleet run opens (unless the URL sets one): lets a DBA see them.
@@ -234,8 +235,8 @@ def run_database(
 ) -> list[Outcome]:
     """Run ``operation`` on one database: the shared objects (unless ``shared`` is false), then each tenant.
 
-    Never raises for a failed target: its outcome says why. ``registry.graph()`` is checked first, so a
-    declaration error fails every target alike.
+    Never raises for a failed target: its outcome says why. Declarations are the caller's to check first
+    (:func:`check_declarations`), so that an error in them is one error, not one per target.
     """
     name = database if database is not None else mask_url(engine.url.render_as_string(hide_password=True))
     selection = as_tenants(tenants)
@@ -271,6 +272,14 @@ def run_database(
     return outcomes
 
 
+def check_declarations(registry: SamizdatRegistry, tenants: Tenants | Iterable[str] | None) -> None:
+    """Every declaration check, before any connection: the shared classes, and the TENANT classes (as they are
+    in the placeholder tenant) when tenants are asked for."""
+    registry.graph()
+    if as_tenants(tenants) and registry.tenant_classes():
+        registry.for_tenant(PLACEHOLDER).graph()
+
+
 def engine_for(url: str, *, connect_timeout: float = 10, pool_size: int = POOL_SIZE) -> Engine:
     """The engine one database of a fleet is run on: a pool of ``pool_size`` connections and no overflow, so that
     the connections a run holds are bounded; ``connect_timeout`` seconds for a server that does not answer."""
@@ -302,7 +311,7 @@ def run_databases(
     Each database gets its own engine (at most :data:`POOL_SIZE` connections), disposed of when its targets are
     done. ``on_outcome`` sees each target as it finishes (from worker threads, one call at a time).
     """
-    registry.graph()  # a declaration error is one error, not one per database
+    check_declarations(registry, tenants)
     lock = threading.Lock()
     results: dict[int, list[Outcome]] = {}
 
@@ -448,7 +457,7 @@ def _call(
 ) -> FleetResult:
     registry = _registry(declarations, scope)
     if isinstance(bind, Engine):
-        registry.graph()
+        check_declarations(registry, tenants)
         return FleetResult(
             tuple(run_database(bind, registry, operation, tenants=tenants, shared=shared, on_outcome=on_outcome))
         )

@@ -115,7 +115,8 @@ def expand(cls: type[Samizdat], tenant: str) -> type[Samizdat]:
                 deps.append(ref)  # a bare name: inside the tenant
     attrs: dict[str, Any] = {
         "__module__": cls.__module__,
-        "__qualname__": f"{cls.__qualname__}[{tenant}]",
+        # Messages name the class and its tenant; the placeholder tenant stands for every tenant.
+        "__qualname__": f"{cls.__qualname__}[{'TENANT' if tenant == PLACEHOLDER else tenant}]",
         "__doc__": cls.__doc__,
         "schema": tenant,
         TENANT_ATTRIBUTE: tenant,

@@ -342,3 +342,15 @@ def test_autorefresh_per_tenant_and_refresh(engine: sa.Engine) -> None:
     ]
     with engine.connect() as conn, pytest.raises(Exception, match="give an Engine or a list of database URLs"):
         fleet_api.sync(conn, registry, tenants=["p1"])  # type: ignore[arg-type]
+
+
+def test_a_broken_tenant_class_is_one_error_before_any_connection(engine: sa.Engine) -> None:
+    class Broken(SamizdatView):
+        schema = TENANT
+        sql_template = """SELECT 1"""  # no ${preamble}
+
+    registry = SamizdatRegistry()
+    registry.register_all(Prices, Broken)
+    with pytest.raises(TemplateError, match=r"Broken\[TENANT\]\.sql_template must hold \$\{preamble\}"):
+        fleet_api.sync(engine, registry, tenants=["nowhere"])
+    assert scalar(engine, "SELECT count(*) FROM pg_views WHERE schemaname = 'public'") == 0
