@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, NamedTuple
 
-from .errors import DeclarationError
+from .errors import DeclarationError, TenantError
 from .identifiers import check_identifier, qualified, quote_ident
 from .keys import Key, Kind, normalize_signature
 from .template import TemplateDialect, render
@@ -133,7 +133,7 @@ class Samizdat(metaclass=SamizdatMeta):
     def schema_name(cls) -> str:
         """The validated schema name."""
         if cls.is_tenant():
-            raise DeclarationError(
+            raise TenantError(
                 f"{cls.label()} has schema = TENANT: it declares one object per tenant schema, so it has no schema "
                 "of its own here; give the tenants (--tenant-schemas PATTERN, or tenants=[…] in "
                 "alembic_samizdat.fleet) and reference it only from other TENANT classes (docs/fleets.md)"

@@ -247,7 +247,7 @@ def test_a_shared_class_cannot_depend_on_a_tenant_class(engine: sa.Engine) -> No
 
 
 def test_tenant_classes_need_tenants_and_tenant_is_their_placeholder() -> None:
-    with pytest.raises(Exception, match="has schema = TENANT: it declares one object per tenant schema"):
+    with pytest.raises(TenantError, match="has schema = TENANT: it declares one object per tenant schema"):
         Orders.key()
 
     class Stray(SamizdatView):
