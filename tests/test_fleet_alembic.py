@@ -125,3 +125,26 @@ def test_offline_sql_names_each_tenant(project: Path, capsys: pytest.CaptureFixt
     assert "__samizdat_tenant__" not in sql and '"t_a"' not in sql
     with pytest.raises(TenantError, match="plain lowercase names"):
         alembic(project, "-x", "tenants=Odd", "upgrade", "head", "--sql")
+
+
+def test_a_second_revision_replaces_per_tenant_and_downgrades(project: Path, engine: sa.Engine) -> None:
+    alembic(project, "-x", "tenants=t\\_%", "revision", "--autogenerate", "-m", "one")
+    alembic(project, "-x", "tenants=t\\_%", "upgrade", "head")
+    module = project / "tenantshop.py"
+    module.write_text(module.read_text().replace("o.qty * r.rate AS total", "o.qty * r.rate * 10 AS total"))
+    alembic(
+        project, "-x", "tenants=t\\_%", "-x", "tenant_representative=t_b", "revision", "--autogenerate", "-m", "two"
+    )
+    second = max((project / "migrations" / "versions").glob("*.py"), key=lambda p: p.stat().st_mtime).read_text()
+    assert "__samizdat_tenant__" in second and '"t_b"' not in second
+    alembic(project, "-x", "tenants=t\\_%", "upgrade", "head")
+    for index, name in enumerate(TENANTS):
+        assert scalar(engine, f'SELECT total FROM {name}."Totals"') == 20 * (2 + index)
+    alembic(project, "-x", "tenants=t\\_%", "check")
+    alembic(project, "-x", "tenants=t\\_%", "downgrade", "-1")
+    for index, name in enumerate(TENANTS):
+        assert scalar(engine, f'SELECT total FROM {name}."Totals"') == 2 * (2 + index)
+    sys.modules.pop("tenantshop", None)
+    module.write_text(module.read_text().replace("o.qty * r.rate * 10 AS total", "o.qty * r.rate AS total"))
+    registry = registry_from_modules(["tenantshop"])
+    assert fleet_api.diff(engine, registry, tenants=TENANTS).exit_code == 0
