@@ -453,7 +453,8 @@ def build_state(
         classid, oid = str(row[1]), int(row[2])  # type: ignore[call-overload]
         if kind_row == "dep":
             deps[(classid, oid)].append(
-                Dependent(str(row[9]), int(row[10]), str(row[11]), len(row) > 12 and bool(row[12]))  # type: ignore[call-overload]
+                # Signed dependents come undescribed (they are matched by oid): "" rather than the text "None".
+                Dependent(str(row[9]), int(row[10]), str(row[11] or ""), len(row) > 12 and bool(row[12]))  # type: ignore[call-overload]
             )
             continue
         kind, schema, name, extra = str(row[3]), str(row[4]), str(row[5]), str(row[6])

@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 
 from . import api, pinned
 from .drivers import cli_url
-from .errors import FleetError, SamizdatError, first_line
+from .errors import FleetError, SamizdatError, UnmanagedDependentError, first_line
 from .execute import Discipline
 from .identifiers import check_identifier
 from .refresh_plan import Concurrently, NodeRef
@@ -242,12 +242,15 @@ def run_database(
     selection = as_tenants(tenants)
     outcomes: list[Outcome] = []
 
-    def record(tenant: str | None, started: float, work: Callable[[], tuple[str, int]]) -> None:
+    def record(tenant: str | None, started: float, work: Callable[[], tuple[str, int]], hint: str = "") -> None:
         try:
             message, code = work()
             outcome = Outcome(name, tenant, True, message, time.monotonic() - started, code)
         except Exception as exc:
-            outcome = Outcome(name, tenant, False, _one_line(exc), time.monotonic() - started, 1)
+            failure = _one_line(exc)
+            if hint and isinstance(exc, UnmanagedDependentError):
+                failure += hint
+            outcome = Outcome(name, tenant, False, failure, time.monotonic() - started, 1)
         outcomes.append(outcome)
         if on_outcome is not None:
             on_outcome(outcome)
@@ -266,7 +269,15 @@ def run_database(
                 on_outcome(outcome)
             return outcomes
     if shared:
-        record(None, time.monotonic(), lambda: operation(engine, registry))
+        # With tenants, the dependents that stop a shared rebuild are most likely the tenants' own objects, which
+        # the shared run does not manage: say what to do.
+        hint = (
+            " (when they are tenant objects: drop them first with `samizdat nuke --tenant-schemas …`, then sync; "
+            "docs/fleets.md#limits)"
+            if names
+            else ""
+        )
+        record(None, time.monotonic(), lambda: operation(engine, registry), hint)
     for tenant in names:
         record(tenant, time.monotonic(), lambda t=tenant: operation(engine, registry.for_tenant(t)))  # type: ignore[misc]
     return outcomes

@@ -354,3 +354,46 @@ def test_a_broken_tenant_class_is_one_error_before_any_connection(engine: sa.Eng
     with pytest.raises(TemplateError, match=r"Broken\[TENANT\]\.sql_template must hold \$\{preamble\}"):
         fleet_api.sync(engine, registry, tenants=["nowhere"])
     assert scalar(engine, "SELECT count(*) FROM pg_views WHERE schemaname = 'public'") == 0
+
+
+class PricesV2(SamizdatView):
+    """Prices without its price column: a rebuild, which the tenants' views stand in the way of."""
+
+    sql_template = """${preamble} SELECT 1 AS id, 10 AS cost UNION ALL SELECT 2, 20 ${postamble}"""
+
+    @classmethod
+    def object_name(cls) -> str:
+        return "Prices"
+
+
+class OrdersOnCost(SamizdatView):
+    schema = TENANT
+    deps_on = {PricesV2}
+    deps_on_unmanaged = {"orders"}
+    sql_template = """
+        ${preamble}
+        SELECT o.id, o.qty * p.cost AS total FROM ${tenant}.orders o JOIN public."Prices" p ON p.id = o.id
+        ${postamble}
+    """
+
+    @classmethod
+    def object_name(cls) -> str:
+        return "Orders"
+
+
+def test_a_shared_rebuild_under_tenant_objects_needs_them_dropped_first(engine: sa.Engine) -> None:
+    make_tenants(engine, ["m1", "m2"])
+    fleet_api.sync(engine, registry_v1(), tenants=["m1", "m2"]).check()
+    changed = SamizdatRegistry()
+    changed.register_all(PricesV2, OrdersOnCost)
+    result = fleet_api.sync(engine, changed, tenants=["m1", "m2"])
+    failed = result.failed[0]
+    assert failed.tenant is None
+    expected = 'view "m1"."Orders" (signed by scope \'default\' (tenant \'m1\')) depends on view "public"."Prices"'
+    assert expected in failed.message, failed.message
+    assert "drop them first with `samizdat nuke --tenant-schemas …`, then sync" in failed.message
+    # The documented way through: the tenants' objects go, the shared view is rebuilt, the tenants come back.
+    fleet_api.nuke(engine, changed, tenants=["m1", "m2"]).check()
+    fleet_api.sync(engine, changed, tenants=["m1", "m2"]).check()
+    assert scalar(engine, 'SELECT sum(total) FROM m2."Orders"') == 30
+    assert fleet_api.diff(engine, changed, tenants=["m1", "m2"]).exit_code == 0
