@@ -36,7 +36,8 @@ from .urls import mask_url
 
 #: ``application_name`` of the connections a fleet run opens (unless the URL sets one): lets a DBA see them.
 APPLICATION_NAME = "samizdat fleet"
-#: Connections one database's engine may hold: one for the run, one spare (a refresh reads, then refreshes).
+#: Connections one database's engine may hold: the commands use one at a time; the second is a margin, so that a
+#: code path that ever needs two waits for none.
 POOL_SIZE = 2
 
 #: A command on one database for one registry (the shared one or a tenant's): a one-line result, and an exit
