@@ -233,6 +233,7 @@ def run_database(
     shared: bool = True,
     database: str | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> list[Outcome]:
     """Run ``operation`` on one database: the shared objects (unless ``shared`` is false), then each tenant.
 
@@ -280,6 +281,8 @@ def run_database(
         )
         record(None, time.monotonic(), lambda: operation(engine, registry), hint)
     for tenant in names:
+        if stop is not None and stop.is_set():
+            break  # interrupted: the targets not started are left for the next run
         record(tenant, time.monotonic(), lambda t=tenant: operation(engine, registry.for_tenant(t)))  # type: ignore[misc]
     return outcomes
 
@@ -325,6 +328,7 @@ def run_databases(
     """
     check_declarations(registry, tenants)
     lock = threading.Lock()
+    stop = threading.Event()
     results: dict[int, list[Outcome]] = {}
 
     def tell(outcome: Outcome) -> None:
@@ -354,7 +358,7 @@ def run_databases(
                 tell(outcome)
                 return
             results[index] = run_database(
-                engine, registry, operation, tenants=tenants, shared=shared, database=shown, on_outcome=tell
+                engine, registry, operation, tenants=tenants, shared=shared, database=shown, on_outcome=tell, stop=stop
             )
         finally:
             engine.dispose()
@@ -366,6 +370,7 @@ def run_databases(
             for future in futures:
                 future.result()
         except BaseException:
+            stop.set()
             for future in futures:
                 future.cancel()
             raise

@@ -397,3 +397,24 @@ def test_a_shared_rebuild_under_tenant_objects_needs_them_dropped_first(engine: 
     fleet_api.sync(engine, changed, tenants=["m1", "m2"]).check()
     assert scalar(engine, 'SELECT sum(total) FROM m2."Orders"') == 30
     assert fleet_api.diff(engine, changed, tenants=["m1", "m2"]).exit_code == 0
+
+
+def test_an_interrupted_run_starts_no_further_tenant(engine: sa.Engine) -> None:
+    import threading
+
+    from alembic_samizdat.fleet import run_database, sync_operation
+
+    make_tenants(engine, ["s1", "s2", "s3"])
+    stop = threading.Event()
+    seen: list[str | None] = []
+
+    def tell(outcome: fleet_api.Outcome) -> None:
+        seen.append(outcome.tenant)
+        if outcome.tenant == "s1":
+            stop.set()  # as Ctrl-C does, from the main thread, while a tenant runs
+
+    outcomes = run_database(
+        engine, registry_v1(), sync_operation(), tenants=["s1", "s2", "s3"], on_outcome=tell, stop=stop
+    )
+    assert seen == [None, "s1"] and [o.tenant for o in outcomes] == [None, "s1"]
+    assert scalar(engine, "SELECT count(*) FROM pg_views WHERE schemaname IN ('s2', 's3')") == 0
