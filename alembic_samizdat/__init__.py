@@ -20,6 +20,7 @@ from .errors import (
     DeclarationError,
     DuplicateIdentityError,
     ExecutionError,
+    FleetError,
     ForeignViewError,
     FunctionSignatureMismatchError,
     GraphError,
@@ -36,6 +37,7 @@ from .errors import (
     SamizdatError,
     SelfDependencyError,
     TemplateError,
+    TenantError,
     ThrowawayServerError,
     TriggerTargetError,
     UnknownNodeError,
@@ -44,6 +46,7 @@ from .errors import (
     UnusableUrlError,
 )
 from .model import (
+    TENANT,
     FQTuple,
     Samizdat,
     SamizdatFunction,
@@ -83,6 +86,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "TENANT",
     "AdoptionRefusedError",
     "AlembicConfigError",
     "CatalogReadError",
@@ -98,6 +102,7 @@ __all__ = [
     "DuplicateIdentityError",
     "ExecutionError",
     "FQTuple",
+    "FleetError",
     "ForeignViewError",
     "FunctionSignatureMismatchError",
     "GraphError",
@@ -122,6 +127,7 @@ __all__ = [
     "SelfDependencyError",
     "SyncResult",
     "TemplateError",
+    "TenantError",
     "ThrowawayServerError",
     "TriggerTargetError",
     "UnknownNodeError",

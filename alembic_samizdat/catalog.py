@@ -382,6 +382,11 @@ def read_state(
         "dx_key": sig.DX_KEY,
         "fp_key": sig.FP_KEY,
     }
+    narrow = sig.tenant_prefix(scope)
+    if narrow is not None:
+        # A tenant's run: other tenants' objects are not read (nor their dependents walked), so a run over T
+        # tenants reads each tenant's objects once instead of all of them T times.
+        params.update(prefix=narrow, plen=len(narrow))
     try:
         # Sent with its values written in as literals (psycopg caches the parsing of placeholders only for
         # queries under 4 kB, and this one is longer), behind a pinned search_path (see pinned.py).
@@ -475,7 +480,10 @@ def build_state(scope: str, rows: Iterable[Sequence[object]], *, adopt_keys: lis
         classid, oid = str(row.classid), int(row.oid or 0)
         if row.row == "dep":
             deps[(classid, oid)].append(
-                Dependent(str(row.dep_classid), int(row.dep_oid or 0), str(row.dep_description), bool(row.dep_auto))
+                # Signed dependents come undescribed (they are matched by oid): "" rather than the text "None".
+                Dependent(
+                    str(row.dep_classid), int(row.dep_oid or 0), str(row.dep_description or ""), bool(row.dep_auto)
+                )
             )
             continue
         kind, schema, name, extra = str(row.kind), str(row.schema), str(row.name), str(row.extra)

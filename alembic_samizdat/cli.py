@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
-from . import api, cli_reports
+from . import api, cli_fleet, cli_reports
 from .dot import to_dot
 from .drivers import UnusableUrlError, cli_url, psycopg2_urls_use_psycopg, shown
 from .errors import AdoptionRefusedError, ConnectionFailedError, Interrupted, SamizdatError, first_line
@@ -194,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         "swapping it in (no second copy on disk meanwhile; readers wait for the populate)",
     )
     cli_reports.add_format_option(p)
+    cli_fleet.add_options(p, "sync")
 
     p = sub.add_parser(
         "diff",
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, defaults=False)
     p.add_argument("target", nargs="*", metavar="[DBURL] MODULE", help=target_help + " (none with -c)")
     cli_reports.add_format_option(p)
+    cli_fleet.add_options(p, "diff")
 
     p = sub.add_parser(
         "nuke",
@@ -230,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lock-timeout", type=float, metavar="SECONDS", help="give up waiting for a lock after this long")
     cli_reports.add_format_option(p)
+    cli_fleet.add_options(p, "nuke")
 
     p = sub.add_parser(
         "refresh",
@@ -259,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         "possible), never",
     )
     cli_reports.add_format_option(p)
+    cli_fleet.add_options(p, "refresh")
 
     p = sub.add_parser(
         "adopt",
@@ -404,6 +408,7 @@ def _load(modules: list[str], args: argparse.Namespace, *, require: bool = True)
 
 def _trusting(registry: SamizdatRegistry, args: argparse.Namespace) -> SamizdatRegistry:
     """``registry`` with the roles of ``--trust-owner`` added to its trusted owners."""
+    cli_fleet.note_tenant_classes(registry, args)
     extra = getattr(args, "trust_owner", None) or ()
     if extra:
         registry.trusted_owners = registry.trusted_owners | {check_identifier(r, "--trust-owner") for r in extra}
@@ -710,6 +715,11 @@ def _front() -> cli_reports.Front:
     return cli_reports.Front(_target, _engine_for, _load, looks_like_url, CliError)
 
 
+def _fleet_front() -> cli_fleet.Front:
+    """The helpers the commands of many targets use (passed in, so that they need not import this module)."""
+    return cli_fleet.Front(_target, looks_like_url, CliError, DEFAULT_CONNECT_TIMEOUT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``samizdat`` console script; returns the exit code."""
     with closed_pipe_safe_stdout():
@@ -723,6 +733,8 @@ def _main(argv: Sequence[str] | None) -> int:
     to_stdout_too = getattr(args, "write_migration_file", None) == "-" or getattr(args, "format", None) == "json"
     out = Output(quiet=bool(args.quiet), verbose=verbose, log=sys.stderr if to_stdout_too else sys.stdout)
     try:
+        if cli_fleet.wanted(args):
+            return cli_fleet.run(args, out.info, _fleet_front())
         return COMMANDS[args.command](args, out)
     except KeyboardInterrupt as exc:
         state = exc.database_state if isinstance(exc, Interrupted) else ""

@@ -248,5 +248,17 @@ class AdoptionRefusedError(SamizdatError):
         )
 
 
+class TenantError(DeclarationError):
+    """A class with ``schema = TENANT`` used where one schema is needed, or a shared class depending on one."""
+
+
+class FleetError(SamizdatError):
+    """Some targets of a run over many databases or tenant schemas failed; the message lists them."""
+
+    def __init__(self, message: str, failed: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.failed = failed
+
+
 class UnusableUrlError(SamizdatError):
     """A database URL the tool cannot connect with; the message says what to write instead."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, NamedTuple
 
-from .errors import DeclarationError
+from .errors import DeclarationError, TenantError
 from .identifiers import check_identifier, qualified, quote_ident
 from .keys import Key, Kind, normalize_signature
 from .template import TemplateDialect, render
@@ -39,6 +39,21 @@ class _Identity(str):
     def __call__(self) -> str:
         return str(self)
 
+
+class TenantSchema(str):
+    """The type of :data:`TENANT` (a ``str`` so that ``schema = TENANT`` type-checks)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "TENANT"
+
+
+#: ``schema = TENANT``: the class declares one object in every tenant schema (see docs/fleets.md).
+TENANT = TenantSchema("TENANT")
+
+#: The attribute that marks a class made for one tenant by :func:`alembic_samizdat.tenants.expand`.
+TENANT_ATTRIBUTE = "_samizdat_tenant"
 
 _generation = 0
 
@@ -117,7 +132,18 @@ class Samizdat(metaclass=SamizdatMeta):
     @classmethod
     def schema_name(cls) -> str:
         """The validated schema name."""
+        if cls.is_tenant():
+            raise TenantError(
+                f"{cls.label()} has schema = TENANT: it declares one object per tenant schema, so it has no schema "
+                "of its own here; give the tenants (--tenant-schemas PATTERN, or tenants=[…] in "
+                "alembic_samizdat.fleet) and reference it only from other TENANT classes (docs/fleets.md)"
+            )
         return check_identifier(cls.schema, f"{cls.__qualname__}.schema")
+
+    @classmethod
+    def is_tenant(cls) -> bool:
+        """Whether the class declares ``schema = TENANT`` (one object per tenant schema)."""
+        return isinstance(cls.schema, TenantSchema)
 
     @classmethod
     def key(cls) -> Key:
@@ -160,9 +186,13 @@ class Samizdat(metaclass=SamizdatMeta):
             raise DeclarationError(f"{cls.label()} is abstract (__abstract__ = True); it cannot be created")
         if cls.sql_template is None:
             raise missing_template(cls)
+        values = {"preamble": cls.preamble(), "postamble": cls.postamble(), "samizdatname": cls._identity()}
+        tenant = cls.__dict__.get(TENANT_ATTRIBUTE)
+        if isinstance(tenant, str):
+            values["tenant"] = quote_ident(tenant)
         return render(
             cls.sql_template,
-            {"preamble": cls.preamble(), "postamble": cls.postamble(), "samizdatname": cls._identity()},
+            values,
             owner=cls.label(),
             dialect=cls.template_dialect,
             require_postamble=cls.requires_postamble(),

@@ -27,7 +27,14 @@ from .errors import NameClashError, UnmanagedDependentError
 from .graph import Graph, reachable, topological_order
 from .keys import Key, Kind, in_arguments, normalize_signature
 from .preserve import capture_statement, restore_statement
-from .signature import clear_stale_statement, definition_hash, mark_stale_statement, sign_statement, signature_text
+from .signature import (
+    clear_stale_statement,
+    definition_hash,
+    mark_stale_statement,
+    shown_scope,
+    sign_statement,
+    signature_text,
+)
 from .swap import SWAPPED, Build, build_beside
 
 
@@ -782,7 +789,7 @@ def _refuse_unmanaged_dependents(to_drop: Iterable[Key], state: DatabaseState, k
                 continue
             if dep.auto and dep.classid == "pg_trigger" and keeps and obj.key in keeps:
                 continue  # a hand-made trigger on one of our views: captured before the drop, recreated after
-            problems.append(f"{dep.description} depends on {obj.describe()}")
+            problems.append(f"{dep.description or _signed_elsewhere(state, dep.ref)} depends on {obj.describe()}")
     if problems:
         raise UnmanagedDependentError(
             "cannot proceed: these objects are not managed by this registry and would be dropped with objects "
@@ -791,6 +798,14 @@ def _refuse_unmanaged_dependents(to_drop: Iterable[Key], state: DatabaseState, k
             + ". Nothing was changed. Drop them yourself (and recreate them afterwards), or declare them as "
             "samizdats in this registry"
         )
+
+
+def _signed_elsewhere(state: DatabaseState, ref: tuple[str, int]) -> str:
+    """A dependent signed by another scope (or tenant), which the catalog leaves undescribed."""
+    other = next((o for o in state.others if o.ref == ref), None)
+    if other is None or other.signature is None:
+        return "an object signed by another scope"
+    return f"{other.describe()} (signed by scope {shown_scope(other.signature.scope)})"
 
 
 def undeclared_dependency_warnings(graph: Graph, state: DatabaseState) -> list[str]:

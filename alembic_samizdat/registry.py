@@ -111,7 +111,11 @@ class SamizdatRegistry:
     def lookup(self, name: str, schema: str | None = None) -> type[Samizdat]:
         """The registered class whose object is called ``name`` (optionally in ``schema``)."""
         check_identifier(name, "lookup name")
-        found = [c for c in self._classes if c.object_name() == name and (schema is None or c.schema_name() == schema)]
+        found = [
+            c
+            for c in self._classes
+            if c.object_name() == name and (schema is None or (not c.is_tenant() and c.schema_name() == schema))
+        ]
         if len(found) != 1:
             what = "no" if not found else "several"
             raise KeyError(f"{what} registered samizdat named {name!r}" + (f" in schema {schema!r}" if schema else ""))
@@ -119,7 +123,7 @@ class SamizdatRegistry:
 
     def by_key(self) -> dict[Key, type[Samizdat]]:
         """Registered classes by database identity."""
-        return {cls.key(): cls for cls in self._classes}
+        return {cls.key(): cls for cls in self._classes if not cls.is_tenant()}
 
     def graph(self) -> Graph:
         """The checked dependency graph of the registered classes.
@@ -130,7 +134,31 @@ class SamizdatRegistry:
         """
         from .graph import graph_of
 
-        return graph_of(self._classes)
+        if not any(cls.is_tenant() for cls in self._classes):
+            return graph_of(self._classes)
+        from .tenants import check_shared, split_classes
+
+        shared, _ = split_classes(self._classes)
+        check_shared(shared)
+        return graph_of(shared)
+
+    def tenant_classes(self) -> list[type[Samizdat]]:
+        """The registered classes declaring ``schema = TENANT`` (left out of :meth:`graph`)."""
+        return [cls for cls in self._classes if cls.is_tenant()]
+
+    def for_tenant(self, tenant: str) -> SamizdatRegistry:
+        """The registry of one tenant schema: every TENANT class expanded into ``tenant``, signing with the
+        tenant's scope (see :mod:`alembic_samizdat.tenants`). Its graph holds the tenant's objects only; the
+        shared objects they read are the shared run's."""
+        from .signature import tenant_scope
+        from .tenants import check_shared, expand, split_classes
+
+        shared, tenant_classes = split_classes(self._classes)
+        check_shared(shared)
+        copy = SamizdatRegistry(scope=tenant_scope(self.scope, tenant), trusted_owners=self.trusted_owners)
+        copy.metadata = self.metadata
+        copy.register_all(*(expand(cls, tenant) for cls in tenant_classes))
+        return copy
 
 
 def _is_declaration(value: object) -> TypeGuard[type[Samizdat]]:

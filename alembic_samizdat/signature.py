@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from . import statements
-from .declared import Declared
+from .declared import Declared, declared_of
 from .identifiers import qualified, quote_ident, quote_literal
 from .keys import Key, Kind
 from .pinned import PINNED_PATH, do_block
@@ -19,6 +19,39 @@ MARK = "alembic_samizdat"
 FORMAT = 1
 #: The prefix of every comment we write; cheap to test in SQL before parsing JSON in Python.
 PREFIX = '{"' + MARK + '":'
+
+
+#: Joins a registry's scope and a tenant schema into the scope of that tenant's run (see :func:`tenant_scope`).
+#: A control character: no scope anybody types holds it, so a tenant's scope never equals a plain one.
+TENANT_SEPARATOR = "\x1f"
+
+
+def tenant_scope(scope: str, tenant: str) -> str:
+    """The scope the objects of ``tenant`` are signed with: ``scope`` and the tenant, which the signature stores
+    as two fields (``"scope"`` and ``"tenant"``), so signatures without a tenant read as before."""
+    return f"{scope}{TENANT_SEPARATOR}{tenant}"
+
+
+def split_scope(scope: str) -> tuple[str, str | None]:
+    """``(scope, tenant)`` of a scope made by :func:`tenant_scope`; ``(scope, None)`` for any other."""
+    base, sep, tenant = scope.partition(TENANT_SEPARATOR)
+    return (base, tenant) if sep else (scope, None)
+
+
+def tenant_prefix(scope: str) -> str | None:
+    """How every signature of a tenant's scope begins (``None`` for a scope without a tenant): a tenant's run
+    reads only its own tenant's signed objects, not every tenant's (see :func:`.catalog.read_state`)."""
+    base, tenant = split_scope(scope)
+    if tenant is None:
+        return None
+    head = json.dumps({MARK: FORMAT, "scope": base, "tenant": tenant}, separators=(",", ":"), ensure_ascii=True)
+    return head[:-1] + ","
+
+
+def shown_scope(scope: str) -> str:
+    """A scope for messages: ``'default'``, or ``'default' (tenant 't1')``."""
+    base, tenant = split_scope(scope)
+    return repr(base) if tenant is None else f"{base!r} (tenant {tenant!r})"
 
 
 @dataclass(frozen=True)
@@ -53,11 +86,34 @@ def definition_hash(declared: Declared) -> str:
     """The hash of everything that shapes ``declared`` (computed once per declaration)."""
     cached = declared.__dict__.get("_definition_hash")
     if cached is None:
+        placeholder = placeholder_declaration(declared)
+        if placeholder is not None:
+            # A tenant's object hashes as the same class in the placeholder tenant: one hash for every tenant,
+            # so that an Alembic revision's signature fits each tenant it is applied to (docs/fleets.md).
+            cached = definition_hash(placeholder)
+            object.__setattr__(declared, "_definition_hash", cached)
+            return cached
         canonical = json.dumps(declared.fingerprint(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         cached = hashlib.sha256(canonical.encode()).hexdigest()
         # Declared is frozen; the cache is not part of its value, so it bypasses __setattr__ on purpose.
         object.__setattr__(declared, "_definition_hash", cached)
     return str(cached)
+
+
+def placeholder_declaration(declared: Declared) -> Declared | None:
+    """The declaration of ``declared``'s class expanded in :data:`~.tenants.PLACEHOLDER` when it was expanded for
+    another tenant; ``None`` otherwise."""
+    from .tenants import PLACEHOLDER, origin_of, tenant_of
+
+    source = declared.source
+    if source is None or tenant_of(source) in (None, PLACEHOLDER):
+        return None
+    origin = origin_of(source)
+    if origin is None:
+        return None
+    from .tenants import expand
+
+    return declared_of(expand(origin, PLACEHOLDER))
 
 
 def signature_text(declared: Declared, scope: str, *, include_sql: bool = True, deps: Iterable[Key] = ()) -> str:
@@ -66,9 +122,12 @@ def signature_text(declared: Declared, scope: str, *, include_sql: bool = True, 
     Without ``include_sql`` the text is what a revision script stores; :func:`with_sql` completes it.
     """
     key = declared.key
+    base, tenant = split_scope(scope)
     body: dict[str, object] = {
         MARK: FORMAT,
-        "scope": scope,
+        "scope": base,
+        # Only tenant objects carry it: every signature written before tenants existed stays byte for byte.
+        **({"tenant": tenant} if tenant is not None else {}),
         "kind": declared.kind.value,
         "key": [key.namespace, key.schema, key.name, key.extra],
         "hash": definition_hash(declared),
@@ -190,6 +249,13 @@ def parse(comment: str) -> Signature:
     scope, kind, key, digest = body.get("scope"), body.get("kind"), body.get("key"), body.get("hash")
     if not isinstance(scope, str) or not isinstance(digest, str):
         raise MalformedSignature("scope and hash must be strings")
+    tenant = body.get("tenant")
+    if tenant is not None:
+        if not isinstance(tenant, str) or not tenant or TENANT_SEPARATOR in tenant:
+            raise MalformedSignature("tenant must be a non-empty string")
+        scope = tenant_scope(scope, tenant)
+    elif TENANT_SEPARATOR in scope:
+        raise MalformedSignature("scope must not hold a tenant separator")
     try:
         parsed_kind = Kind(str(kind))
     except ValueError:

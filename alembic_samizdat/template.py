@@ -40,13 +40,13 @@ def render(
     if dialect is TemplateDialect.STRING_TEMPLATE:
         return _render_like_dbsamizdat(template, values, owner)
     used = _BRACED.findall(template)
-    unknown = sorted({name for name in used if name not in PLACEHOLDERS})
+    unknown = sorted({name for name in used if name not in values})
     if unknown:
         raise TemplateError(
             f"{owner}.sql_template holds unknown placeholder(s) "
             + ", ".join("${" + n + "}" for n in unknown)
-            + "; the known ones are ${preamble}, ${postamble} and ${samizdatname}. Any other text, "
-            "$$ bodies and $1 included, is passed through unchanged"
+            + "; the known ones are ${preamble}, ${postamble} and ${samizdatname} (and ${tenant} in classes with "
+            "schema = TENANT). Any other text, $$ bodies and $1 included, is passed through unchanged"
         )
     _check_counts(used, owner, require_postamble)
     return _BRACED.sub(lambda m: values[m.group(1)], template)

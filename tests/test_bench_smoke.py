@@ -177,3 +177,21 @@ def _alembic_utils_venv(run: ModuleType) -> Path:
         if has_driver.returncode == 0:
             return Path(python).parent.parent
     return run.DEFAULT_AUTILS_VENV
+
+
+def test_fleet_bench_runs(pg_url: str) -> None:
+    """bench/fleet.py end to end at a tiny size: both tables, every row (speeds are not looked at)."""
+    command = [sys.executable, str(BENCH / "fleet.py"), "--url", pg_url, "--tenants", "3", "--tenant-objects", "5"]
+    command += ["--databases", "2", "--database-objects", "5", "--jobs", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [r for r in _table_rows(result.stdout) if r[0] != "run"]
+    assert [r[0] for r in rows] == [
+        "fresh sync, every tenant",
+        "no-op sync, every tenant",
+        "fresh sync, --jobs 2",
+        "no-op sync, --jobs 2",
+        "fresh sync, --jobs 1 (one after another)",
+        "no-op sync, --jobs 1",
+    ]
+    assert all(int(r[2]) <= 2 for r in rows)

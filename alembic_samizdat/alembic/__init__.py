@@ -9,7 +9,7 @@ ways may be used together, the comparator runs once per revision.
 
 from __future__ import annotations
 
-from . import ops, render
+from . import ops, render, tenancy
 from .compare import compare_samizdats, register_legacy_comparator
 from .ops import CreateSamizdatOp, DropSamizdatOp, RefreshSamizdatOp, RegrantSamizdatOp, ReplaceSamizdatOp
 
@@ -25,3 +25,4 @@ __all__ = [
 ]
 
 register_legacy_comparator()
+tenancy.register()  # after the comparator above: tenant operations go around the shared ones
