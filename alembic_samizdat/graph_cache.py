@@ -42,6 +42,7 @@ from typing import Any
 
 from .declared import Declared
 from .model import Samizdat, SamizdatMeta
+from .signature import definition_hash
 
 _LIBRARY = Path(__file__).resolve().parent
 _STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()
@@ -165,9 +166,19 @@ def _library_functions_untouched() -> bool:
         if name.split(".")[0] != "alembic_samizdat":
             continue
         for value in list(vars(module).values()):
-            if isinstance(value, types.FunctionType) and not (_is_library_code(value) or _is_standard_library(value)):
+            if isinstance(value, types.FunctionType) and not (
+                _is_library_code(value) or _is_standard_library(value) or _is_dependency(value)
+            ):
                 return False
     return True
+
+
+#: The packages this library imports functions from (besides Python's own).
+_DEPENDENCIES = frozenset({"sqlalchemy", "alembic", "psycopg", "psycopg_binary", "pytest", "_pytest"})
+
+
+def _is_dependency(function: types.FunctionType) -> bool:
+    return str(getattr(function, "__module__", "")).split(".")[0] in _DEPENDENCIES
 
 
 @lru_cache(maxsize=1024)
@@ -286,6 +297,8 @@ def save(classes: Sequence[type[Samizdat]], stamp: bytes, declared: tuple[Declar
     path = _path(classes)
     if path is None:
         return
+    for item in getattr(graph, "nodes", {}).values():
+        definition_hash(item)  # kept on the declaration (see there): the next process need not hash again
     buffer = io.BytesIO()
     try:
         _Pickler(buffer, classes).dump((declared, graph))

@@ -45,8 +45,8 @@ def connect_arguments(url: str, *, connect_timeout: int) -> dict[str, Any] | Non
     if url.count("@") > 1:
         return None
     found = _URL.match(url)
-    if found is None:
-        return None
+    if found is None or "%" in (found.group("database") or ""):
+        return None  # (SQLAlchemy versions differ in decoding a database name)
     out: dict[str, Any] = {}
     for part, keyword in (("host", "host"), ("user", "user"), ("password", "password"), ("database", "dbname")):
         value = found.group(part)

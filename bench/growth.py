@@ -30,9 +30,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from contenders import DBSZ, DBSZ_CLI, FLOOR, SCENARIOS, SZ_API, SZ_API_CONNECT, SZ_CLI
+import itertools
 
 import run
+from contenders import DBSZ, DBSZ_CLI, FLOOR, SCENARIOS, SZ_API, SZ_API_CONNECT, SZ_CLI
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "performance.md"
@@ -101,7 +102,7 @@ def series(rows: list[dict[str, Any]], scenario: str, mode: str) -> list[tuple[i
 def exponents(points: list[tuple[int, float | None, float | None]]) -> list[str]:
     """The slope of log(time) over log(N) between neighbouring sizes: 1 is linear, 2 quadratic."""
     out = []
-    for (n1, t1, _), (n2, t2, _) in zip(points, points[1:], strict=False):
+    for (n1, t1, _), (n2, t2, _) in itertools.pairwise(points):
         out.append(f"{math.log(t2 / t1) / math.log(n2 / n1):.2f}" if t1 and t2 else "—")
     return out
 
@@ -114,7 +115,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: median per N, and the growth exponent between neighbouring sizes."""
     sizes = sorted({r["n"] for r in rows})
     head = " | ".join(f"N = {n:,}" for n in sizes)
-    steps = ", ".join(f"{a:,}→{b:,}" for a, b in zip(sizes, sizes[1:], strict=False))
+    steps = ", ".join(f"{a:,}→{b:,}" for a, b in itertools.pairwise(sizes))
     out = [
         f"| scenario | contender | {head} | growth exponent ({steps}) |",
         "|---|---|" + "---:|" * len(sizes) + "---|",

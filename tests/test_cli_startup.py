@@ -144,7 +144,7 @@ def test_quick_read_is_the_usual_read(module: Path, db_url: str, engine: sa.Engi
     "url",
     [
         "postgresql://u:p@h:5433/db",
-        "postgresql+psycopg://u:p%40ss%2Fword@db.example.com/my%20db?sslmode=require&application_name=x",
+        "postgresql+psycopg://u:p%40ss%2Fword@db.example.com/my_db?sslmode=require&application_name=x",
         "postgresql+psycopg2://u@127.0.0.1/db?connect_timeout=3",
         "postgresql:///db",
         "postgresql://",
@@ -171,6 +171,7 @@ def test_connect_arguments_are_sqlalchemys(url: str) -> None:
         "mysql://u@h/db",
         "driver://user:pass@localhost/dbname",
         "postgresql://u@h:port/db",
+        "postgresql://u@h/my%20db",
     ],
 )
 def test_connect_arguments_leave_the_rest_to_sqlalchemy(url: str) -> None:

@@ -114,10 +114,11 @@ def test_editing_the_module_builds_again(tmp_path: Path) -> None:
     module = tmp_path / "views_b.py"
     module.write_text(MODULE)
     _graph(tmp_path, module)
-    module.write_text(MODULE.replace("SELECT 1 AS one", "SELECT 2 AS one"))
+    # Another size: Python's own bytecode cache tells a source file changed by its mtime (in seconds) and size.
+    module.write_text(MODULE.replace("SELECT 1 AS one", "SELECT 22 AS one"))
     changed = _graph(tmp_path, module)
     assert changed["built"]
-    assert "SELECT 2 AS one" in json.dumps(changed["nodes"])
+    assert "SELECT 22 AS one" in json.dumps(changed["nodes"])
     assert _same_graph(changed, _fresh(tmp_path, module))
 
 
@@ -138,9 +139,9 @@ def test_editing_a_module_the_classes_import_builds_again(tmp_path: Path) -> Non
     first = _graph(tmp_path, module)
     assert "LIMIT 10" in json.dumps(first["nodes"])
     assert not _graph(tmp_path, module)["built"]
-    (tmp_path / "constants_c.py").write_text("LIMIT = 20\n")
+    (tmp_path / "constants_c.py").write_text("LIMIT = 200\n")  # another size: see above
     changed = _graph(tmp_path, module)
-    assert changed["built"] and "LIMIT 20" in json.dumps(changed["nodes"])
+    assert changed["built"] and "LIMIT 200" in json.dumps(changed["nodes"])
     assert _same_graph(changed, _fresh(tmp_path, module))
 
 
