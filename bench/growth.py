@@ -171,7 +171,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small")
     figure.suptitle("alembic-samizdat: how cost grows with N (log-log; a slope of 1 is linear)")
-    figure.savefig(path, format="svg", metadata={"Date": None})
+    figure.savefig(
+        path, format=path.suffix.lstrip(".") or "svg", metadata={"Date": None} if path.suffix == ".svg" else None
+    )
     plt.close(figure)
 
 
