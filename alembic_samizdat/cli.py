@@ -739,11 +739,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``samizdat`` console script; returns the exit code."""
     with closed_pipe_safe_stdout():
         code = _main(argv)
-    # The command is done and the process is about to exit: spare the interpreter's final garbage collections a
-    # walk over every object the command made (the module of a thousand classes, its graph, the catalog's rows),
-    # about a tenth of a no-op sync's wall time at N = 1,000. Nothing is freed early or late by this; only the
-    # collector stops looking at what exists now.
-    gc.freeze()
+    if argv is None:
+        # Run as the console script, the process exits next: spare the interpreter's final garbage collections a
+        # walk over every object the command made (the module of a thousand classes, its graph, the catalog's
+        # rows), about a tenth of a no-op sync's wall time at N = 1,000. Nothing is freed early or late by this;
+        # the collector only stops looking at what exists now. (A program calling main() with its own arguments
+        # keeps its collector as it was.)
+        gc.freeze()
     return code
 
 

@@ -215,6 +215,7 @@ def graph_of(classes: Iterable[type[Samizdat]]) -> Graph:
     built = _build(declared)
     with _GRAPHS_LOCK:
         _GRAPHS[key] = (declared, built)
+        _GRAPHS.move_to_end(key)
     _forget_old_graphs()
     if stamp is not None:
         graph_cache.save(key, stamp, declared, built)
