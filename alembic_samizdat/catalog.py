@@ -7,10 +7,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import NamedTuple
-
-from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import pinned, statements
 from . import signature as sig
@@ -18,6 +15,10 @@ from .compat.dbsamizdat_format import DBSAMIZDAT_PREFIX, HASH_PREFIX, dbsamizdat
 from .errors import CatalogReadError
 from .identifiers import qualified, quote_ident
 from .keys import Key, Kind, in_arguments, normalize_signature
+from .sa_lazy import is_dbapi_error
+
+if TYPE_CHECKING:  # not at run time: the CLI's no-op check reads the catalog without SQLAlchemy (see quick.py)
+    from sqlalchemy import Connection
 
 #: Kinds whose identity includes argument types.
 _ROUTINES = frozenset({"function", "procedure"})
@@ -391,7 +392,9 @@ def read_state(
         # Sent with its values written in as literals (psycopg caches the parsing of placeholders only for
         # queries under 4 kB, and this one is longer), behind a pinned search_path (see pinned.py).
         rows = pinned.query(connection, CATALOG_SQL, params)
-    except DBAPIError as exc:
+    except Exception as exc:
+        if not is_dbapi_error(exc):
+            raise
         orig = getattr(exc, "orig", exc)
         reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
         raise CatalogReadError(f"reading the catalog failed: {reason}. Nothing was changed by this run") from exc

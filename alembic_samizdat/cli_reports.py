@@ -12,16 +12,15 @@ import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine
-
-from . import api, lineage, report
 from .errors import AdoptionRefusedError, SamizdatError
-from .execute import Discipline
 from .keys import Key
 from .planner import Action, Plan
 from .registry import SamizdatRegistry
+
+if TYPE_CHECKING:  # the parsers are built for every command, `--help` too: SQLAlchemy only when a command runs
+    from sqlalchemy import Engine
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,8 @@ def _scope(args: argparse.Namespace) -> str | None:
 
 def diff_json(args: argparse.Namespace, out: Any, cli: Front) -> int:
     """``diff --format json``."""
+    from . import report
+
     url, registry = cli._target(args)
     registry.graph()
     with cli._engine_for(url, args, out, allow_embedded=False) as engine:
@@ -55,6 +56,9 @@ def diff_json(args: argparse.Namespace, out: Any, cli: Front) -> int:
 
 def sync_json(args: argparse.Namespace, out: Any, cli: Front) -> int:
     """``sync --format json`` (any discipline; with ``-t dryrun`` nothing changes)."""
+    from . import api, report
+    from .execute import Discipline
+
     if args.write_migration_file == "-":
         raise cli.CliError("--format json prints the report on stdout: write the SQL to a file (-m plan.sql)")
     url, registry = cli._target(args)
@@ -97,6 +101,9 @@ def sync_json(args: argparse.Namespace, out: Any, cli: Front) -> int:
 
 def nuke_json(args: argparse.Namespace, out: Any, cli: Front) -> int:
     """``nuke --format json``."""
+    from . import api, report
+    from .execute import Discipline
+
     url, registry = cli._target(args, need_modules=False)
     with cli._engine_for(url, args, out, allow_embedded=False) as engine:
         with engine.connect() as connection:
@@ -115,6 +122,8 @@ def nuke_json(args: argparse.Namespace, out: Any, cli: Front) -> int:
 
 def refresh_json(args: argparse.Namespace, out: Any, cli: Front) -> int:
     """``refresh --format json``."""
+    from . import api, report
+
     url, registry = cli._target(args)
     registry.graph()
     done: list[Action] = []
@@ -141,6 +150,8 @@ def refresh_json(args: argparse.Namespace, out: Any, cli: Front) -> int:
 
 def adopt_json(args: argparse.Namespace, out: Any, cli: Front) -> int:
     """``adopt --format json``; a refusal prints its document, then fails as without JSON."""
+    from . import api, report
+
     url, registry = cli._target(args)
     graph = registry.graph()
     with cli._engine_for(url, args, out, allow_embedded=False) as engine:
@@ -195,6 +206,8 @@ def _is_module(value: str) -> bool:
 
 def cmd_explain(args: argparse.Namespace, out: Any, cli: Front) -> int:
     """``samizdat explain [DBURL] MODULE… [OBJECT…]``."""
+    from . import report
+
     target = list(args.target)
     objects: list[str] = []
     if getattr(args, "config", None):
@@ -214,6 +227,8 @@ def cmd_explain(args: argparse.Namespace, out: Any, cli: Front) -> int:
 
 def cmd_deps(args: argparse.Namespace, out: Any, cli: Front) -> int:
     """``samizdat deps OBJECT [DBURL] [MODULE…]``."""
+    from . import lineage
+
     if args.depth is not None and args.depth < 1:
         raise cli.CliError("--depth must be at least 1")
     graph = None

@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Callable
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from sqlalchemy import Engine
-
+from .deferred import DEFAULT_DEBOUNCE, DEFAULT_MAX_DELAY
 from .registry import SamizdatRegistry
-from .worker import DEFAULT_DEBOUNCE, DEFAULT_MAX_DELAY, Worker, stale_views
+
+if TYPE_CHECKING:  # the parsers are built for every command, `--help` too: SQLAlchemy only when a command runs
+    from sqlalchemy import Engine
 
 
 def add_parsers(
@@ -63,6 +64,8 @@ def add_parsers(
 
 def serve(engine: Engine, registry: SamizdatRegistry, args: argparse.Namespace, *, log: TextIO, quiet: bool) -> int:
     """Run the worker until SIGTERM or Ctrl-C, logging each refresh on ``log``."""
+    from .worker import Worker
+
     worker = Worker(engine, registry, debounce=args.debounce, max_delay=args.max_delay, jobs=args.jobs)
     handler = logging.StreamHandler(log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -81,6 +84,8 @@ def serve(engine: Engine, registry: SamizdatRegistry, args: argparse.Namespace, 
 
 def status(engine: Engine, registry: SamizdatRegistry, info: Callable[[str], None]) -> int:
     """Print the stale views; exit 0 (being stale is the normal state of a deferred view between rounds)."""
+    from .worker import stale_views
+
     found = stale_views(engine, registry)
     if not found:
         info("no materialized view is marked stale")

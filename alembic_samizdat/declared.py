@@ -170,6 +170,14 @@ def declared_of(cls: type[Samizdat]) -> Declared:
     return item
 
 
+def remember(cls: type[Samizdat], item: Declared) -> None:
+    """Make ``item`` what :func:`declared_of` gives for ``cls`` while it stays the same (``item`` is what
+    declaring ``cls`` gives now: see :mod:`~alembic_samizdat.graph_cache`)."""
+    generation = class_generation()
+    with _MEMO_LOCK:
+        _MEMO[cls] = (generation, _containers(cls, generation), item)
+
+
 def _table_refs(entries: object, owner: type[Samizdat], attribute: str) -> tuple[tuple[str, str], ...]:
     """Read a set of table references: bare names resolve in the class's own schema."""
     if isinstance(entries, str | bytes) or not isinstance(entries, Iterable):

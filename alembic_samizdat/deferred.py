@@ -29,6 +29,9 @@ from .keys import Key, Kind
 from .pinned import do_block
 from .trigger_functions import definer_trigger_function, feeding_tables_guard
 
+#: The worker's default quiet time before a round, and its longest wait after the first mark (seconds).
+DEFAULT_DEBOUNCE = 1.0
+DEFAULT_MAX_DELAY = 30.0
 #: The table holding the marks, one per schema that holds a deferred view.
 MARKS_TABLE = "samizdat_marks"
 #: Every generated name starts with this (as in :mod:`.autorefresh`).

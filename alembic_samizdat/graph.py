@@ -12,8 +12,8 @@ from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from . import autorefresh
-from .declared import Declared, declared_of
+from . import autorefresh, graph_cache
+from .declared import Declared, declared_of, remember
 from .errors import (
     CycleError,
     DanglingReferenceError,
@@ -190,6 +190,20 @@ def graph_of(classes: Iterable[type[Samizdat]]) -> Graph:
     builds a new graph; the last few graphs are kept.
     """
     key = tuple(classes)
+    with _GRAPHS_LOCK:
+        known = key in _GRAPHS
+    stamp: bytes | None = None
+    if not known:
+        # The first build of these classes in this process: an earlier process may have left it (graph_cache).
+        stamp, saved = graph_cache.load(key)
+        if saved is not None:
+            for cls, item in zip(key, saved[0], strict=True):
+                remember(cls, item)
+            with _GRAPHS_LOCK:
+                _GRAPHS[key] = saved
+            _forget_old_graphs()
+            graph: Graph = saved[1]
+            return graph
     declared = tuple(declared_of(cls) for cls in key)
     with _GRAPHS_LOCK:
         hit = _GRAPHS.get(key)
@@ -198,13 +212,20 @@ def graph_of(classes: Iterable[type[Samizdat]]) -> Graph:
     # Declarations are compared by identity: declared_of returns the very same object while a class is unchanged.
     if hit is not None and len(hit[0]) == len(declared) and all(a is b for a, b in zip(hit[0], declared, strict=True)):
         return hit[1]
-    graph = _build(declared)
+    built = _build(declared)
     with _GRAPHS_LOCK:
-        _GRAPHS[key] = (declared, graph)
+        _GRAPHS[key] = (declared, built)
         _GRAPHS.move_to_end(key)
+    _forget_old_graphs()
+    if stamp is not None:
+        graph_cache.save(key, stamp, declared, built)
+    return built
+
+
+def _forget_old_graphs() -> None:
+    with _GRAPHS_LOCK:
         while len(_GRAPHS) > _GRAPHS_KEPT:
             _GRAPHS.popitem(last=False)
-    return graph
 
 
 def build_graph(classes: Iterable[type[Samizdat]]) -> Graph:

@@ -20,11 +20,12 @@ import inspect
 import re
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
-from typing import Any
-
-from sqlalchemy import Connection
+from typing import TYPE_CHECKING, Any
 
 from .identifiers import dollar_quote, quote_literal
+
+if TYPE_CHECKING:  # not at run time: the CLI's no-op check runs without SQLAlchemy (see quick.py)
+    from sqlalchemy import Connection
 
 #: The only schemas in which our statements look names up. ``pg_temp`` last: never a function or operator.
 PINNED_PATH = "pg_catalog, pg_temp"

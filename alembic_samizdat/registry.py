@@ -15,6 +15,7 @@ from .errors import DeclarationError, ModuleLoadError
 from .identifiers import check_identifier
 from .keys import Key
 from .model import Samizdat, missing_template
+from .sa_lazy import is_metadata
 
 if TYPE_CHECKING:
     from sqlalchemy import MetaData
@@ -315,8 +316,6 @@ def registry_from_modules(modules: list[str], *, scope: str | None = None) -> Sa
 
     ``scope`` overrides the registry's scope.
     """
-    from sqlalchemy import MetaData
-
     found: list[SamizdatRegistry] = []
     classes: list[type[Samizdat]] = []
     for spec in modules:
@@ -324,7 +323,7 @@ def registry_from_modules(modules: list[str], *, scope: str | None = None) -> Sa
         for value in list(vars(module).values()):
             if isinstance(value, SamizdatRegistry):
                 candidate: SamizdatRegistry | None = value
-            elif isinstance(value, MetaData):
+            elif is_metadata(value):  # without importing SQLAlchemy when the modules did not
                 candidate = SamizdatRegistry.from_metadata(value)
             else:
                 candidate = None

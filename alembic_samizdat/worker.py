@@ -31,7 +31,14 @@ from sqlalchemy.exc import DBAPIError
 
 from . import pinned
 from .api import Declarations, as_registry
-from .deferred import MARKS_TABLE, channel, consume_and_refresh_statement, marks_table
+from .deferred import (
+    DEFAULT_DEBOUNCE,
+    DEFAULT_MAX_DELAY,
+    MARKS_TABLE,
+    channel,
+    consume_and_refresh_statement,
+    marks_table,
+)
 from .errors import NoDeferredViewsError, RefreshError, SamizdatError, first_line
 from .graph import Graph
 from .identifiers import quote_ident
@@ -55,9 +62,6 @@ __all__ = [
 
 log = logging.getLogger("alembic_samizdat.worker")
 
-#: Default quiet time before a round, and the longest wait after the first mark (seconds).
-DEFAULT_DEBOUNCE = 1.0
-DEFAULT_MAX_DELAY = 30.0
 #: How often the worker looks at the marks even without a notification (a safety net; seconds).
 DEFAULT_POLL = 60.0
 #: Longest sleep between reconnection attempts (seconds).

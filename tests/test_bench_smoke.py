@@ -195,3 +195,24 @@ def test_fleet_bench_runs(pg_url: str) -> None:
         "no-op sync, --jobs 1",
     ]
     assert all(int(r[2]) <= 2 for r in rows)
+
+
+def test_growth_table_and_exponents(tmp_path: Path) -> None:
+    """The growth report (bench/growth.py) from saved rows: medians per N, exponents, "did not finish"; the plot
+    needs matplotlib (the bench extra) and is not drawn here."""
+    growth = _load("growth")
+    rows = [
+        {"n": 100, "scenario": "fresh", "mode": growth.SZ_API, "times": [1.0, 3.0, 2.0]},
+        {"n": 1000, "scenario": "fresh", "mode": growth.SZ_API, "times": [20.0]},
+        {"n": 100, "scenario": "fresh", "mode": growth.DBSZ, "times": [1.0]},
+        {"n": 1000, "scenario": "fresh", "mode": growth.DBSZ, "times": [], "timed_out": 120.0},
+    ]
+    table = growth.table(rows)
+    assert "| fresh sync | alembic-samizdat (API) | 2.00 s | 20.00 s | 1.00 |" in table
+    assert "did not finish in 120 s" in table
+    merged = growth.merge(rows, [{"n": 1000, "scenario": "fresh", "mode": growth.SZ_API, "times": [10.0]}])
+    assert [r["n"] for r in merged] == [100, 100, 1000]
+    doc = tmp_path / "page.md"
+    doc.write_text(f"# x\n\n{growth.BEGIN}\nold\n{growth.END}\n\ntail\n")
+    growth.write_doc(doc, "new")
+    assert doc.read_text() == f"# x\n\n{growth.BEGIN}\nnew\n{growth.END}\n\ntail\n"

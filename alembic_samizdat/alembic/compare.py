@@ -24,7 +24,7 @@ from ..execute import plan_asking_postgres
 from ..graph import Graph
 from ..grouping import action_entries, grouped, owner
 from ..keys import Key, Kind
-from ..planner import Action, Plan, Verb, plan_sync
+from ..planner import Action, Plan, Verb, in_sync, plan_sync
 from ..registry import SamizdatRegistry
 from ..signature import without_sql
 from .ops import CreateSamizdatOp, DropSamizdatOp, RefreshSamizdatOp, RegrantSamizdatOp, ReplaceSamizdatOp
@@ -250,6 +250,14 @@ def compare_samizdats(autogen_context: AutogenContext, upgrade_ops: alembic_ops.
     relations = _managed_relations(graph)
     _drop_view_mapped_tables(upgrade_ops, relations, default)
     force = _readers(graph, _altered_tables(upgrade_ops, default))
+    if not force and in_sync(
+        graph,
+        read_state(connection, registry.scope, graph.nodes, dependents=False, trusted_owners=registry.trusted_owners),
+    ):
+        # Nothing to do for the samizdats (most revisions only touch tables): one read without the pg_depend walk
+        # tells it, as a sync's first read does, and the plan is empty. As with a sync that has nothing to do,
+        # warnings about undeclared catalog dependencies come only with a plan that does something.
+        return _continue()
     # Signatures without their SQL first: that is all a revision needs unless it drops, recreates or re-grants
     # an object that exists (the downgrade restores it from the SQL its signature recorded). Then, and only
     # then, read again in full and plan from that, so the ops come from one consistent read.
