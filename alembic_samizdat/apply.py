@@ -43,6 +43,8 @@ from .planner import Action, Plan, Verb, checkpoint_units
 
 #: How long one attempt at a rebuilt stack's locks may wait before letting go and trying again (ms).
 LOCK_STEP_MS = 200
+#: How many times a rebuilt stack lets go of its locks and tries again before it waits like any statement.
+POLITE_ATTEMPTS = 8
 #: lock_not_available (our short lock_timeout, or NOWAIT) and deadlock_detected: let go and try again.
 _RETRY = frozenset({"55P03", "40P01"})
 
@@ -235,13 +237,20 @@ class Applier:
 
     def _take_locks_and_run(self, actions: list[Action], unit: tuple[Action, ...], step: int, *, opened: bool) -> None:
         """Run ``actions`` in a savepoint with a short ``lock_timeout``; on a lock wait that times out (or a
-        deadlock), roll back to it, let readers through, and try again until the run's own bound."""
+        deadlock), roll back to it, let readers through, and try again. After :data:`POLITE_ATTEMPTS` tries the
+        stack waits for its locks as any statement does (until the run's own bound): readers that keep taking
+        the stack's objects in another order than its drops would otherwise hold it off for ever, and then
+        PostgreSQL's deadlock detector picks who gives way."""
         bound = self._bound_ms(unit[0])
         waited = 0.0
         attempt = 0
         while True:
             attempt += 1
-            if not opened:
+            if attempt > POLITE_ATTEMPTS:
+                # The rest of the bound, or the run's own setting when it has none.
+                left = "0" if bound is None else str(max(1, int(bound - waited)))
+                self._send(actions[0], f"SAVEPOINT samizdat_locks; SET LOCAL lock_timeout = {quote_literal(left)}")
+            elif not opened:
                 self._send(actions[0], self._attempt(step))
             opened = False
             started = time.perf_counter()

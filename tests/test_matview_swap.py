@@ -80,11 +80,14 @@ def test_a_changed_matview_is_swapped_in_and_readers_see_no_error(
         "CREATE INDEX by_hand ON totals (id, w)",
     )
     old = relation_oid(engine, "public", "totals")
-    readers = Readers(libpq_dsn(db_url), "SELECT (SELECT count(*) FROM top) + (SELECT n FROM upper_totals)")
-    with readers.running():
+    # Readers of the view above it and of the materialized view above that, as an application reads them.
+    dsn = libpq_dsn(db_url)
+    through_view = Readers(dsn, "SELECT count(*) FROM top", count=4)
+    upper = Readers(dsn, "SELECT n FROM upper_totals", count=4)
+    with through_view.running(), upper.running():
         result = sync(engine, make_registry(*_stack(2)), discipline=discipline)
-    assert readers.errors == []
-    assert all(readers.reads)
+    assert through_view.errors == [] and upper.errors == []
+    assert all(through_view.reads) and all(upper.reads)
     verbs = _verbs(result)
     # Built first, before anything readers use is locked; then the stack goes, the new view moves in.
     assert verbs[0] == (Verb.BUILD, "totals")
@@ -141,12 +144,16 @@ def test_without_create_on_the_database_the_matview_is_rebuilt_and_populated_in_
     try:
         sync(as_deployer, make_registry(*_stack(1)))
         assert scalar(engine, "SELECT has_database_privilege(current_database(), 'CREATE')") is True  # the admin
-        readers = Readers(libpq_dsn(db_url), "SELECT (SELECT count(*) FROM totals) + (SELECT n FROM upper_totals)")
-        with readers.running():
+        dsn = libpq_dsn(db_url)
+        readers, upper = (
+            Readers(dsn, "SELECT count(*) FROM totals", count=4),
+            Readers(dsn, "SELECT n FROM upper_totals", count=4),
+        )
+        with readers.running(), upper.running():
             result = sync(as_deployer, make_registry(*_stack(2)))
     finally:
         as_deployer.dispose()
-    assert readers.errors == []
+    assert readers.errors == [] and upper.errors == []
     verbs = _verbs(result)
     assert (Verb.BUILD, "totals") not in verbs
     created = next(a for a in result.applied if a.verb is Verb.CREATE and a.key.name == "totals")
@@ -288,3 +295,21 @@ def test_no_swap_rebuilds_and_the_json_report_shows_the_build(
     assert main(["sync", "--format", "json", db_url, module(7)]) == 0
     out = capsys.readouterr().out
     assert '"verb": "build"' in out
+
+
+def test_readers_taking_the_stack_in_another_order_cannot_hold_a_swap_off_for_ever(
+    engine: sa.Engine, db_url: str
+) -> None:
+    # Each of these queries locks "top" (and "totals" under it) before "upper_totals", while the swap drops
+    # "upper_totals" first: every attempt that meets one of them mid-query would deadlock. The stack lets go
+    # and tries again a few times, then waits like any statement and lets PostgreSQL's deadlock detector
+    # decide: the deploy finishes (a reader may then be the one that gives way; docs/deploying.md).
+    _setup(engine)
+    sync(engine, make_registry(*_stack(1)))
+    readers = Readers(libpq_dsn(db_url), "SELECT (SELECT count(*) FROM top) + (SELECT n FROM upper_totals)")
+    with readers.running():
+        result = sync(engine, make_registry(*_stack(2)))
+    assert all("deadlock detected" in error for error in readers.errors), readers.errors
+    assert [s.key.name for s in result.swaps] == ["totals"]
+    assert scalar(engine, "SELECT sum(w) FROM totals") == 2 * scalar(engine, "SELECT sum(v) FROM src")
+    assert not sync(engine, make_registry(*_stack(2))).plan
