@@ -1,10 +1,11 @@
-"""Applying a plan on a SQLAlchemy ``Connection`` under a transaction discipline.
+"""Sending our statements, asking PostgreSQL before a run, and turning database errors into ours.
 
-Each action's statements go to the server as one batch: one round trip, and (a property of PostgreSQL's
-simple query protocol) one implicit transaction when no transaction is open. That makes a one-action
-``checkpoint`` unit cost one round trip with create-and-sign atomic, and ``jumbo`` one transaction around them
-all. In-place replacements are tried first in a transaction that is rolled back (:func:`probe_in_place`), so
-the plan says before it runs whether an object is replaced or rebuilt.
+Each action's statements go to the server as one batch (:func:`run_batch`): one round trip, and (a property of
+PostgreSQL's simple query protocol) one implicit transaction when no transaction is open. In-place replacements
+are tried first in a transaction that is rolled back (:func:`probe_in_place`), and the swap's privilege is asked
+(:func:`plan_checking_swaps`), so the plan says before it runs what happens to each object. Every database error
+of a run, of the API and of the Alembic operations becomes one of ours in :func:`translate_error`. Applying a
+whole plan under a discipline is :mod:`alembic_samizdat.apply`'s job.
 """
 
 from __future__ import annotations
