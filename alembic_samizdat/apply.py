@@ -170,14 +170,15 @@ class Applier:
         builds = [a for a in unit if a.verb is Verb.BUILD]
         rest = [a for a in unit if a.verb is not Verb.BUILD]
         opening = "BEGIN" if self._own_transactions else "SAVEPOINT samizdat_unit"
-        step = self._step(unit[0])
+        bound = self._bound_ms(unit[0])
+        step = LOCK_STEP_MS if bound is None else max(1, min(LOCK_STEP_MS, int(bound)))
         # Without builds, the first attempt's savepoint travels with the opening: no extra round trip.
         self._send(unit[0], opening if builds else f"{opening}; {self._attempt(step)}")
         try:
             for action in builds:
                 with self._clock.timing(action):
                     self._run(action, unit)
-            self._take_locks_and_run(rest, unit, step, opened=not builds)
+            self._take_locks_and_run(rest, unit, step, bound, opened=not builds)
             if self._own_transactions:
                 self._commit(unit)
                 self._clock.ended(kept=True)
@@ -226,22 +227,19 @@ class Applier:
     def _attempt(step: int) -> str:
         return f"SAVEPOINT samizdat_locks; SET LOCAL lock_timeout = {step}"
 
-    def _step(self, action: Action) -> int:
-        bound = self._bound_ms(action)
-        return LOCK_STEP_MS if bound is None else max(1, min(LOCK_STEP_MS, int(bound)))
-
     def _restore(self) -> str:
         """Put the run's ``lock_timeout`` back after a stack (inside the run's transaction)."""
         value = str(int(self.lock_timeout * 1000)) if self.lock_timeout is not None else self._session_timeout
         return f"SET LOCAL lock_timeout = {quote_literal(value or '0')}"
 
-    def _take_locks_and_run(self, actions: list[Action], unit: tuple[Action, ...], step: int, *, opened: bool) -> None:
+    def _take_locks_and_run(
+        self, actions: list[Action], unit: tuple[Action, ...], step: int, bound: float | None, *, opened: bool
+    ) -> None:
         """Run ``actions`` in a savepoint with a short ``lock_timeout``; on a lock wait that times out (or a
         deadlock), roll back to it, let readers through, and try again. After :data:`POLITE_ATTEMPTS` tries the
         stack waits for its locks as any statement does (until the run's own bound): readers that keep taking
         the stack's objects in another order than its drops would otherwise hold it off for ever, and then
         PostgreSQL's deadlock detector picks who gives way."""
-        bound = self._bound_ms(unit[0])
         waited = 0.0
         attempt = 0
         while True:

@@ -308,14 +308,15 @@ def outcomes(plan: Plan) -> dict[Key, str]:
     """What the next sync does about each object that differs, in a phrase: replaced in place, or recreated
     (and why), with how many objects above it come along; for ``diff``."""
     along: dict[Key, int] = defaultdict(int)
+    by_key: dict[Key, dict[Verb, Action]] = defaultdict(dict)
     for action in plan.actions:
+        by_key[action.key][action.verb] = action
         if action.verb is Verb.DROP and action.cause is not None:
             along[action.cause] += 1
-    dropped = {a.key for a in plan.actions if a.verb is Verb.DROP}
     found: dict[Key, str] = {}
     for difference in plan.differences:
         key = difference.key
-        verbs = {a.verb: a for a in plan.actions if a.key == key}
+        verbs = by_key.get(key, {})
         tail = f"; {along[key]} object(s) above it recreated with it" if along.get(key) else ""
         if Verb.REPLACE in verbs:
             found[key] = (
@@ -324,7 +325,7 @@ def outcomes(plan: Plan) -> dict[Key, str]:
             )
         elif Verb.BUILD in verbs:
             found[key] = f"recreated: built beside the old one and swapped in{tail}"
-        elif Verb.CREATE in verbs and key in dropped:
+        elif Verb.CREATE in verbs and Verb.DROP in verbs:
             why = verbs[Verb.CREATE].reason
             because = why.partition("; recreated because ")[2] or _REBUILT_KINDS.get(difference.kind, "")
             found[key] = f"recreated ({because}){tail}" if because else f"recreated{tail}"
